@@ -1,0 +1,40 @@
+# SAFER Exchange — the two commands a newcomer needs:
+#   make demo   run the whole flow on synthetic data (embedded broker)
+#   make test   lint, type-check and run every test
+# Both create or reuse .venv and install what they need from PyPI.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint unit bench clean help
+
+help:
+	@echo "make demo   run the demo on the embedded broker"
+	@echo "make test   lint, type-check and run all tests"
+	@echo "make bench  run the benchmarks (prints ratios)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "SAFER Exchange needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/safer demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_router.py
+
+clean:
+	rm -rf $(VENV) .safer .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,182 @@
+"""Police adapter v1: police JSON concerns → signed Avro on ``hips.inbound.police``.
+
+The JSON field names follow the Avro ``Concern`` schema (docs/police-json-format.md).
+A file holds one object, an array of objects, or JSON Lines. Each record is
+validated with pydantic and checked for the minimum dataset before anything is
+published; a bad record gets a reason code and a readable error that names
+fields, never their values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from aiokafka import AIOKafkaProducer
+
+from broker import Headers, OutRecord, SigningIdentity, send_all, signed_record, subject_key
+from consent import missing_minimum_dataset
+from schemas import CONCERN, Codec, ConcernModel, ReasonCode
+
+__all__ = ["ParsedRecord", "PoliceAdapter", "PublishOutcome", "parse_police_json"]
+
+ACCEPTED = "ACCEPTED"
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """One record of an input file: a valid concern, or why it is not one."""
+
+    label: str
+    concern: ConcernModel | None
+    concern_id: str | None
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    label: str
+    concern_id: str | None
+    status: str  # ACCEPTED or a reason code
+    detail: str = ""
+
+
+def _raw_records(text: str) -> list[Any]:
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError:
+        # JSON Lines: one object per line.
+        return [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    return data if isinstance(data, list) else [data]
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """Readable field errors without the offending values (they may be personal data)."""
+    parts = []
+    for err in exc.errors()[:8]:
+        where = ".".join(str(p) for p in err["loc"]) or "(record)"
+        parts.append(f"{where}: {err['msg']}")
+    more = len(exc.errors()) - 8
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_police_json(text: str, *, source: str, publisher_id: str) -> list[ParsedRecord]:
+    """Validate every record in one police JSON file."""
+    try:
+        raw = _raw_records(text)
+    except json.JSONDecodeError as exc:
+        return [
+            ParsedRecord(
+                f"{source}",
+                None,
+                None,
+                ReasonCode.DECODE_ERROR.value,
+                f"not JSON or JSON Lines (line {exc.lineno}, column {exc.colno}): fix the file",
+            )
+        ]
+    parsed: list[ParsedRecord] = []
+    for index, item in enumerate(raw, start=1):
+        label = f"{source}#{index}"
+        concern_id = item.get("concern_id") if isinstance(item, dict) else None
+        concern_id = concern_id if isinstance(concern_id, str) else None
+        try:
+            concern = ConcernModel.model_validate(item)
+        except pydantic.ValidationError as exc:
+            parsed.append(
+                ParsedRecord(label, None, concern_id, ReasonCode.SCHEMA_INVALID.value, _describe(exc))
+            )
+            continue
+        if concern.source_agency != publisher_id:
+            parsed.append(
+                ParsedRecord(
+                    label,
+                    None,
+                    concern.concern_id,
+                    ReasonCode.UNKNOWN_PUBLISHER.value,
+                    f"source_agency must be {publisher_id!r}, the agency whose key signs it",
+                )
+            )
+            continue
+        missing = missing_minimum_dataset(concern)
+        if missing:
+            parsed.append(
+                ParsedRecord(
+                    label,
+                    None,
+                    concern.concern_id,
+                    ReasonCode.MINIMUM_DATASET_MISSING.value,
+                    "missing: " + ", ".join(missing),
+                )
+            )
+            continue
+        parsed.append(ParsedRecord(label, concern, concern.concern_id, ACCEPTED))
+    return parsed
+
+
+class PoliceAdapter:
+    """Encodes, signs and publishes validated concerns for one police publisher."""
+
+    def __init__(
+        self,
+        *,
+        codec: Codec,
+        identity: SigningIdentity,
+        pseudonym_secret: bytes,
+        topic: str,
+    ) -> None:
+        self._codec = codec
+        self._identity = identity
+        self._secret = pseudonym_secret
+        self._topic = topic
+
+    @property
+    def publisher_id(self) -> str:
+        return self._identity.agency_id
+
+    def prepare(self, concern: ConcernModel) -> OutRecord:
+        """The signed record for one concern; keyed by the child's pseudonym (§4.4)."""
+        return signed_record(
+            self._codec,
+            self._identity,
+            CONCERN,
+            concern.to_avro(),
+            topic=self._topic,
+            key=subject_key(concern, self._secret).encode(),
+            record_id=concern.concern_id,
+            id_header=Headers.CONCERN_ID,
+        )
+
+    def parse_files(self, paths: Iterable[Path]) -> list[ParsedRecord]:
+        parsed: list[ParsedRecord] = []
+        for path in paths:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                parsed.append(
+                    ParsedRecord(
+                        str(path),
+                        None,
+                        None,
+                        ReasonCode.DECODE_ERROR.value,
+                        f"cannot read file ({exc.strerror}): check the path",
+                    )
+                )
+                continue
+            parsed += parse_police_json(text, source=str(path), publisher_id=self.publisher_id)
+        return parsed
+
+    async def publish(
+        self, producer: AIOKafkaProducer, records: Sequence[ParsedRecord]
+    ) -> list[PublishOutcome]:
+        """Publish the valid records (acks=all) and report on every record."""
+        good = [r for r in records if r.concern is not None]
+        await send_all(producer, [self.prepare(r.concern) for r in good if r.concern])
+        return [PublishOutcome(r.label, r.concern_id, r.status, r.detail) for r in records]

@@ -1,0 +1,208 @@
+"""Recipient adapter: read my disclosures, verify, decrypt, keep once, acknowledge.
+
+One adapter per recipient. It assigns its topic partitions itself and keeps
+its position in its own inbox file, committed together with the disclosures,
+so a restart resumes exactly where it stopped without a consumer-group rejoin.
+Only records addressed to this recipient are opened; the others on a shared
+topic (another school's notices, say) are not ours and cannot be decrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from broker import (
+    Headers,
+    Keyring,
+    OutRecord,
+    SealedPayload,
+    SigningIdentity,
+    make_producer,
+    open_sealed,
+    send_all,
+    signed_record,
+    verify_origin,
+)
+from consent import Recipient
+from schemas import DISCLOSURE, RECEIPT, Codec, ReasonCode, SaferError
+
+from ._inbox import Inbox, Rejection
+
+__all__ = ["RecipientAdapter", "receipt_id_for"]
+
+_log = structlog.get_logger("safer.recipient")
+
+
+def receipt_id_for(disclosure_id: str, status: str) -> str:
+    return hashlib.sha256(f"safer-receipt-v1\x00{disclosure_id}\x00{status}".encode()).hexdigest()[
+        :32
+    ]
+
+
+class RecipientAdapter:
+    def __init__(
+        self,
+        *,
+        recipient: Recipient,
+        inbox: Inbox,
+        codec: Codec,
+        keyring: Keyring,
+        identity: SigningIdentity,
+        private_key: X25519PrivateKey,
+        topics: Sequence[str],
+        receipts_topic: str,
+        bootstrap_servers: str,
+        router_id: str,
+        security: dict[str, Any] | None = None,
+    ) -> None:
+        self.recipient = recipient
+        self.inbox = inbox
+        self._codec = codec
+        self._keyring = keyring
+        self._identity = identity
+        self._private_key = private_key
+        self._topics = list(topics)
+        self._receipts_topic = receipts_topic
+        self._bootstrap = bootstrap_servers
+        self._router_id = router_id
+        self._security = security or {}
+        self.totals: Counter[str] = Counter()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._security,
+        )
+        producer = make_producer(self._bootstrap, **self._security)
+        await consumer.start()
+        await producer.start()
+        try:
+            await self._assign(consumer)
+            # Receipts stored but not acknowledged before a crash go out first.
+            await self._send_receipts(producer)
+            if ready is not None:
+                ready.set()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=300, max_records=500)
+                if batch:
+                    self.ingest(batch)
+                    await self._send_receipts(producer)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        tps: list[TopicPartition] = []
+        for topic in self._topics:
+            partitions = consumer.partitions_for_topic(topic)
+            for _ in range(50):
+                if partitions:
+                    break
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    await asyncio.sleep(0.1)
+            tps += [TopicPartition(topic, p) for p in sorted(partitions or ())]
+        consumer.assign(tps)
+        stored = self.inbox.offsets()
+        for tp in tps:
+            position = stored.get((tp.topic, tp.partition))
+            if position is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, position)
+
+    def ingest(self, batch: dict[TopicPartition, list[Any]]) -> int:
+        items: list[tuple[dict[str, Any], bytes, dict[str, Any]]] = []
+        rejections: list[Rejection] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for tp, records in batch.items():
+            for msg in records:
+                position = f"{msg.topic}/{msg.partition}/{msg.offset}"
+                try:
+                    opened = self._open(msg.value or b"", msg.headers)
+                except SaferError as exc:
+                    self.totals["rejected"] += 1
+                    _log.warning(
+                        "recipient.rejected",
+                        recipient=self.recipient.id,
+                        reason_code=exc.code.value,
+                        position=position,
+                    )
+                    rejections.append(Rejection(position, exc.code.value, exc.message))
+                    continue
+                if opened is not None:
+                    record, payload = opened
+                    items.append((record, msg.value or b"", payload))
+            offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        added = self.inbox.store(items, rejections, offsets)
+        self.totals["received"] += added
+        return added
+
+    def _open(
+        self, value: bytes, headers: Sequence[tuple[str, bytes]] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        origin = verify_origin(self._keyring, value, headers, id_header=Headers.DISCLOSURE_ID)
+        if origin.agency_id != self._router_id:
+            raise SaferError(
+                "disclosure not signed by the router", code=ReasonCode.UNKNOWN_PUBLISHER
+            )
+        record = self._codec.decode(value, expect=DISCLOSURE).record
+        if record["recipient_id"] != self.recipient.id:
+            return None  # addressed to another recipient on this shared topic
+        if record["disclosure_id"] != origin.record_id:
+            raise SaferError("signed id header does not match", code=ReasonCode.SIGNATURE_INVALID)
+        plaintext = open_sealed(
+            SealedPayload(**record["payload"]),
+            self._private_key,
+            disclosure_id=record["disclosure_id"],
+            recipient_id=self.recipient.id,
+        )
+        if hashlib.sha256(plaintext).hexdigest() != record["payload_sha256"]:
+            raise SaferError("payload hash mismatch", code=ReasonCode.PAYLOAD_MISMATCH)
+        return record, json.loads(plaintext)
+
+    async def _send_receipts(self, producer: Any) -> None:
+        pending = self.inbox.pending_receipts()
+        if not pending:
+            return
+        now = datetime.now(UTC)
+        out: list[OutRecord] = []
+        for disclosure_id, concern_id, payload_sha256 in pending:
+            receipt = {
+                "receipt_id": receipt_id_for(disclosure_id, "RECEIVED"),
+                "disclosure_id": disclosure_id,
+                "concern_id": concern_id,
+                "recipient_id": self.recipient.id,
+                "status": "RECEIVED",
+                "payload_sha256": payload_sha256,
+                "at": now,
+                "actor": self.recipient.id,
+            }
+            out.append(
+                signed_record(
+                    self._codec,
+                    self._identity,
+                    RECEIPT,
+                    receipt,
+                    topic=self._receipts_topic,
+                    key=disclosure_id.encode(),
+                    record_id=disclosure_id,
+                    id_header=Headers.DISCLOSURE_ID,
+                )
+            )
+        await send_all(producer, out)
+        self.inbox.mark_receipts_sent([p[0] for p in pending])
+        self.totals["receipts"] += len(pending)

@@ -1,0 +1,523 @@
+"""The router: inbound concern → decisions → audited, encrypted disclosures.
+
+``RouterCore.plan`` is synchronous and does no I/O: it turns one inbound record
+into the audit records and the outputs it must cause. ``Router`` is the async
+shell: it produces a batch's audit records first and waits for acks=all, only
+then produces the disclosures, referrals and quarantines, and commits the
+inbound offsets last (DESIGN §4.1, §4.2). Every failure inside ``plan`` becomes
+a quarantine; nothing a publisher sends can stop the loop (§4.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from audit import AuditRecord, entry_id_for
+from consent import Decision, Deny, Permit, Recipient, decide, minimise, missing_minimum_dataset
+from schemas import (
+    AUDIT_RECORD,
+    CONCERN,
+    DISCLOSURE,
+    QUARANTINE,
+    AuditEvent,
+    Codec,
+    ConcernModel,
+    ReasonCode,
+    SaferError,
+    ValidationError,
+)
+
+from ._config import Deployment
+from ._crypto import Keyring, SigningIdentity, pseudonym, seal
+from ._kafka import OutRecord, header, make_producer, send_all, signed_record, verify_origin
+from ._routing import candidate_recipients, resolve_partnerships
+from ._topics import Headers, Topics
+
+__all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
+
+_log = structlog.get_logger("safer.router")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+MAX_INBOUND_BYTES = 1024 * 1024
+
+
+def disclosure_id_for(concern_id: str, recipient_id: str) -> str:
+    """Deterministic: the same concern and recipient always give the same id (§4.3)."""
+    digest = hashlib.sha256(f"safer-disclosure-v1\x00{concern_id}\x00{recipient_id}".encode())
+    return digest.hexdigest()[:32]
+
+
+def subject_key(concern: ConcernModel, secret: bytes) -> str:
+    """Kafka key: the pseudonym of the first child's primary identifier."""
+    subjects = concern.children() or list(concern.subjects)
+    return pseudonym(secret, subjects[0].identifiers()[0])
+
+
+def _safe_uuid(raw: bytes | None) -> str | None:
+    """An id copied from an unverified header, only if it really is a UUID."""
+    if raw is None:
+        return None
+    try:
+        return str(uuid.UUID(raw.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _pydantic_detail(exc: pydantic.ValidationError) -> tuple[str, tuple[str, ...]]:
+    """Field paths and messages only; pydantic's 'input' may hold personal data."""
+    fields = tuple(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+    messages = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+    )
+    return messages, fields
+
+
+@dataclass
+class Plan:
+    """What one inbound record must cause, audit records first."""
+
+    concern_id: str | None
+    audits: list[OutRecord] = field(default_factory=list)
+    outputs: list[OutRecord] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    quarantine_code: ReasonCode | None = None
+
+
+class RouterCore:
+    def __init__(
+        self,
+        *,
+        codec: Codec,
+        deployment: Deployment,
+        keyring: Keyring,
+        identity: SigningIdentity,
+        recipient_key: Callable[[str], X25519PublicKey],
+        pseudonym_secret: bytes,
+        topics: Topics,
+        actor: str = "safer-router",
+    ) -> None:
+        self._codec = codec
+        self._deployment = deployment
+        self._keyring = keyring
+        self._identity = identity
+        self._recipient_key = recipient_key
+        self._secret = pseudonym_secret
+        self._topics = topics
+        self._actor = actor
+
+    # -- public -----------------------------------------------------------------
+
+    def plan(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+    ) -> Plan:
+        try:
+            return self._plan_concern(key, value or b"", headers, now)
+        except SaferError as exc:
+            return self._quarantine(
+                exc.code, exc.message, topic, partition, offset, key, value, headers, now
+            )
+        except Exception as exc:  # a bug must not stop routing; keep the record
+            _log.error("router.internal_error", error=type(exc).__name__, topic=topic)
+            return self._quarantine(
+                ReasonCode.PROCESSING_ERROR,
+                f"internal error ({type(exc).__name__}); report it and replay after the fix",
+                topic,
+                partition,
+                offset,
+                key,
+                value,
+                headers,
+                now,
+            )
+
+    # -- the pipeline -----------------------------------------------------------
+
+    def _plan_concern(
+        self,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+    ) -> Plan:
+        if len(value) > MAX_INBOUND_BYTES:
+            raise ValidationError(
+                f"record is {len(value)} bytes; the limit is {MAX_INBOUND_BYTES}",
+                code=ReasonCode.TOO_LARGE,
+            )
+        if key is not None and not _HEX32.match(key.decode("ascii", errors="replace")):
+            raise ValidationError(
+                "record key is not a subject pseudonym", code=ReasonCode.PID_IN_METADATA
+            )
+        decoded = self._codec.decode(value, expect=CONCERN)
+        origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID)
+        try:
+            concern = ConcernModel.from_avro(decoded.record)
+        except pydantic.ValidationError as exc:
+            detail, fields = _pydantic_detail(exc)
+            raise ValidationError(
+                f"concern fails validation: {detail}", fields=fields
+            ) from None
+        if concern.concern_id != origin.record_id:
+            raise ValidationError(
+                "signed concern_id header does not match the record",
+                code=ReasonCode.SIGNATURE_INVALID,
+            )
+        publisher = self._deployment.directory.publisher(origin.agency_id)
+        if publisher is None or concern.source_agency != origin.agency_id:
+            raise ValidationError(
+                "concern names a source agency other than its signer",
+                code=ReasonCode.UNKNOWN_PUBLISHER,
+            )
+        missing = missing_minimum_dataset(concern)
+        if missing:
+            raise ValidationError(
+                f"minimum dataset missing: {', '.join(missing)}",
+                code=ReasonCode.MINIMUM_DATASET_MISSING,
+                fields=tuple(missing),
+            )
+        routing = resolve_partnerships(concern, self._deployment.postcodes)
+        if not routing.lscps:
+            raise ValidationError(
+                "no HIPS partnership found from residence, placement or incident location",
+                code=ReasonCode.ADDRESS_UNRESOLVED,
+            )
+        candidates = candidate_recipients(concern, routing, self._deployment.directory)
+        if not candidates:
+            raise ValidationError("no candidate recipient", code=ReasonCode.NO_RECIPIENT)
+
+        pseudonyms = tuple(
+            dict.fromkeys(
+                pseudonym(self._secret, ident) for s in concern.subjects for ident in s.identifiers()
+            )
+        )
+        subject = subject_key(concern, self._secret).encode()
+        plan = Plan(concern.concern_id)
+        for candidate in candidates:
+            decision = decide(
+                concern,
+                candidate.recipient,
+                self._deployment.policy,
+                concern.consent.state,
+                now,
+                source_agency_type=publisher.agency_type,
+            )
+            self._plan_decision(plan, concern, candidate.recipient, decision, pseudonyms, subject, now)
+        return plan
+
+    def _plan_decision(
+        self,
+        plan: Plan,
+        concern: ConcernModel,
+        recipient: Recipient,
+        decision: Decision,
+        pseudonyms: tuple[str, ...],
+        subject: bytes,
+        now: datetime,
+    ) -> None:
+        disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
+        if isinstance(decision, Deny):
+            event = AuditEvent.WITHHELD
+            payload_sha256 = None
+            fields: tuple[str, ...] = ()
+            lawful_basis = None
+            purpose = None
+        else:
+            payload = minimise(concern, decision.profile, decision.withheld_subject_refs)
+            plaintext = payload.canonical_bytes()
+            sealed = seal(
+                plaintext,
+                self._recipient_key(recipient.id),
+                disclosure_id=disclosure_id,
+                recipient_id=recipient.id,
+            )
+            referral = not isinstance(decision, Permit)
+            event = AuditEvent.REFERRED if referral else AuditEvent.DISCLOSED
+            payload_sha256 = payload.sha256
+            fields = payload.fields
+            lawful_basis = decision.lawful_basis
+            purpose = decision.purpose
+            record: dict[str, Any] = {
+                "disclosure_id": disclosure_id,
+                "concern_id": concern.concern_id,
+                "recipient_id": recipient.id,
+                "lscp": recipient.lscp.value,
+                "kind": "REFERRAL" if referral else "DISCLOSURE",
+                "decision_id": decision.decision_id,
+                "lawful_basis": lawful_basis,
+                "purpose": purpose,
+                "profile": decision.profile.name,
+                "policy_revision": decision.policy_revision,
+                "reason_codes": [str(c) for c in decision.reason_codes],
+                "concern_type": concern.concern_type.value,
+                "risk_grade": concern.risk_grade.value,
+                "deadline": None,
+                "decided_at": now,
+                "payload_sha256": payload_sha256,
+                "payload": {
+                    "ciphertext": sealed.ciphertext,
+                    "nonce": sealed.nonce,
+                    "wrapped_key": sealed.wrapped_key,
+                    "wrap_nonce": sealed.wrap_nonce,
+                    "ephemeral_public_key": sealed.ephemeral_public_key,
+                    "recipient_key_id": sealed.recipient_key_id,
+                    "algorithm": sealed.algorithm,
+                },
+            }
+            topic = (
+                self._topics.triage(recipient.lscp)
+                if referral
+                else self._topics.disclosures(recipient.lscp, recipient.agency_type)
+            )
+            plan.outputs.append(
+                signed_record(
+                    self._codec,
+                    self._identity,
+                    DISCLOSURE,
+                    record,
+                    topic=topic,
+                    key=subject,
+                    record_id=disclosure_id,
+                    id_header=Headers.DISCLOSURE_ID,
+                )
+            )
+        audit = AuditRecord(
+            seq=None,
+            entry_id=entry_id_for(event, disclosure_id),
+            event=event,
+            disclosure_id=disclosure_id,
+            decision_id=decision.decision_id,
+            concern_id=concern.concern_id,
+            subject_pseudonyms=pseudonyms,
+            source=concern.source_agency,
+            recipient=recipient.id,
+            lscp=recipient.lscp.value,
+            lawful_basis=lawful_basis,
+            purpose=purpose,
+            consent_state=decision.consent_state.value,
+            reason_codes=tuple(str(c) for c in decision.reason_codes),
+            reasons=decision.reasons,
+            policy_revision=decision.policy_revision,
+            fields_disclosed=fields,
+            payload_sha256=payload_sha256,
+            deadline=None,
+            at=now,
+            actor=self._actor,
+        )
+        plan.audits.append(self._audit_record(audit, key=disclosure_id.encode()))
+        plan.outcomes[event.value] += 1
+
+    def _audit_record(self, audit: AuditRecord, *, key: bytes) -> OutRecord:
+        return signed_record(
+            self._codec,
+            self._identity,
+            AUDIT_RECORD,
+            audit.to_avro(),
+            topic=self._topics.audit,
+            key=key,
+            record_id=audit.disclosure_id or "",
+            id_header=Headers.DISCLOSURE_ID if audit.disclosure_id else None,
+        )
+
+    def _quarantine(
+        self,
+        code: ReasonCode,
+        detail: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+    ) -> Plan:
+        original = value or b""
+        quarantine_id = hashlib.sha256(
+            f"safer-quarantine-v1\x00{topic}\x00{partition}\x00{offset}\x00".encode()
+            + hashlib.sha256(original).digest()
+        ).hexdigest()[:32]
+        concern_id = _safe_uuid(header(headers, Headers.CONCERN_ID))
+        record = {
+            "quarantine_id": quarantine_id,
+            "reason_code": code.value,
+            "detail": detail,
+            "concern_id": concern_id,
+            "source_topic": topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "original_key": key,
+            "original_headers": {k: v for k, v in headers or ()},
+            "original_value": original,
+            "at": now,
+        }
+        plan = Plan(concern_id, quarantine_code=code)
+        audit = AuditRecord(
+            seq=None,
+            entry_id=entry_id_for(AuditEvent.QUARANTINED, quarantine_id),
+            event=AuditEvent.QUARANTINED,
+            concern_id=concern_id,
+            source=topic,
+            reason_codes=(code.value,),
+            reasons=(detail,),
+            at=now,
+            actor=self._actor,
+        )
+        plan.audits.append(self._audit_record(audit, key=quarantine_id.encode()))
+        plan.outputs.append(
+            signed_record(
+                self._codec,
+                self._identity,
+                QUARANTINE,
+                record,
+                topic=self._topics.quarantine,
+                key=None,
+                record_id="",
+                id_header=None,
+            )
+        )
+        plan.outcomes[AuditEvent.QUARANTINED.value] += 1
+        _log.warning(
+            "router.quarantined",
+            reason_code=code.value,
+            concern_id=concern_id,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+        return plan
+
+
+class Router:
+    """Consumer-group loop around ``RouterCore`` with audit-first production."""
+
+    def __init__(
+        self,
+        core: RouterCore,
+        *,
+        bootstrap_servers: str,
+        inbound_topics: Sequence[str],
+        group_id: str = "safer-router",
+        batch_size: int = 500,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        security: dict[str, Any] | None = None,
+    ) -> None:
+        self._core = core
+        self._bootstrap = bootstrap_servers
+        self._inbound = list(inbound_topics)
+        self._group_id = group_id
+        self._batch_size = batch_size
+        self._clock = clock
+        self._security = security or {}
+        self.totals: Counter[str] = Counter()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        consumer = AIOKafkaConsumer(
+            *self._inbound,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1500,
+            max_poll_records=self._batch_size,
+            **self._security,
+        )
+        producer = make_producer(self._bootstrap, **self._security)
+        await producer.start()
+        await consumer.start()
+        _log.info("router.started", topics=self._inbound, group_id=self._group_id)
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=250, max_records=self._batch_size)
+                if not batch:
+                    continue
+                await self._handle(batch, producer, consumer, stop)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            _log.info("router.stopped", **dict(self.totals))
+
+    async def _handle(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        producer: Any,
+        consumer: AIOKafkaConsumer,
+        stop: asyncio.Event,
+    ) -> None:
+        now = self._clock()
+        plans: list[Plan] = []
+        commit: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for msg in records:
+                plans.append(
+                    self._core.plan(
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        key=msg.key,
+                        value=msg.value,
+                        headers=msg.headers,
+                        now=now,
+                    )
+                )
+            commit[tp] = records[-1].offset + 1
+        audits = [a for p in plans for a in p.audits]
+        outputs = [o for p in plans for o in p.outputs]
+        # Audit first: nothing reaches a recipient topic before its audit record is acked.
+        if not await self._send_with_retry(producer, audits, stop):
+            return
+        if not await self._send_with_retry(producer, outputs, stop):
+            return
+        try:
+            await consumer.commit(commit)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance moved the partitions: the new owner replays them, and
+            # deterministic ids make the replay harmless.
+            _log.warning("router.commit_failed", error=type(exc).__name__)
+        for plan in plans:
+            self.totals.update(plan.outcomes)
+        self.totals["inbound"] += len(plans)
+        _log.info(
+            "router.batch",
+            inbound=len(plans),
+            audits=len(audits),
+            outputs=len(outputs),
+            **{k.lower(): v for k, v in sum((p.outcomes for p in plans), Counter()).items()},
+        )
+
+    async def _send_with_retry(
+        self, producer: Any, records: list[OutRecord], stop: asyncio.Event
+    ) -> bool:
+        delay = 0.2
+        while True:
+            try:
+                await send_all(producer, records)
+                return True
+            except KafkaError as exc:
+                _log.warning("router.produce_retry", error=type(exc).__name__, delay=delay)
+                if stop.is_set():
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

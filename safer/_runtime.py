@@ -1,0 +1,254 @@
+"""Wiring: builds the router, audit feed and adapters from settings.
+
+The only place that knows every package; each service is built from the same
+settings, deployment files and key store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters import Inbox, PoliceAdapter, RecipientAdapter
+from audit import AuditStore
+from broker import (
+    ROUTER_ID,
+    AuditFeed,
+    Deployment,
+    Keyring,
+    KeyStore,
+    Router,
+    RouterCore,
+    Settings,
+    create_topics,
+    load_deployment,
+)
+from consent import Recipient
+from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
+
+__all__ = ["BROKER_FILE", "Runtime", "resolve_bootstrap", "write_broker_file"]
+
+_log = structlog.get_logger("safer")
+
+#: Where a running `safer up` / `safer broker` advertises its embedded broker.
+BROKER_FILE = "broker.json"
+
+
+def write_broker_file(data_dir: Path, bootstrap: str) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / BROKER_FILE
+    path.write_text(json.dumps({"bootstrap_servers": bootstrap, "pid": os.getpid()}))
+    return path
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, else the embedded broker a running `safer up` advertises."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    path = settings.data_dir / BROKER_FILE
+    if path.exists():
+        info = json.loads(path.read_text())
+        pid = int(info.get("pid", 0))
+        if pid and Path(f"/proc/{pid}").exists():
+            return str(info["bootstrap_servers"])
+    raise BrokerError(
+        "no Kafka broker to talk to",
+        code=ReasonCode.BROKER_UNAVAILABLE,
+        retriable=True,
+        hint="start one with `safer up` (or `safer broker`) in another terminal, "
+        "or set KAFKA_BOOTSTRAP_SERVERS",
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    bootstrap: str
+
+    @cached_property
+    def deployment(self) -> Deployment:
+        return load_deployment(self.settings.deploy_dir)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.settings.keys_dir)
+
+    @cached_property
+    def codec(self) -> Codec:
+        return Codec(EmbeddedRegistry(self.settings.registry_file))
+
+    @property
+    def security(self) -> dict[str, Any]:
+        return self.settings.kafka_security() if self.settings.bootstrap_servers else {}
+
+    def identities(self) -> list[str]:
+        directory = self.deployment.directory
+        return [ROUTER_ID, *(p.id for p in directory.publishers), *(r.id for r in directory.recipients)]
+
+    def init_keys(self, *, overwrite: bool = False) -> int:
+        """Create development keys for every identity; returns how many were new."""
+        created = int(self.keys.init_pseudonym_secret())
+        for identity in self.identities():
+            created += int(self.keys.init_agency(identity, overwrite=overwrite))
+        return created
+
+    def keyring(self) -> Keyring:
+        missing = [i for i in self.identities() if not self.keys.has_agency(i)]
+        if missing:
+            raise ConfigError(
+                f"no keys for {len(missing)} identities (first: {missing[0]})",
+                code=ReasonCode.KEY_MISSING,
+                hint="run `safer keys init` to create development keys",
+            )
+        return self.keys.keyring(self.identities())
+
+    def topic_partitions(self) -> dict[str, int]:
+        topics = self.settings.topics
+        wanted = {topics.inbound(AgencyType.POLICE.value): 3}
+        wanted.update({name: 1 for name in topics.all_recipient_topics()})
+        for name in (topics.quarantine, topics.audit, topics.receipts, topics.alerts):
+            wanted[name] = 1
+        return wanted
+
+    async def create_topics(self) -> None:
+        await create_topics(self.bootstrap, self.topic_partitions(), **self.security)
+
+    def router_core(self) -> RouterCore:
+        return RouterCore(
+            codec=self.codec,
+            deployment=self.deployment,
+            keyring=self.keyring(),
+            identity=self.keys.signing_identity(ROUTER_ID),
+            recipient_key=self.keys.encryption_public,
+            pseudonym_secret=self.keys.pseudonym_secret(),
+            topics=self.settings.topics,
+        )
+
+    def router(self, *, group_id: str = "safer-router") -> Router:
+        return Router(
+            self.router_core(),
+            bootstrap_servers=self.bootstrap,
+            inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
+            group_id=group_id,
+            security=self.security,
+        )
+
+    def audit_feed(self, store: AuditStore) -> AuditFeed:
+        return AuditFeed(
+            store=store,
+            codec=self.codec,
+            keyring=self.keyring(),
+            topics=self.settings.topics,
+            bootstrap_servers=self.bootstrap,
+            router_id=ROUTER_ID,
+            security=self.security,
+        )
+
+    def recipient_topics(self, recipient: Recipient) -> list[str]:
+        topics = self.settings.topics
+        names = [topics.disclosures(recipient.lscp, recipient.agency_type)]
+        if recipient.front_door:
+            names.append(topics.triage(recipient.lscp))
+        return names
+
+    def inbox_path(self, recipient_id: str) -> Path:
+        return self.settings.inbox_dir / f"{recipient_id}.db"
+
+    def recipient_adapter(self, recipient: Recipient) -> RecipientAdapter:
+        return RecipientAdapter(
+            recipient=recipient,
+            inbox=Inbox(self.inbox_path(recipient.id)),
+            codec=self.codec,
+            keyring=self.keyring(),
+            identity=self.keys.signing_identity(recipient.id),
+            private_key=self.keys.encryption_private(recipient.id),
+            topics=self.recipient_topics(recipient),
+            receipts_topic=self.settings.topics.receipts,
+            bootstrap_servers=self.bootstrap,
+            router_id=ROUTER_ID,
+            security=self.security,
+        )
+
+    def police_adapter(self, agency: str = "police") -> PoliceAdapter:
+        publishers = [
+            p for p in self.deployment.directory.publishers if p.agency_type.value == agency
+        ]
+        if not publishers:
+            raise ConfigError(
+                f"no publisher of agency type {agency!r} in the directory",
+                code=ReasonCode.UNKNOWN_PUBLISHER,
+                hint="add a [[publisher]] to deploy/directory.toml",
+            )
+        return PoliceAdapter(
+            codec=self.codec,
+            identity=self.keys.signing_identity(publishers[0].id),
+            pseudonym_secret=self.keys.pseudonym_secret(),
+            topic=self.settings.topics.inbound(agency),
+        )
+
+    async def run_services(
+        self,
+        stop: asyncio.Event,
+        *,
+        router: bool = True,
+        feed: bool = True,
+        recipients: Iterable[Recipient] | None = None,
+        on_ready: Callable[[], None] | None = None,
+        store: AuditStore | None = None,
+    ) -> None:
+        """Run the chosen services until ``stop`` is set; a crashed service stops all."""
+        own_store = store is None and feed
+        audit_store = store or (AuditStore(self.settings.audit_db) if feed else None)
+        chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
+        runners: list[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = []
+        if feed and audit_store is not None:
+            runners.append(("audit-feed", self.audit_feed(audit_store).run))
+        runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
+        if router:
+            runners.append(("router", self.router().run))
+        readies = [asyncio.Event() for _ in runners]
+        tasks = [
+            asyncio.create_task(run(stop, ready), name=name)
+            for (name, run), ready in zip(runners, readies, strict=True)
+        ]
+
+        async def _all_ready() -> None:
+            await asyncio.gather(*(r.wait() for r in readies))
+            _log.info("services.ready", services=len(tasks))
+            if on_ready is not None:
+                on_ready()
+
+        ready_task = asyncio.create_task(_all_ready())
+        stop_task = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_task and task.exception() is not None:
+                    _log.error("service.crashed", service=task.get_name(),
+                               error=type(task.exception()).__name__)
+                    stop.set()
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            ready_task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results, strict=True):
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    _log.error("service.failed", service=task.get_name(),
+                               error=type(result).__name__)
+            stop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop_task
+            if own_store and audit_store is not None:
+                audit_store.close()

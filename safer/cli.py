@@ -1,0 +1,421 @@
+"""The `safer` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from audit import AuditStore, verify_store
+from broker import EmbeddedBroker, Settings, kafka_cluster, make_producer
+from schemas import LogTamperedError, SaferError
+
+from ._demo import run_demo
+from ._logging import configure_logging
+from ._runtime import Runtime, resolve_bootstrap, write_broker_file
+
+__all__ = ["main"]
+
+err = Console(stderr=True)
+out = Console()
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+MAIN_HELP = """\
+SAFER Exchange shares safeguarding concerns about children between police,
+children's social care, health, schools and youth justice across the four HIPS
+partnerships (Hampshire, Isle of Wight, Portsmouth, Southampton): signed,
+decided per recipient, minimised, encrypted, and recorded in an audit log.
+
+Start here:
+  safer demo                         run everything on synthetic data and summarise
+  safer up                           run broker, router, recipients and audit feed
+  safer publish --agency police deploy/examples/concern-domestic-abuse.json
+  safer audit verify                 check the audit log has not been tampered with
+
+With no KAFKA_BOOTSTRAP_SERVERS set, commands use an embedded Tansu broker
+(memory only, no TLS/SASL: for development and demos, not production).
+"""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(data_dir=args.data_dir, deploy_dir=args.deploy_dir)
+
+
+def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run an async command; Ctrl-C or SIGTERM sets ``stop`` for a clean shutdown."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await coro_factory(stop)
+
+    return asyncio.run(main())
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    runtime = Runtime(settings, bootstrap="")
+    created = runtime.init_keys(overwrite=args.force)
+    total = len(runtime.identities())
+    err.print(
+        f"[green]keys ready[/] for {total} identities in {settings.keys_dir} "
+        f"({created} created; private keys are mode 0600)"
+    )
+    if created == 0:
+        err.print("existing keys were kept; use --force to replace them")
+    return 0
+
+
+# -- broker -------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.bootstrap_servers:
+        err.print(f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started.")
+        return 0
+
+    async def serve(stop: asyncio.Event) -> int:
+        broker = EmbeddedBroker(port=args.port, log_path=settings.data_dir / "logs" / "tansu.log")
+        broker.start()
+        try:
+            write_broker_file(settings.data_dir, broker.bootstrap_servers)
+            print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+            err.print("embedded Tansu broker running (memory only). Ctrl-C to stop.")
+            await stop.wait()
+        finally:
+            broker.stop()
+            (settings.data_dir / "broker.json").unlink(missing_ok=True)
+        return 0
+
+    return _run(serve)
+
+
+# -- publish ------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
+    police = runtime.police_adapter(args.agency)
+    parsed = police.parse_files([Path(p) for p in args.files])
+
+    async def publish(stop: asyncio.Event) -> int:
+        producer = make_producer(runtime.bootstrap, **runtime.security)
+        await producer.start()
+        try:
+            outcomes = await police.publish(producer, parsed)
+        finally:
+            await producer.stop()
+        rejected = 0
+        for outcome in outcomes:
+            line = f"{outcome.concern_id or '-'} {outcome.status}"
+            if outcome.status != "ACCEPTED":
+                rejected += 1
+                line += f" {outcome.label}: {outcome.detail}"
+            print(line, flush=True)
+        return 1 if rejected else 0
+
+    return _run(publish)
+
+
+# -- route / up ---------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
+
+    async def route(stop: asyncio.Event) -> int:
+        await runtime.create_topics()
+        router = runtime.router(group_id=args.group_id)
+        err.print(f"router consuming {settings.topics.inbound('police')} as {args.group_id}")
+        await router.run(stop)
+        err.print(f"router stopped: {dict(router.totals)}")
+        return 0
+
+    return _run(route)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    log_path = settings.data_dir / "logs" / "tansu.log"
+
+    async def up(stop: asyncio.Event) -> int:
+        with kafka_cluster(port=args.port, log_path=log_path) as bootstrap:
+            if not settings.bootstrap_servers:
+                write_broker_file(settings.data_dir, bootstrap)
+            runtime = Runtime(settings, bootstrap)
+            created = runtime.init_keys()
+            if created:
+                err.print(f"created {created} development keys in {settings.keys_dir}")
+            await runtime.create_topics()
+            print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+            recipients = runtime.deployment.directory.recipients
+            try:
+                await runtime.run_services(
+                    stop,
+                    on_ready=lambda: err.print(
+                        f"[green]ready[/]: router, audit feed and {len(recipients)} recipient "
+                        "adapters. Publish with `safer publish --agency police FILE`. Ctrl-C stops."
+                    ),
+                )
+            finally:
+                (settings.data_dir / "broker.json").unlink(missing_ok=True)
+        err.print("all services stopped cleanly")
+        return 0
+
+    return _run(up)
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def _summary_table(result: Any) -> Table:
+    table = Table(title="SAFER Exchange demo: every record accounted for")
+    table.add_column("partnership")
+    for name in ("disclosed", "withheld", "referred", "received"):
+        table.add_column(name, justify="right")
+    for lscp, counts in result.by_lscp.items():
+        table.add_row(lscp, *(str(counts[k]) for k in ("disclosed", "withheld", "referred", "received")))
+    table.add_section()
+    table.add_row("all", str(result.disclosed), str(result.withheld), str(result.referred), str(result.received))
+    return table
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args).model_copy(update={"data_dir": Path(args.data_dir or ".safer/demo")})
+    configure_logging(log_file=settings.data_dir.parent / "demo.log")
+    show_progress = not args.json and err.is_terminal
+
+    async def demo(stop: asyncio.Event) -> int:
+        with kafka_cluster(log_path=settings.data_dir.parent / "demo-tansu.log") as bootstrap:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=err,
+                disable=not show_progress,
+            )
+            tasks: dict[str, TaskID] = {}
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            with progress:
+                result = await run_demo(
+                    settings,
+                    bootstrap=bootstrap,
+                    concerns=args.concerns,
+                    seed=args.seed,
+                    timeout=args.timeout,
+                    progress=report,
+                )
+        if args.json:
+            print(json.dumps(result.to_json(), sort_keys=True))
+        else:
+            out.print(_summary_table(result))
+            out.print(
+                f"published {result.published} (incl. 5 deliberately bad) · quarantined "
+                f"{result.quarantined} {result.quarantine_codes} · audit records "
+                f"{result.audit_records} · audit verified: {result.audit_verified} · "
+                f"{result.seconds:.1f} s"
+            )
+            out.print(f"data kept in {settings.data_dir}; try: safer --data-dir {settings.data_dir} audit verify")
+        for problem in result.problems:
+            err.print(f"[red]problem:[/] {problem}")
+        return 0 if result.ok else 1
+
+    return _run(demo)
+
+
+# -- audit --------------------------------------------------------------------
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    path = settings.audit_db
+    try:
+        summary = verify_store(path)
+    except LogTamperedError as exc:
+        if args.json:
+            print(json.dumps({"entries": None, "root": None, "checkpoint_verified": False,
+                              "consistent": False, "problems": exc.problems}))
+        else:
+            err.print(f"[red]audit log FAILED verification[/] ({path}):")
+            for problem in exc.problems:
+                err.print(f"  - {problem}")
+            err.print(exc.hint)
+        return 1
+    if args.json:
+        print(json.dumps({"entries": summary.entries, "root": summary.head,
+                          "checkpoint_verified": summary.checkpoints_verified > 0,
+                          "consistent": True, "problems": []}))
+    else:
+        out.print(f"[green]audit log verified[/]: {summary.entries} entries, chain head {summary.head}")
+    return 0
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with AuditStore(settings.audit_db) as store:
+        checkpoint = store.checkpoint()
+    out.print(f"checkpoint written: {checkpoint}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safer", description=MAIN_HELP, formatter_class=_FORMATTER)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where keys, the audit log and inboxes live (default ./.safer, env SAFER_DATA_DIR)")
+    parser.add_argument("--deploy-dir", type=Path, default=None,
+                        help="directory, policy and postcode files (default ./deploy, env SAFER_DEPLOY_DIR)")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="write JSON logs here instead of stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    keys = sub.add_parser("keys", help="manage development keys", formatter_class=_FORMATTER,
+                          description="Manage signing (Ed25519) and encryption (X25519) keys.")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = keys_sub.add_parser(
+        "init", help="create development keys for every agency in the directory",
+        formatter_class=_FORMATTER,
+        description="Create an Ed25519 signing key and an X25519 encryption key for the router\n"
+        "and every publisher and recipient in deploy/directory.toml, plus the\n"
+        "partnership pseudonymisation secret. Private key files get mode 0600.\n"
+        "Existing keys are kept unless --force is given.\n\n"
+        "These are DEVELOPMENT keys, unencrypted on disk. Production keys belong in\n"
+        "each agency's HSM or key vault.\n\nexample:\n  safer keys init\n  safer --data-dir /srv/safer keys init",
+    )
+    init.add_argument("--force", action="store_true", help="replace existing keys (old disclosures become unreadable)")
+    init.set_defaults(func=cmd_keys_init)
+
+    broker = sub.add_parser(
+        "broker", help="run the embedded Kafka-protocol broker in the foreground",
+        formatter_class=_FORMATTER,
+        description="Run the embedded Tansu broker and print KAFKA_BOOTSTRAP_SERVERS=host:port.\n"
+        "Memory only, no TLS/SASL, no transactions: for development. If\n"
+        "KAFKA_BOOTSTRAP_SERVERS is already set, nothing is started.\n\n"
+        "example:\n  safer broker --port 9092\n  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+    )
+    broker.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
+    broker.set_defaults(func=cmd_broker)
+
+    publish = sub.add_parser(
+        "publish", help="validate, sign and publish concerns from JSON files",
+        formatter_class=_FORMATTER,
+        description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
+        "in docs/police-json-format.md), validate each, sign it with the agency's\n"
+        "key and publish it to hips.inbound.<agency>. Prints one line per record:\n"
+        "the concern_id and ACCEPTED, or a reason code and what is wrong.\n"
+        "Exit code 1 if any record was rejected.\n\n"
+        "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
+        "example:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json\n"
+        "  safer publish --agency police deploy/examples/*.json",
+    )
+    publish.add_argument("--agency", default="police", choices=["police"], help="publishing agency type")
+    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON file(s) of concerns")
+    publish.set_defaults(func=cmd_publish)
+
+    route = sub.add_parser(
+        "route", help="run the router alone (consumer group on the inbound topics)",
+        formatter_class=_FORMATTER,
+        description="Run only the router: verify, check, decide, minimise, encrypt, audit\n"
+        "first, then deliver. Run several with the same --group-id to share the load.\n\n"
+        "example:\n  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 safer route",
+    )
+    route.add_argument("--group-id", default="safer-router", help="consumer group id")
+    route.set_defaults(func=cmd_route)
+
+    up = sub.add_parser(
+        "up", help="run broker, router, recipient adapters and audit feed together",
+        formatter_class=_FORMATTER,
+        description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), create\n"
+        "topics and development keys if missing, then run the router, the audit\n"
+        "feed and one adapter per recipient until Ctrl-C, and shut down cleanly.\n\n"
+        "example:\n  safer up\n  # in another terminal:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
+    )
+    up.add_argument("--port", type=int, default=None, help="embedded broker port (default: a free one)")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole flow on synthetic data and summarise",
+        formatter_class=_FORMATTER,
+        description="Start everything on a fresh embedded broker, publish N synthetic concerns\n"
+        "(synthetic people only; the same seed gives the same data) and 5 deliberately\n"
+        "bad records, wait until every record is disclosed, withheld, referred or\n"
+        "quarantined and every disclosure is received, then verify the audit log.\n"
+        "Exit code 0 only if all of that holds. Data goes to .safer/demo (wiped first).\n\n"
+        "example:\n  safer demo\n  safer demo --concerns 500 --seed 7 --json",
+    )
+    demo.add_argument("--concerns", type=int, default=50, help="synthetic concerns to publish (default 50)")
+    demo.add_argument("--seed", type=int, default=2024, help="random seed for the synthetic data")
+    demo.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
+    demo.set_defaults(func=cmd_demo)
+
+    audit = sub.add_parser("audit", help="check and query the audit log", formatter_class=_FORMATTER,
+                           description="Audit log commands. The log is append-only and hash-chained.")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="recompute the hash chain and report tampering",
+        formatter_class=_FORMATTER,
+        description="Recompute every entry's hash and the chain from the store file, read-only,\n"
+        "and report modified, deleted, reordered or truncated entries and forged\n"
+        "checkpoints, naming the first bad sequence number. Exit code 1 on problems.\n\n"
+        "example:\n  safer audit verify\n  safer --data-dir .safer/demo audit verify --json",
+    )
+    verify.add_argument("--json", action="store_true", help='print {"entries","root","checkpoint_verified","consistent","problems"}')
+    verify.set_defaults(func=cmd_audit_verify)
+    checkpoint = audit_sub.add_parser(
+        "checkpoint", help="record the current size and chain head as a checkpoint",
+        formatter_class=_FORMATTER,
+        description="Append a checkpoint (size, chain head) so later truncation is detectable.\n\n"
+        "example:\n  safer audit checkpoint",
+    )
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "demo":
+        configure_logging(log_file=args.log_file)
+    try:
+        code: int = args.func(args)
+        return code
+    except SaferError as exc:
+        err.print(f"[red]error[/] [{exc.code}] {exc.message}")
+        if exc.hint:
+            err.print(f"  what to do: {exc.hint}")
+        return 75 if exc.retriable else 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

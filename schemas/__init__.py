@@ -1,0 +1,95 @@
+"""Schemas: the Avro records of SAFER Exchange, their wire format and registry.
+
+Bottom floor: imports nothing else from SAFER Exchange. Also home of the one
+exception tree and the stable reason codes, so every floor can use them.
+"""
+
+from ._codec import SchemaVersion, catalogue, latest, split_wire
+from ._compat import check_full_transitive, reader_can_read
+from ._errors import (
+    AuditError,
+    BrokerError,
+    ConfigError,
+    CryptoError,
+    DecodeError,
+    LogTamperedError,
+    PolicyError,
+    ReasonCode,
+    SaferError,
+    SchemaError,
+    SignatureError,
+    ValidationError,
+)
+from ._model import (
+    LA_CODES,
+    Address,
+    AgencyType,
+    AuditEvent,
+    ConcernModel,
+    ConcernType,
+    ConsentState,
+    ConsentStatement,
+    IncidentLocation,
+    Lscp,
+    Officer,
+    RiskGrade,
+    Subject,
+    SubjectRole,
+    VoiceOfChild,
+    age_on,
+)
+from ._registry import Codec, Decoded, EmbeddedRegistry, Registry, content_schema_id
+
+#: Subject names of the records SAFER Exchange writes.
+CONCERN = "concern"
+DISCLOSURE = "disclosure"
+AUDIT_RECORD = "audit_record"
+RECEIPT = "receipt"
+QUARANTINE = "quarantine"
+
+__all__ = [
+    "AUDIT_RECORD",
+    "CONCERN",
+    "DISCLOSURE",
+    "LA_CODES",
+    "QUARANTINE",
+    "RECEIPT",
+    "Address",
+    "AgencyType",
+    "AuditError",
+    "AuditEvent",
+    "BrokerError",
+    "Codec",
+    "ConcernModel",
+    "ConcernType",
+    "ConfigError",
+    "ConsentState",
+    "ConsentStatement",
+    "CryptoError",
+    "DecodeError",
+    "Decoded",
+    "EmbeddedRegistry",
+    "IncidentLocation",
+    "LogTamperedError",
+    "Lscp",
+    "Officer",
+    "PolicyError",
+    "ReasonCode",
+    "Registry",
+    "RiskGrade",
+    "SaferError",
+    "SchemaError",
+    "SchemaVersion",
+    "SignatureError",
+    "Subject",
+    "SubjectRole",
+    "ValidationError",
+    "VoiceOfChild",
+    "age_on",
+    "catalogue",
+    "check_full_transitive",
+    "content_schema_id",
+    "latest",
+    "reader_can_read",
+    "split_wire",
+]

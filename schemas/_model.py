@@ -1,0 +1,263 @@
+"""Typed domain model mirroring the Avro schemas (DESIGN §7).
+
+pydantic validates records at the edges (agency JSON, decoded Avro); inside,
+the models are frozen so that pure code can pass them around safely.
+``to_avro()`` and ``from_avro()`` convert to and from the dicts fastavro uses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "LA_CODES",
+    "Address",
+    "AgencyType",
+    "AuditEvent",
+    "ConcernModel",
+    "ConcernType",
+    "ConsentState",
+    "ConsentStatement",
+    "IncidentLocation",
+    "Lscp",
+    "Officer",
+    "RiskGrade",
+    "Subject",
+    "SubjectRole",
+    "VoiceOfChild",
+    "age_on",
+]
+
+
+class ConcernType(StrEnum):
+    DOMESTIC_ABUSE = "DOMESTIC_ABUSE"
+    NEGLECT = "NEGLECT"
+    PHYSICAL_ABUSE = "PHYSICAL_ABUSE"
+    EMOTIONAL_ABUSE = "EMOTIONAL_ABUSE"
+    SEXUAL_ABUSE = "SEXUAL_ABUSE"
+    CHILD_SEXUAL_EXPLOITATION = "CHILD_SEXUAL_EXPLOITATION"
+    CHILD_CRIMINAL_EXPLOITATION = "CHILD_CRIMINAL_EXPLOITATION"
+    MISSING = "MISSING"
+    ONLINE_GROOMING = "ONLINE_GROOMING"
+    RADICALISATION = "RADICALISATION"
+    KNIFE_SERIOUS_VIOLENCE = "KNIFE_SERIOUS_VIOLENCE"
+    YOUTH_OFFENDING = "YOUTH_OFFENDING"
+    OTHER = "OTHER"
+
+
+class RiskGrade(StrEnum):
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+
+    @property
+    def rank(self) -> int:
+        """Higher is more serious; used for "at least this grade" rules."""
+        return {"LOW": 0, "MEDIUM": 1, "HIGH": 2}[self.value]
+
+
+class SubjectRole(StrEnum):
+    CHILD = "CHILD"
+    PARENT_CARER = "PARENT_CARER"
+    SIBLING = "SIBLING"
+    ALLEGED_PERPETRATOR = "ALLEGED_PERPETRATOR"
+    OTHER_ADULT = "OTHER_ADULT"
+
+
+class ConsentState(StrEnum):
+    GIVEN = "GIVEN"
+    REFUSED = "REFUSED"
+    WITHDRAWN = "WITHDRAWN"
+    NOT_SOUGHT = "NOT_SOUGHT"
+    OVERRIDDEN = "OVERRIDDEN"
+    EXPIRED = "EXPIRED"
+
+
+class AuditEvent(StrEnum):
+    DISCLOSED = "DISCLOSED"
+    WITHHELD = "WITHHELD"
+    REFERRED = "REFERRED"
+    QUARANTINED = "QUARANTINED"
+    RECEIVED = "RECEIVED"
+    CONSENT_CHANGED = "CONSENT_CHANGED"
+    KEY_SHREDDED = "KEY_SHREDDED"
+    OTHER = "OTHER"
+
+
+class Lscp(StrEnum):
+    """The four HIPS Local Safeguarding Children Partnerships."""
+
+    HAMPSHIRE = "hampshire"
+    ISLE_OF_WIGHT = "isle-of-wight"
+    PORTSMOUTH = "portsmouth"
+    SOUTHAMPTON = "southampton"
+
+
+#: ONS local authority code of each partnership's LA (DESIGN §10).
+LA_CODES: dict[str, Lscp] = {
+    "E10000014": Lscp.HAMPSHIRE,
+    "E06000046": Lscp.ISLE_OF_WIGHT,
+    "E06000044": Lscp.PORTSMOUTH,
+    "E06000045": Lscp.SOUTHAMPTON,
+}
+
+
+class AgencyType(StrEnum):
+    """Kinds of agency. The value is used in topic names, so keep it short."""
+
+    POLICE = "police"
+    CHILDRENS_SOCIAL_CARE = "social-care"
+    HEALTH = "health"
+    EDUCATION = "education"
+    LA_EDUCATION = "la-education"
+    YOUTH_JUSTICE = "youth-justice"
+    ADULT_SOCIAL_CARE = "adult-social-care"
+
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class Address(BaseModel):
+    model_config = _FROZEN
+    line1: str = Field(min_length=1)
+    line2: str | None = None
+    town: str = Field(min_length=1)
+    postcode: str = Field(min_length=2)
+    la_code: str | None = None
+
+    @field_validator("postcode")
+    @classmethod
+    def _normalise_postcode(cls, value: str) -> str:
+        return " ".join(value.upper().split())
+
+
+class Subject(BaseModel):
+    model_config = _FROZEN
+    subject_ref: str = Field(min_length=1)
+    role: SubjectRole
+    given_name: str = Field(min_length=1)
+    family_name: str = Field(min_length=1)
+    date_of_birth: date | None = None
+    nhs_number: str | None = None
+    police_person_id: str | None = None
+    address: Address | None = None
+    school_urn: str | None = None
+    looked_after: bool = False
+    responsible_la: str | None = None
+    home_educated: bool = False
+    care_leaver: bool = False
+
+    @field_validator("nhs_number")
+    @classmethod
+    def _nhs_number_digits(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace(" ", "")
+        if not (digits.isdigit() and len(digits) == 10):
+            # The value itself is personal data: never echo it.
+            raise ValueError("nhs_number must be 10 digits")
+        return digits
+
+    def identifiers(self) -> list[str]:
+        """Every identifier of this person, in a stable ``scheme:value`` form.
+
+        These are what get pseudonymised (DESIGN §4.4). When a person has no
+        formal identifier, name and date of birth stand in.
+        """
+        ids: list[str] = []
+        if self.nhs_number:
+            ids.append(f"nhs:{self.nhs_number}")
+        if self.police_person_id:
+            ids.append(f"police:{self.police_person_id.strip().upper()}")
+        if not ids:
+            dob = self.date_of_birth.isoformat() if self.date_of_birth else "unknown"
+            ids.append(
+                f"name-dob:{self.family_name.strip().lower()}|"
+                f"{self.given_name.strip().lower()}|{dob}"
+            )
+        return ids
+
+
+class IncidentLocation(BaseModel):
+    model_config = _FROZEN
+    description: str = Field(min_length=1)
+    postcode: str | None = None
+    la_code: str | None = None
+
+
+class VoiceOfChild(BaseModel):
+    model_config = _FROZEN
+    said: str | None = None
+    observed: str | None = None
+
+
+class ConsentStatement(BaseModel):
+    model_config = _FROZEN
+    state: ConsentState
+    reason: str | None = None
+    recorded_by: str = Field(min_length=1)
+    recorded_at: AwareDatetime
+
+
+class Officer(BaseModel):
+    model_config = _FROZEN
+    name: str = Field(min_length=1)
+    collar_number: str | None = None
+    unit: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+class ConcernModel(BaseModel):
+    """A safeguarding concern (the Avro ``Concern`` record)."""
+
+    model_config = _FROZEN
+    concern_id: str
+    source_agency: str = Field(min_length=1)
+    source_ref: str = Field(min_length=1)
+    reported_at: AwareDatetime
+    occurred_at: AwareDatetime
+    concern_type: ConcernType
+    risk_grade: RiskGrade
+    subjects: tuple[Subject, ...] = Field(min_length=1)
+    incident_location: IncidentLocation | None = None
+    child_present: bool = False
+    voice_of_child: VoiceOfChild | None = None
+    narrative: str = Field(min_length=1)
+    immediate_actions: str | None = None
+    consent: ConsentStatement
+    third_party_protection: tuple[str, ...] = ()
+    restricted: bool = False
+    officer: Officer
+
+    @field_validator("concern_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("concern_id must be a UUID") from None
+
+    def children(self) -> list[Subject]:
+        return [s for s in self.subjects if s.role is SubjectRole.CHILD]
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> Self:
+        return cls.model_validate(record)
+
+
+def age_on(date_of_birth: date, when: datetime | date) -> int:
+    """Whole years of age on ``when`` (birthdays on 29 February fall on 1 March)."""
+    day = when.astimezone(UTC).date() if isinstance(when, datetime) else when
+    years = day.year - date_of_birth.year
+    if (day.month, day.day) < (date_of_birth.month, date_of_birth.day):
+        years -= 1
+    return years

@@ -1,0 +1,98 @@
+"""Shared helpers for the end-to-end tests of the spine (real broker, real files)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adapters import ParsedRecord, synthetic_concerns
+from audit import AuditStore
+from broker import OutRecord, Settings, make_producer, read_topic, send_all
+from schemas import AuditEvent, ConcernModel
+from safer import Runtime
+
+REPO = Path(__file__).resolve().parents[2]
+DECISIONS = {"DISCLOSED", "WITHHELD", "REFERRED", "QUARANTINED"}
+
+
+def make_runtime(tmp_path: Path, bootstrap: str, prefix: str) -> Runtime:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        deploy_dir=REPO / "deploy",
+        topic_prefix=prefix,
+        bootstrap_servers=bootstrap,
+    )
+    runtime = Runtime(settings, bootstrap)
+    runtime.init_keys()
+    return runtime
+
+
+def concerns(n: int, seed: int) -> list[ConcernModel]:
+    now = datetime.now(UTC)
+    return [ConcernModel.model_validate(d) for d in synthetic_concerns(n, seed=seed, now=now)]
+
+
+async def publish(runtime: Runtime, items: list[ConcernModel], extra: Iterable[OutRecord] = ()) -> None:
+    police = runtime.police_adapter()
+    producer = make_producer(runtime.bootstrap)
+    await producer.start()
+    try:
+        parsed = [ParsedRecord(str(i), c, c.concern_id, "ACCEPTED") for i, c in enumerate(items)]
+        outcomes = await police.publish(producer, parsed)
+        assert all(o.status == "ACCEPTED" for o in outcomes)
+        await send_all(producer, list(extra))
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Accounting:
+    decided: dict[str, set[str]] = field(default_factory=dict)  # concern -> events
+    delivered: set[str] = field(default_factory=set)
+    received: set[str] = field(default_factory=set)
+    quarantine_codes: dict[str, list[str]] = field(default_factory=dict)  # concern -> codes
+    entries: int = 0
+
+
+def account(store: AuditStore) -> Accounting:
+    acc = Accounting()
+    for record in store.records():
+        acc.entries += 1
+        event = str(record.event.value if hasattr(record.event, "value") else record.event)
+        if event in DECISIONS and record.concern_id:
+            acc.decided.setdefault(record.concern_id, set()).add(event)
+        if event in ("DISCLOSED", "REFERRED") and record.disclosure_id:
+            acc.delivered.add(record.disclosure_id)
+        if event == AuditEvent.RECEIVED.value and record.disclosure_id:
+            acc.received.add(record.disclosure_id)
+        if event == "QUARANTINED" and record.concern_id:
+            acc.quarantine_codes.setdefault(record.concern_id, []).extend(record.reason_codes)
+    return acc
+
+
+async def wait_accounted(
+    store: AuditStore, expected: set[str], *, timeout: float, service: asyncio.Task[Any] | None = None
+) -> Accounting:
+    deadline = time.monotonic() + timeout
+    while True:
+        acc = account(store)
+        if expected <= set(acc.decided) and acc.delivered <= acc.received:
+            return acc
+        if service is not None and service.done():
+            service.result()
+        if time.monotonic() > deadline:
+            missing = len(expected - set(acc.decided))
+            unreceived = len(acc.delivered - acc.received)
+            raise AssertionError(
+                f"not accounted after {timeout}s: {missing} undecided, {unreceived} unreceived"
+            )
+        await asyncio.sleep(0.25)
+
+
+async def read_all(runtime: Runtime, topics: Iterable[str]) -> dict[str, list[Any]]:
+    return {t: await read_topic(runtime.bootstrap, t, timeout=60) for t in topics}

@@ -1,0 +1,494 @@
+"""``decide()``: may this concern go to this recipient, what of it, and why?
+
+Version 1 is a short, ordered list of rules over the data-sharing agreements
+(``deploy/policy/``). Each rule is a separate function below so that a fuller
+engine can replace one stage without touching the others.
+
+The golden rules of DESIGN §9 and where each is honoured:
+
+* *Protecting a child takes priority over privacy*: rule 4 shares despite a
+  refusal when the agreement allows it and the risk of significant harm is
+  recorded (grade MEDIUM or HIGH); a refusal that cannot be overridden still
+  reaches the front door as a referral, for a professional to weigh.
+* *Consent is not needed where a child is at risk*: rule 4 shares when
+  consent was not sought, if the agreement is ``overridable_at_risk``.
+* *Share only what the recipient needs*: rules 2 and 3 (an agreement must
+  cover the recipient, concern type, age and grade), and the profile named by
+  the agreement (applied by ``minimise``).
+* *Protect third parties*: rule 5 (withheld subjects become stubs).
+* *Record every decision, including not to share*: every path returns a
+  ``Decision`` with reasons; nothing here drops a case silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas import (
+    AgencyType,
+    ConcernModel,
+    ConsentState,
+    ReasonCode,
+    RiskGrade,
+    Subject,
+    age_on,
+)
+
+from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
+from ._policy import LAWFUL_BASES, Agreement, PolicySet, Profile
+from ._recipient import Recipient
+
+__all__ = ["decide"]
+
+#: Grades at which a risk of significant harm is recorded (PPN RAG amber or red).
+AT_RISK = RiskGrade.MEDIUM
+
+_GAVE = frozenset({ConsentState.GIVEN, ConsentState.OVERRIDDEN})
+_REFUSED = frozenset({ConsentState.REFUSED, ConsentState.WITHDRAWN, ConsentState.EXPIRED})
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the rules look at, computed once per call."""
+
+    concern: ConcernModel
+    recipient: Recipient
+    policy: PolicySet
+    consent_state: ConsentState
+    source: AgencyType
+    children: tuple[tuple[Subject, int | None], ...]
+    decision_id: str
+    summary: DecisionInput
+
+
+@dataclass(frozen=True)
+class _Match:
+    """An agreement that covers the concern, and the CHILD subjects it covers."""
+
+    agreement: Agreement
+    children: tuple[Subject, ...]
+
+
+def _band(age: int | None) -> str:
+    if age is None:
+        return "unknown"
+    if age < 18:
+        return "child"
+    return "young_adult" if age <= 24 else "adult"
+
+
+def _facts(
+    concern: ConcernModel,
+    recipient: Recipient,
+    policy: PolicySet,
+    consent_state: ConsentState,
+    now: datetime,
+    source: AgencyType,
+) -> _Facts:
+    children = tuple(
+        (c, age_on(c.date_of_birth, now) if c.date_of_birth is not None else None)
+        for c in concern.children()
+    )
+    summary = DecisionInput(
+        concern_type=concern.concern_type,
+        risk_grade=concern.risk_grade,
+        restricted=concern.restricted,
+        source_agency_type=source,
+        recipient_agency_type=recipient.agency_type,
+        recipient_lscp=recipient.lscp,
+        front_door=recipient.is_front_door,
+        age_bands=tuple(_band(age) for _, age in children),
+    )
+    return _Facts(
+        concern,
+        recipient,
+        policy,
+        consent_state,
+        source,
+        children,
+        decision_id_for(concern.concern_id, recipient.id, policy.revision),
+        summary,
+    )
+
+
+def _deny(
+    facts: _Facts,
+    reason: ReasonCode,
+    reasons: Sequence[str],
+    agreements: Sequence[Agreement] = (),
+    extra_codes: Sequence[ReasonCode] = (),
+) -> Deny:
+    return Deny(
+        decision_id=facts.decision_id,
+        concern_id=facts.concern.concern_id,
+        recipient_id=facts.recipient.id,
+        policy_revision=facts.policy.revision,
+        agreement_ids=tuple(a.id for a in agreements),
+        reasons=tuple(reasons),
+        reason_codes=(reason, *extra_codes),
+        consent_state=facts.consent_state,
+        summary=facts.summary,
+        reason=reason,
+    )
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What a PERMIT or REFER shares under one agreement."""
+
+    profile: Profile
+    lawful_basis: str
+    purpose: str
+    retention: str
+    withheld_subject_refs: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def _share(facts: _Facts, match: _Match) -> _Share:
+    """Rule 5 and the agreement's terms: profile, basis, purpose, withheld subjects."""
+    agreement = match.agreement
+    basis = agreement.lawful_bases[0]
+    withheld = list(dict.fromkeys(facts.concern.third_party_protection))
+    notes = [f"lawful basis {basis}: {LAWFUL_BASES[basis].citation}"]
+    present = {s.subject_ref for s in facts.concern.subjects}
+    protected = sum(1 for ref in withheld if ref in present)
+    if protected:
+        notes.append(f"{protected} subject(s) withheld to protect third parties")
+    if agreement.requires_school_match or agreement.requires_home_educated:
+        covered = {c.subject_ref for c in match.children}
+        others = [
+            c.subject_ref
+            for c, _ in facts.children
+            if c.subject_ref not in covered and c.subject_ref not in withheld
+        ]
+        if others:
+            withheld.extend(others)
+            notes.append(
+                f"{len(others)} other CHILD subject(s) withheld: agreement '{agreement.id}' "
+                "covers only the child(ren) this recipient is responsible for"
+            )
+    return _Share(
+        profile=facts.policy.profile(agreement.profile),
+        lawful_basis=basis,
+        purpose=agreement.purpose,
+        retention=agreement.retention,
+        withheld_subject_refs=tuple(withheld),
+        notes=tuple(notes),
+    )
+
+
+def _covers_text(facts: _Facts, agreement: Agreement) -> str:
+    return (
+        f"agreement '{agreement.id}' ({agreement.title}) covers {facts.source.value} to "
+        f"{facts.recipient.agency_type.value} for concern type "
+        f"{facts.concern.concern_type.value} and {agreement.age_text()}"
+    )
+
+
+def _permit(facts: _Facts, match: _Match, consent_reasons: Sequence[str]) -> Permit:
+    share = _share(facts, match)
+    agreement = match.agreement
+    reasons = [
+        _covers_text(facts, agreement),
+        f"risk grade {facts.concern.risk_grade.value} meets the minimum "
+        f"{agreement.min_risk_grade.value}",
+        *consent_reasons,
+        *share.notes,
+    ]
+    return Permit(
+        decision_id=facts.decision_id,
+        concern_id=facts.concern.concern_id,
+        recipient_id=facts.recipient.id,
+        policy_revision=facts.policy.revision,
+        agreement_ids=(agreement.id,),
+        reasons=tuple(reasons),
+        reason_codes=(),
+        consent_state=facts.consent_state,
+        summary=facts.summary,
+        profile=share.profile,
+        lawful_basis=share.lawful_basis,
+        purpose=share.purpose,
+        retention=share.retention,
+        withheld_subject_refs=share.withheld_subject_refs,
+    )
+
+
+def _refer(facts: _Facts, match: _Match, reason: ReasonCode, why: Sequence[str]) -> Refer:
+    share = _share(facts, match)
+    reasons = [
+        *why,
+        _covers_text(facts, match.agreement),
+        "referred to the partnership's front door for a professional decision",
+        *share.notes,
+    ]
+    return Refer(
+        decision_id=facts.decision_id,
+        concern_id=facts.concern.concern_id,
+        recipient_id=facts.recipient.id,
+        policy_revision=facts.policy.revision,
+        agreement_ids=(match.agreement.id,),
+        reasons=tuple(reasons),
+        reason_codes=(reason,),
+        consent_state=facts.consent_state,
+        summary=facts.summary,
+        reason=reason,
+        profile=share.profile,
+        lawful_basis=share.lawful_basis,
+        purpose=share.purpose,
+        retention=share.retention,
+        withheld_subject_refs=share.withheld_subject_refs,
+    )
+
+
+# ---- rule 2: is there a lawful basis at all? ----
+
+
+def _why_not(facts: _Facts, agreement: Agreement) -> str:
+    """Which subject condition of ``agreement`` no CHILD subject meets (policy words only)."""
+    if not facts.children:
+        return f"agreement '{agreement.id}' needs a CHILD subject; the concern has none"
+    aged = [c for c, age in facts.children if agreement.admits_age(age)]
+    if not aged:
+        return f"agreement '{agreement.id}' covers {agreement.age_text()}; no CHILD subject is"
+    if agreement.requires_school_match:
+        return (
+            f"agreement '{agreement.id}' needs {agreement.age_text()} on this school's roll "
+            "(the child's school URN must equal the recipient's); none is"
+        )
+    if agreement.requires_home_educated:
+        return (
+            f"agreement '{agreement.id}' needs {agreement.age_text()} who is home-educated; none is"
+        )
+    return f"agreement '{agreement.id}' needs {agreement.age_text()} who is a care leaver; none is"
+
+
+def _qualifying(facts: _Facts, agreement: Agreement) -> tuple[Subject, ...]:
+    school = facts.recipient.school_urn
+    return tuple(
+        child
+        for child, age in facts.children
+        if agreement.admits_age(age)
+        and (
+            not agreement.requires_school_match
+            or (school is not None and child.school_urn == school)
+        )
+        and (not agreement.requires_home_educated or child.home_educated)
+        and (not agreement.requires_care_leaver or child.care_leaver)
+    )
+
+
+def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
+    """Rule 2: agreements whose parties, concern type and subjects match, sorted by id."""
+    recipient_type = facts.recipient.agency_type
+    parties = facts.policy.between(facts.source, recipient_type)
+    if not parties:
+        return _deny(
+            facts,
+            ReasonCode.NO_LAWFUL_BASIS,
+            [
+                f"no data-sharing agreement lets {facts.source.value} share with "
+                f"{recipient_type.value}"
+            ],
+        )
+    typed = [a for a in parties if a.covers(facts.concern.concern_type)]
+    if not typed:
+        ids = ", ".join(f"'{a.id}'" for a in parties)
+        return _deny(
+            facts,
+            ReasonCode.NO_LAWFUL_BASIS,
+            [
+                f"no agreement between {facts.source.value} and {recipient_type.value} "
+                f"covers concern type {facts.concern.concern_type.value} (considered {ids})"
+            ],
+            parties,
+        )
+    matches: list[_Match] = []
+    missing: list[str] = []
+    for agreement in typed:
+        children = _qualifying(facts, agreement)
+        if children:
+            matches.append(_Match(agreement, children))
+        else:
+            missing.append(_why_not(facts, agreement))
+    if not matches:
+        return _deny(facts, ReasonCode.NO_LAWFUL_BASIS, missing, typed)
+    return matches
+
+
+# ---- rule 3: risk threshold ----
+
+
+def _above_threshold(facts: _Facts, matches: list[_Match]) -> list[_Match] | Deny:
+    grade = facts.concern.risk_grade
+    above = [m for m in matches if grade.rank >= m.agreement.min_risk_grade.rank]
+    if above:
+        return above
+    return _deny(
+        facts,
+        ReasonCode.BELOW_THRESHOLD,
+        [
+            f"risk grade {grade.value} is below the minimum {m.agreement.min_risk_grade.value} "
+            f"of agreement '{m.agreement.id}' ({m.agreement.title})"
+            for m in matches
+        ],
+        [m.agreement for m in matches],
+    )
+
+
+# ---- rule 4: consent ----
+
+
+def _protecting(agreement: Agreement) -> str:
+    if agreement.subject_ages == "child":
+        return "protecting a child takes priority over privacy"
+    return "protecting a young adult at risk of significant harm takes priority over privacy"
+
+
+def _consent(facts: _Facts, match: _Match) -> Decision:
+    """Rule 4 for one agreement."""
+    agreement = match.agreement
+    rule = agreement.consent_rule
+    state = facts.consent_state
+    grade = facts.concern.risk_grade
+    if rule == "not_required":
+        return _permit(
+            facts,
+            match,
+            [f"consent is not required by agreement '{agreement.id}' (consent {state.value})"],
+        )
+    if state in _GAVE:
+        return _permit(facts, match, [f"consent {state.value}"])
+    if state is ConsentState.NOT_SOUGHT:
+        if rule == "overridable_at_risk":
+            return _permit(
+                facts,
+                match,
+                [
+                    "consent NOT_SOUGHT: consent is not needed where a child is at risk "
+                    f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
+                ],
+            )
+        return _deny(
+            facts,
+            ReasonCode.CONSENT_REFUSED,
+            [f"agreement '{agreement.id}' requires consent, and consent was NOT_SOUGHT"],
+            [agreement],
+        )
+    assert state in _REFUSED
+    if rule == "overridable_at_risk" and grade.rank >= AT_RISK.rank:
+        return _permit(
+            facts,
+            match,
+            [
+                f"consent {state.value} overridden: risk grade {grade.value} records a risk of "
+                f"significant harm, and {_protecting(agreement)} "
+                f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
+            ],
+        )
+    why = (
+        f"consent {state.value} and agreement '{agreement.id}' requires consent"
+        if rule == "required"
+        else f"consent {state.value} and risk grade {grade.value} does not record a risk of "
+        "significant harm, so it cannot be overridden"
+    )
+    if facts.recipient.is_front_door:
+        return _refer(facts, match, ReasonCode.CONSENT_REFUSED, [why])
+    return _deny(facts, ReasonCode.CONSENT_REFUSED, [why], [agreement])
+
+
+def decide(
+    concern: ConcernModel,
+    recipient: Recipient,
+    agreements: PolicySet,
+    consent_state: ConsentState,
+    now: datetime,
+    *,
+    source_agency_type: AgencyType = AgencyType.POLICE,
+) -> Decision:
+    """Decide whether ``concern`` may go to ``recipient``, and what of it.
+
+    Pure: the result depends only on the arguments (``now`` fixes ages).
+    ``source_agency_type`` is the publisher's agency type (the router looks it
+    up in the directory). ``consent_state`` is passed separately from
+    ``concern.consent`` so that a later consent change can be applied.
+
+    Rules, in order (the first that settles the case wins):
+
+    1. **Restricted record.** A restricted concern goes only to the front door
+       (the partnership's children's social care MASH), as a REFER
+       (RESTRICTED_RECORD) for human review, whatever the grade or consent,
+       using the profile of the first agreement that covers it; everyone else
+       gets DENY(RESTRICTED_RECORD). If no agreement covers the front door
+       either, DENY(RESTRICTED_RECORD) with NO_LAWFUL_BASIS also recorded.
+    2. **Lawful basis.** Ages come from the CHILD subjects' dates of birth on
+       ``now`` (under 18: child; 18 to 24: young adult; no date of birth:
+       taken as a child, as the role says). An agreement applies when its
+       source and recipient agency types, concern types and age band (and
+       ``min_age``/``max_age``) match a CHILD subject, who must also be on the
+       recipient school's roll (``requires_school_match``), home-educated
+       (``requires_home_educated``) or a care leaver (``requires_care_leaver``)
+       where the agreement says so. None → DENY(NO_LAWFUL_BASIS), with reasons
+       naming what was missing.
+    3. **Threshold.** The risk grade must reach the agreement's
+       ``min_risk_grade``; else DENY(BELOW_THRESHOLD).
+    4. **Consent**, per agreement: ``not_required`` → PERMIT. Otherwise GIVEN or
+       OVERRIDDEN → PERMIT. NOT_SOUGHT → PERMIT if ``overridable_at_risk``
+       ("consent is not needed where a child is at risk"), else
+       DENY(CONSENT_REFUSED). REFUSED, WITHDRAWN or EXPIRED → PERMIT if
+       ``overridable_at_risk`` and the grade is MEDIUM or HIGH (a risk of
+       significant harm is recorded: "protecting a child takes priority over
+       privacy"); else REFER(CONSENT_REFUSED) to a front door, and
+       DENY(CONSENT_REFUSED) to anyone else.
+    5. **Third parties.** ``concern.third_party_protection`` refs become
+       ``withheld_subject_refs`` (``minimise`` stubs them). For a school or
+       LA-education agreement, CHILD subjects the recipient is not responsible
+       for are withheld too.
+
+    Agreements are tried in id order; the first whose consent rule permits is
+    used (an agreement that lawfully permits is enough), otherwise the first
+    one's REFER or DENY stands. The agreement's first lawful basis is cited.
+    """
+    facts = _facts(concern, recipient, agreements, consent_state, now, source_agency_type)
+
+    if concern.restricted and not recipient.is_front_door:
+        return _deny(
+            facts,
+            ReasonCode.RESTRICTED_RECORD,
+            [
+                "the record is restricted: only the partnership's front door may receive it, "
+                "for human review"
+            ],
+        )
+
+    lawful = _lawful_matches(facts)
+    if concern.restricted:
+        if isinstance(lawful, Deny):
+            return _deny(
+                facts,
+                ReasonCode.RESTRICTED_RECORD,
+                ["the record is restricted", *lawful.reasons],
+                extra_codes=(ReasonCode.NO_LAWFUL_BASIS,),
+            )
+        return _refer(
+            facts,
+            lawful[0],
+            ReasonCode.RESTRICTED_RECORD,
+            ["the record is restricted: the front door reviews it before anyone else sees it"],
+        )
+    if isinstance(lawful, Deny):
+        return lawful
+
+    above = _above_threshold(facts, lawful)
+    if isinstance(above, Deny):
+        return above
+
+    first: Decision | None = None
+    for match in above:
+        outcome = _consent(facts, match)
+        if isinstance(outcome, Permit):
+            return outcome
+        first = first or outcome
+    assert first is not None
+    return first

@@ -1,0 +1,526 @@
+"""Data-sharing agreements as data (DESIGN §9).
+
+Agreements and minimisation profiles live in ``deploy/policy/*.toml``. The
+caller reads the files; ``parse_policy`` takes ``{filename: text}``, validates
+every ``[[agreement]]`` and ``[[profile]]`` with pydantic, checks references
+(profiles, lawful bases) and uniqueness, and returns a ``PolicySet`` whose
+``revision`` is a hash of everything that can change a decision.
+
+The lawful-basis catalogue is code, not data: a new statutory basis is a
+reviewed change, and agreements may only cite ids from ``LAWFUL_BASES``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from schemas import (
+    AgencyType,
+    ConcernModel,
+    ConcernType,
+    PolicyError,
+    ReasonCode,
+    RiskGrade,
+    SubjectRole,
+)
+
+__all__ = [
+    "LAWFUL_BASES",
+    "Agreement",
+    "ConsentRule",
+    "LawfulBasis",
+    "PolicySet",
+    "Profile",
+    "SubjectAges",
+    "concern_field_paths",
+    "parse_policy",
+]
+
+
+@dataclass(frozen=True)
+class LawfulBasis:
+    """One entry of the lawful-basis catalogue: the law, and what it allows."""
+
+    id: str
+    citation: str
+    description: str
+
+
+def _basis(ident: str, citation: str, description: str) -> tuple[str, LawfulBasis]:
+    return ident, LawfulBasis(ident, citation, description)
+
+
+#: Every lawful basis an agreement may cite, by id. Citations are to UK
+#: legislation as amended; the partnership DPOs own this list.
+LAWFUL_BASES: dict[str, LawfulBasis] = dict(
+    [
+        _basis(
+            "UKGDPR-6-1-c",
+            "UK GDPR Article 6(1)(c)",
+            "processing is necessary to comply with a legal obligation of the controller",
+        ),
+        _basis(
+            "UKGDPR-6-1-e",
+            "UK GDPR Article 6(1)(e)",
+            "processing is necessary for a task carried out in the public interest or in the "
+            "exercise of official authority (the statutory safeguarding functions)",
+        ),
+        _basis(
+            "UKGDPR-9-2-g+DPA18-S1-P18",
+            "UK GDPR Article 9(2)(g) with Data Protection Act 2018 Schedule 1 paragraph 18",
+            "special category data: substantial public interest in the safeguarding of "
+            "children and of individuals at risk, where consent cannot reasonably be obtained "
+            "or seeking it would prejudice the protection",
+        ),
+        _basis(
+            "UKGDPR-9-2-h+DPA18-S1-P2",
+            "UK GDPR Article 9(2)(h) with Data Protection Act 2018 Schedule 1 paragraph 2",
+            "special category data: health or social care purposes, processed by or under the "
+            "responsibility of a health or social work professional",
+        ),
+        _basis(
+            "DPA18-S35+SCH8-P4",
+            "Data Protection Act 2018 section 35(5) with Schedule 8 paragraph 4",
+            "Part 3 (law enforcement) sensitive processing by the police that is necessary "
+            "for the safeguarding of children and of individuals at risk",
+        ),
+        _basis(
+            "CA1989-S17",
+            "Children Act 1989 section 17",
+            "the local authority's duty to safeguard and promote the welfare of children in "
+            "need in its area",
+        ),
+        _basis(
+            "CA1989-S47",
+            "Children Act 1989 section 47",
+            "the local authority's duty to make enquiries where a child is suffering, or is "
+            "likely to suffer, significant harm",
+        ),
+        _basis(
+            "CA1989-S23C",
+            "Children Act 1989 sections 23C and 23CZB",
+            "the local authority's continuing duties, as corporate parent, to former relevant "
+            "children (care leavers) up to age 25",
+        ),
+        _basis(
+            "CA2004-S10",
+            "Children Act 2004 section 10",
+            "co-operation between the local authority and its relevant partners (including "
+            "the police) to improve the well-being of children",
+        ),
+        _basis(
+            "CA2004-S11",
+            "Children Act 2004 section 11",
+            "the police, health bodies and others must ensure their functions are discharged "
+            "having regard to the need to safeguard and promote the welfare of children",
+        ),
+        _basis(
+            "CDA1998-S115",
+            "Crime and Disorder Act 1998 section 115",
+            "a power (not a duty) to disclose information to a relevant authority where "
+            "necessary or expedient for the purposes of the Act, including youth justice",
+        ),
+        _basis(
+            "DAA2021-S49A",
+            "Domestic Abuse Act 2021 section 49A (as inserted by the Victims and Prisoners "
+            "Act 2024)",
+            "Operation Encompass: the duty on police to notify a child's school, or the local "
+            "authority for a child not in school, of a domestic abuse incident involving the "
+            "child, before the next school day",
+        ),
+        _basis(
+            "CA2014-S42",
+            "Care Act 2014 sections 42 and 45",
+            "safeguarding adults at risk: the local authority's duty to make enquiries, and "
+            "the sharing of information with the Safeguarding Adults Board's partners",
+        ),
+    ]
+)
+
+ConsentRule = Literal["not_required", "required", "overridable_at_risk"]
+SubjectAges = Literal["child", "young_adult"]
+
+_MODEL = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_DURATION = re.compile(r"^P(?=\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?$")
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic model classes inside an annotation (``X | None``, ``tuple[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return []
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
+
+
+@cache
+def concern_field_paths() -> frozenset[str]:
+    """Every dotted path into a Concern's JSON form (``subjects.address.postcode``...)."""
+    paths: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            path = f"{prefix}{name}"
+            paths.add(path)
+            for inner in _models_in(info.annotation):
+                walk(inner, f"{path}.")
+
+    walk(ConcernModel, "")
+    return frozenset(paths)
+
+
+class Profile(BaseModel):
+    """A minimisation profile: the only concern fields a recipient may see.
+
+    ``fields`` are dotted paths into the concern's JSON form; a path through a
+    list (``subjects.given_name``) applies to every item. ``subject_roles``
+    narrows which subjects appear at all (a school needs the child, not the
+    alleged perpetrator); by default every role.
+    """
+
+    model_config = _MODEL
+    name: str = Field(pattern=_ID)
+    description: str = Field(min_length=1)
+    fields: tuple[str, ...] = Field(min_length=1)
+    subject_roles: tuple[SubjectRole, ...] = tuple(SubjectRole)
+
+    @pydantic.field_validator("fields")
+    @classmethod
+    def _known_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = concern_field_paths()
+        unknown = [p for p in value if p not in known]
+        if unknown:
+            raise ValueError(f"unknown concern field path(s): {', '.join(unknown)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a field path is listed twice")
+        listed = set(value)
+        covered = [p for p in value if any(p.startswith(f"{q}.") for q in listed)]
+        if covered:
+            raise ValueError(
+                f"path(s) {', '.join(covered)} are already covered by a parent path; list one"
+            )
+        subject_paths = [p for p in value if p.split(".")[0] == "subjects"]
+        if subject_paths and "subjects" not in value:
+            missing = {"subjects.subject_ref", "subjects.role"} - set(value)
+            if missing:
+                raise ValueError(
+                    "a profile that shares subject fields must include "
+                    "subjects.subject_ref and subjects.role (so withheld subjects can be stubbed "
+                    "and the recipient can tell the child from the adults)"
+                )
+        return value
+
+
+class Agreement(BaseModel):
+    """One data-sharing agreement: who may share what with whom, and why.
+
+    A concern is covered when the publisher's agency type is in
+    ``source_agency_types``, the recipient's in ``recipient_agency_types``, the
+    concern type is listed (or ``"*"``), and at least one CHILD subject
+    qualifies: in the ``subject_ages`` band (child: under 18; young adult:
+    18 to 24), within ``min_age``..``max_age`` if given, and meeting the
+    ``requires_*`` flags. ``min_risk_grade`` and ``consent_rule`` then decide.
+    """
+
+    model_config = _MODEL
+    id: str = Field(pattern=_ID)
+    title: str = Field(min_length=1)
+    source_agency_types: tuple[AgencyType, ...] = Field(min_length=1)
+    recipient_agency_types: tuple[AgencyType, ...] = Field(min_length=1)
+    concern_types: tuple[ConcernType | Literal["*"], ...] = Field(min_length=1)
+    min_risk_grade: RiskGrade
+    subject_ages: SubjectAges
+    min_age: int | None = Field(default=None, ge=0, le=24)
+    max_age: int | None = Field(default=None, ge=0, le=24)
+    lawful_bases: tuple[str, ...] = Field(min_length=1)
+    consent_rule: ConsentRule
+    profile: str = Field(min_length=1)
+    purpose: str = Field(min_length=1)
+    retention: str
+    requires_school_match: bool = False
+    requires_home_educated: bool = False
+    requires_care_leaver: bool = False
+
+    @pydantic.field_validator("concern_types")
+    @classmethod
+    def _wildcard_alone(
+        cls, value: tuple[ConcernType | Literal["*"], ...]
+    ) -> tuple[ConcernType | Literal["*"], ...]:
+        if "*" in value and len(value) > 1:
+            raise ValueError('"*" (every concern type) must be the only entry')
+        return value
+
+    @pydantic.field_validator("lawful_bases")
+    @classmethod
+    def _catalogued(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in value if b not in LAWFUL_BASES]
+        if unknown:
+            raise ValueError(
+                f"unknown lawful basis id(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(LAWFUL_BASES))}"
+            )
+        return value
+
+    @pydantic.field_validator("retention")
+    @classmethod
+    def _iso_duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError("must be an ISO 8601 duration of years/months/weeks/days, e.g. P6Y")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> Agreement:
+        if self.min_age is not None and self.max_age is not None and self.min_age > self.max_age:
+            raise ValueError("min_age is greater than max_age")
+        band = (0, 17) if self.subject_ages == "child" else (18, 24)
+        for bound in (self.min_age, self.max_age):
+            if bound is not None and not band[0] <= bound <= band[1]:
+                raise ValueError(
+                    f"age bounds must lie within the {self.subject_ages} band "
+                    f"({band[0]} to {band[1]})"
+                )
+        if self.requires_school_match and self.recipient_agency_types != (AgencyType.EDUCATION,):
+            raise ValueError("requires_school_match needs recipient_agency_types = ['education']")
+        if self.requires_home_educated and self.recipient_agency_types != (
+            AgencyType.LA_EDUCATION,
+        ):
+            raise ValueError(
+                "requires_home_educated needs recipient_agency_types = ['la-education']"
+            )
+        return self
+
+    def covers(self, concern_type: ConcernType) -> bool:
+        return self.concern_types == ("*",) or concern_type in self.concern_types
+
+    def admits_age(self, age: int | None) -> bool:
+        """Whether a CHILD subject of this ``age`` (None: no date of birth) qualifies.
+
+        A subject recorded as CHILD without a date of birth is taken to be under
+        18 (the publisher's role says so), so it satisfies a child band's age
+        range; it never counts as a young adult.
+        """
+        if age is None:
+            return self.subject_ages == "child"
+        if self.subject_ages == "child" and age >= 18:
+            return False
+        if self.subject_ages == "young_adult" and not 18 <= age <= 24:
+            return False
+        if self.min_age is not None and age < self.min_age:
+            return False
+        return not (self.max_age is not None and age > self.max_age)
+
+    def age_text(self) -> str:
+        """The age band in words, for reasons."""
+        low, high = (0, 17) if self.subject_ages == "child" else (18, 24)
+        low = self.min_age if self.min_age is not None else low
+        high = self.max_age if self.max_age is not None else high
+        noun = "child" if self.subject_ages == "child" else "young adult"
+        return f"a {noun} aged {low} to {high}"
+
+
+class PolicySet(BaseModel):
+    """All agreements and profiles in force, and their revision.
+
+    ``agreements`` are held sorted by id and ``profiles`` by name, so that
+    ``decide()`` picks "the first matching agreement" in a stable order.
+    ``revision`` is ``sha256:`` + the hex SHA-256 of the canonical JSON of both
+    (sorted keys, compact): any change of policy changes it, moving an
+    agreement between files does not. It is computed, never supplied.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    agreements: tuple[Agreement, ...]
+    profiles: tuple[Profile, ...]
+    revision: str = ""
+    _profiles: dict[str, Profile] = PrivateAttr(default_factory=dict)
+    _by_parties: dict[tuple[AgencyType, AgencyType], tuple[Agreement, ...]] = PrivateAttr(
+        default_factory=dict
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _sorted(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            if data.get("revision"):
+                raise ValueError("revision is computed from the policy; do not supply it")
+            data["agreements"] = sorted(data.get("agreements", ()), key=_key("id"))
+            data["profiles"] = sorted(data.get("profiles", ()), key=_key("name"))
+        return data
+
+    @pydantic.model_validator(mode="after")
+    def _check_and_hash(self) -> PolicySet:
+        problems: list[str] = []
+        for kind, ids in (
+            ("agreement", [a.id for a in self.agreements]),
+            ("profile", [p.name for p in self.profiles]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            problems.extend(f"duplicate {kind} id '{d}'" for d in dupes)
+        names = {p.name for p in self.profiles}
+        problems.extend(
+            f"agreement '{a.id}': field 'profile': unknown profile '{a.profile}'"
+            for a in self.agreements
+            if a.profile not in names
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        canonical = json.dumps(
+            {
+                "agreements": [a.model_dump(mode="json") for a in self.agreements],
+                "profiles": [p.model_dump(mode="json") for p in self.profiles],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode("utf-8")
+        object.__setattr__(self, "revision", "sha256:" + hashlib.sha256(canonical).hexdigest())
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._profiles.update({p.name: p for p in self.profiles})
+        grouped: dict[tuple[AgencyType, AgencyType], list[Agreement]] = {}
+        for agreement in self.agreements:
+            for source in agreement.source_agency_types:
+                for target in agreement.recipient_agency_types:
+                    grouped.setdefault((source, target), []).append(agreement)
+        self._by_parties.update({k: tuple(v) for k, v in grouped.items()})
+
+    def profile(self, name: str) -> Profile:
+        """The profile called ``name`` (always present for an agreement's profile)."""
+        return self._profiles[name]
+
+    def agreement(self, agreement_id: str) -> Agreement | None:
+        return next((a for a in self.agreements if a.id == agreement_id), None)
+
+    def between(self, source: AgencyType, recipient: AgencyType) -> tuple[Agreement, ...]:
+        """Agreements letting ``source`` share with ``recipient``, sorted by id."""
+        return self._by_parties.get((source, recipient), ())
+
+
+def _key(attr: str) -> typing.Callable[[Any], str]:
+    def key(item: Any) -> str:
+        value = item.get(attr) if isinstance(item, Mapping) else getattr(item, attr, None)
+        return str(value)
+
+    return key
+
+
+class _PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agreement: list[dict[str, Any]] = []
+    profile: list[dict[str, Any]] = []
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        where = _where(err["loc"])
+        parts.append(f"field '{where}': {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def _fail(message: str) -> PolicyError:
+    return PolicyError(
+        message,
+        code=ReasonCode.CONFIG_INVALID,
+        hint="fix the named policy file in deploy/policy/ and restart; the router will not "
+        "run on a policy it cannot validate",
+    )
+
+
+def parse_policy(files: Mapping[str, str]) -> PolicySet:
+    """Validate ``{filename: TOML text}`` into a ``PolicySet``.
+
+    Each file may hold ``[[agreement]]`` and ``[[profile]]`` tables and nothing
+    else. Errors name the file, the agreement or profile id and the field, e.g.
+    ``deploy/policy/police-to-schools.toml: agreement 'police-school-encompass':
+    field 'min_risk_grade': Input should be 'HIGH', 'MEDIUM' or 'LOW'``. Every
+    problem found is reported, not just the first.
+    """
+    if not files:
+        raise _fail("no policy files given")
+    agreements: list[Agreement] = []
+    profiles: list[Profile] = []
+    origin: dict[tuple[str, str], str] = {}
+    problems: list[str] = []
+
+    for filename in sorted(files):
+        try:
+            raw = tomllib.loads(files[filename])
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"{filename}: not valid TOML ({exc})")
+            continue
+        try:
+            shape = _PolicyFile.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            problems.append(f"{filename}: {_describe(exc)}")
+            continue
+        if not shape.agreement and not shape.profile:
+            problems.append(f"{filename}: holds no [[agreement]] or [[profile]] table")
+        for kind, entries, model, id_field in (
+            ("profile", shape.profile, Profile, "name"),
+            ("agreement", shape.agreement, Agreement, "id"),
+        ):
+            for index, entry in enumerate(entries):
+                ident = entry.get(id_field)
+                label = f"{kind} '{ident}'" if isinstance(ident, str) else f"{kind} #{index + 1}"
+                try:
+                    item = model.model_validate(entry)
+                except pydantic.ValidationError as exc:
+                    problems.append(f"{filename}: {label}: {_describe(exc)}")
+                    continue
+                key = (kind, str(ident))
+                if key in origin:
+                    problems.append(
+                        f"{filename}: {label}: field '{id_field}': duplicate {kind} id "
+                        f"(also defined in {origin[key]})"
+                    )
+                    continue
+                origin[key] = filename
+                if isinstance(item, Profile):
+                    profiles.append(item)
+                elif isinstance(item, Agreement):
+                    agreements.append(item)
+
+    names = {p.name for p in profiles}
+    for agreement in agreements:
+        if agreement.profile not in names:
+            where = origin[("agreement", agreement.id)]
+            problems.append(
+                f"{where}: agreement '{agreement.id}': field 'profile': unknown profile "
+                f"'{agreement.profile}' (known: {', '.join(sorted(names)) or 'none'})"
+            )
+    if not agreements and not problems:
+        problems.append("the policy files hold no [[agreement]]")
+    if problems:
+        raise _fail("; ".join(problems))
+    try:
+        return PolicySet(agreements=tuple(agreements), profiles=tuple(profiles))
+    except pydantic.ValidationError as exc:  # pragma: no cover - checked above
+        raise _fail(_describe(exc)) from None

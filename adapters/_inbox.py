@@ -177,7 +177,23 @@ class Inbox:
             " status, receipt_sent FROM disclosures ORDER BY received_at, rowid"
         )
         for row in rows:
-            yield InboxItem(*row[:12], payload=json.loads(row[12]), status=row[13], receipt_sent=bool(row[14]))
+            yield InboxItem(
+                disclosure_id=row[0],
+                concern_id=row[1],
+                kind=row[2],
+                lscp=row[3],
+                lawful_basis=row[4],
+                purpose=row[5],
+                profile=row[6],
+                concern_type=row[7],
+                risk_grade=row[8],
+                decided_at=row[9],
+                received_at=row[10],
+                payload_sha256=row[11],
+                payload=json.loads(row[12]),
+                status=row[13],
+                receipt_sent=bool(row[14]),
+            )
 
     def disclosure_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT disclosure_id FROM disclosures")]

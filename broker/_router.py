@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -429,6 +430,9 @@ class Router:
         self._clock = clock
         self._security = security or {}
         self.totals: Counter[str] = Counter()
+        #: Monotonic times of the first fetched and the last committed batch (for metrics).
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         consumer = AIOKafkaConsumer(
@@ -466,6 +470,8 @@ class Router:
         consumer: AIOKafkaConsumer,
         stop: asyncio.Event,
     ) -> None:
+        if self.first_batch_at is None:
+            self.first_batch_at = time.monotonic()
         now = self._clock()
         plans: list[Plan] = []
         commit: dict[TopicPartition, int] = {}
@@ -499,6 +505,7 @@ class Router:
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)
+        self.last_batch_at = time.monotonic()
         _log.info(
             "router.batch",
             inbound=len(plans),

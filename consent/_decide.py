@@ -46,7 +46,6 @@ __all__ = ["decide"]
 AT_RISK = RiskGrade.MEDIUM
 
 _GAVE = frozenset({ConsentState.GIVEN, ConsentState.OVERRIDDEN})
-_REFUSED = frozenset({ConsentState.REFUSED, ConsentState.WITHDRAWN, ConsentState.EXPIRED})
 
 
 @dataclass(frozen=True)
@@ -340,6 +339,12 @@ def _above_threshold(facts: _Facts, matches: list[_Match]) -> list[_Match] | Den
 # ---- rule 4: consent ----
 
 
+def _at_risk(agreement: Agreement) -> str:
+    if agreement.subject_ages == "child":
+        return "a child is at risk"
+    return "a young adult is at risk of significant harm"
+
+
 def _protecting(agreement: Agreement) -> str:
     if agreement.subject_ages == "child":
         return "protecting a child takes priority over privacy"
@@ -366,7 +371,7 @@ def _consent(facts: _Facts, match: _Match) -> Decision:
                 facts,
                 match,
                 [
-                    "consent NOT_SOUGHT: consent is not needed where a child is at risk "
+                    f"consent NOT_SOUGHT: consent is not needed where {_at_risk(agreement)} "
                     f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
                 ],
             )
@@ -376,7 +381,7 @@ def _consent(facts: _Facts, match: _Match) -> Decision:
             [f"agreement '{agreement.id}' requires consent, and consent was NOT_SOUGHT"],
             [agreement],
         )
-    assert state in _REFUSED
+    # REFUSED, WITHDRAWN, EXPIRED, and any state added later: treated as a refusal.
     if rule == "overridable_at_risk" and grade.rank >= AT_RISK.rank:
         return _permit(
             facts,
@@ -489,6 +494,7 @@ def decide(
         outcome = _consent(facts, match)
         if isinstance(outcome, Permit):
             return outcome
-        first = first or outcome
-    assert first is not None
+        if first is None:
+            first = outcome
+    assert first is not None  # ``above`` is never empty
     return first

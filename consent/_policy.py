@@ -342,7 +342,8 @@ class PolicySet(BaseModel):
     ``decide()`` picks "the first matching agreement" in a stable order.
     ``revision`` is ``sha256:`` + the hex SHA-256 of the canonical JSON of both
     (sorted keys, compact): any change of policy changes it, moving an
-    agreement between files does not. It is computed, never supplied.
+    agreement between files does not. It is computed; a supplied revision
+    (a round trip through ``model_dump``) must match.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -359,8 +360,6 @@ class PolicySet(BaseModel):
     def _sorted(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             data = dict(data)
-            if data.get("revision"):
-                raise ValueError("revision is computed from the policy; do not supply it")
             data["agreements"] = sorted(data.get("agreements", ()), key=_key("id"))
             data["profiles"] = sorted(data.get("profiles", ()), key=_key("name"))
         return data
@@ -391,7 +390,10 @@ class PolicySet(BaseModel):
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode("utf-8")
-        object.__setattr__(self, "revision", "sha256:" + hashlib.sha256(canonical).hexdigest())
+        revision = "sha256:" + hashlib.sha256(canonical).hexdigest()
+        if self.revision and self.revision != revision:
+            raise ValueError("revision does not match the policy (it is computed, not chosen)")
+        object.__setattr__(self, "revision", revision)
         return self
 
     def model_post_init(self, context: Any, /) -> None:

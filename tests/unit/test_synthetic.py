@@ -183,12 +183,15 @@ def test_proportions_roughly_as_designed(thousand: list[ConcernModel]) -> None:
     assert {"GIVEN", "REFUSED", "WITHDRAWN", "NOT_SOUGHT"} <= set(consent)
     not_sought = [c for c in thousand if c.consent.state.value == "NOT_SOUGHT"]
     assert all(c.consent.reason for c in not_sought)
-    assert _share(
-        not_sought,
-        lambda c: (c.consent.reason or "").startswith(
-            "seeking consent would place the child at risk"
-        ),
-    ) > 0.6
+    assert (
+        _share(
+            not_sought,
+            lambda c: (c.consent.reason or "").startswith(
+                "seeking consent would place the child at risk"
+            ),
+        )
+        > 0.6
+    )
 
     def cross_border(c: ConcernModel) -> bool:
         home = c.children()[0].address
@@ -291,9 +294,10 @@ def test_addresses_and_schools_match_the_partnership(thousand: list[ConcernModel
                 assert age is not None and 4 <= age <= 16
                 assert not child.home_educated
                 assert child.address is not None
-                assert school_partnership[child.school_urn] in districts[
-                    child.address.postcode.split()[0]
-                ]
+                assert (
+                    school_partnership[child.school_urn]
+                    in districts[child.address.postcode.split()[0]]
+                )
             if age is not None and 4 <= age <= 16 and not child.home_educated:
                 school_age += 1
                 with_school += child.school_urn is not None

@@ -91,7 +91,9 @@ def parse_police_json(text: str, *, source: str, publisher_id: str) -> list[Pars
             concern = ConcernModel.model_validate(item)
         except pydantic.ValidationError as exc:
             parsed.append(
-                ParsedRecord(label, None, concern_id, ReasonCode.SCHEMA_INVALID.value, _describe(exc))
+                ParsedRecord(
+                    label, None, concern_id, ReasonCode.SCHEMA_INVALID.value, _describe(exc)
+                )
             )
             continue
         if concern.source_agency != publisher_id:

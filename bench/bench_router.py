@@ -112,16 +112,27 @@ def core_only(runtime: Runtime, records: list[OutRecord]) -> float:
     now = datetime.now(UTC)
     start = time.perf_counter()
     for i, r in enumerate(records):
-        core.plan(topic="bench", partition=0, offset=i, key=r.key, value=r.value,
-                  headers=r.headers, now=now)
+        core.plan(
+            topic="bench",
+            partition=0,
+            offset=i,
+            key=r.key,
+            value=r.value,
+            headers=r.headers,
+            now=now,
+        )
     return len(records) / (time.perf_counter() - start)
 
 
 async def main(concerns: int, rounds: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, kafka_cluster() as bootstrap:
-        settings = Settings(data_dir=Path(tmp), deploy_dir=REPO / "deploy", bootstrap_servers=bootstrap)
+        settings = Settings(
+            data_dir=Path(tmp), deploy_dir=REPO / "deploy", bootstrap_servers=bootstrap
+        )
         now = datetime.now(UTC)
-        items = [ConcernModel.model_validate(d) for d in synthetic_concerns(concerns, seed=99, now=now)]
+        items = [
+            ConcernModel.model_validate(d) for d in synthetic_concerns(concerns, seed=99, now=now)
+        ]
         raw_rates: list[float] = []
         router_rates: list[float] = []
         totals: dict[str, int] = {}
@@ -152,7 +163,9 @@ async def main(concerns: int, rounds: int) -> dict[str, float]:
             sum(totals.get(k, 0) for k in ("DISCLOSED", "REFERRED", "WITHHELD")) / concerns, 2
         ),
     }
-    table = Table(title=f"router vs raw aiokafka pass-through ({concerns} concerns, best of {rounds})")
+    table = Table(
+        title=f"router vs raw aiokafka pass-through ({concerns} concerns, best of {rounds})"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():
@@ -162,7 +175,9 @@ async def main(concerns: int, rounds: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concerns", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()

@@ -105,7 +105,9 @@ class AuditFeed:
         offsets: dict[tuple[str, int], int] = {}
         for tp, records in batch.items():
             for msg in records:
-                entries.append(self._to_entry(msg.topic, msg.partition, msg.offset, msg.value, msg.headers))
+                entries.append(
+                    self._to_entry(msg.topic, msg.partition, msg.offset, msg.value, msg.headers)
+                )
             offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
         results = self._store.append(entries, offsets=offsets)
         added = sum(1 for r in results if not r.duplicate)
@@ -143,8 +145,14 @@ class AuditFeed:
                 actor="safer-audit-feed",
             )
 
-    def _audit_entry(self, value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> AuditRecord:
-        id_header = Headers.DISCLOSURE_ID if any(k == Headers.DISCLOSURE_ID for k, _ in headers or ()) else None
+    def _audit_entry(
+        self, value: bytes, headers: Sequence[tuple[str, bytes]] | None
+    ) -> AuditRecord:
+        id_header = (
+            Headers.DISCLOSURE_ID
+            if any(k == Headers.DISCLOSURE_ID for k, _ in headers or ())
+            else None
+        )
         origin = verify_origin(self._keyring, value, headers, id_header=id_header)
         if origin.agency_id != self._router_id:
             raise SaferError(
@@ -153,22 +161,30 @@ class AuditFeed:
             )
         record = AuditRecord.from_avro(self._codec.decode(value, expect=AUDIT_RECORD).record)
         if (record.disclosure_id or "") != origin.record_id:
-            raise SaferError("signed id header does not match the record", code=ReasonCode.SIGNATURE_INVALID)
+            raise SaferError(
+                "signed id header does not match the record", code=ReasonCode.SIGNATURE_INVALID
+            )
         return record
 
-    def _receipt_entry(self, value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> AuditRecord:
+    def _receipt_entry(
+        self, value: bytes, headers: Sequence[tuple[str, bytes]] | None
+    ) -> AuditRecord:
         origin = verify_origin(self._keyring, value, headers, id_header=Headers.DISCLOSURE_ID)
         receipt = self._codec.decode(value, expect=RECEIPT).record
-        if receipt["recipient_id"] != origin.agency_id or receipt["disclosure_id"] != origin.record_id:
+        if (
+            receipt["recipient_id"] != origin.agency_id
+            or receipt["disclosure_id"] != origin.record_id
+        ):
             raise SaferError(
                 "receipt not signed by the recipient it names", code=ReasonCode.SIGNATURE_INVALID
             )
-        disclosed = next(
-            iter(self._store.records(disclosure_id=receipt["disclosure_id"])), None
-        )
+        disclosed = next(iter(self._store.records(disclosure_id=receipt["disclosure_id"])), None)
         reason_codes: tuple[str, ...] = ()
         reasons: tuple[str, ...] = ()
-        if disclosed is not None and disclosed.payload_sha256 not in (None, receipt["payload_sha256"]):
+        if disclosed is not None and disclosed.payload_sha256 not in (
+            None,
+            receipt["payload_sha256"],
+        ):
             reason_codes = (ReasonCode.PAYLOAD_MISMATCH.value,)
             reasons = ("recipient's payload hash differs from the disclosed payload hash",)
         status = str(receipt["status"])

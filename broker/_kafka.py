@@ -8,6 +8,7 @@ effects come from deterministic ids and idempotent consumers instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,10 +168,8 @@ async def create_topics(
             NewTopic(name, count, 1) for name, count in partitions.items() if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator won
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

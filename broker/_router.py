@@ -176,9 +176,7 @@ class RouterCore:
             concern = ConcernModel.from_avro(decoded.record)
         except pydantic.ValidationError as exc:
             detail, fields = _pydantic_detail(exc)
-            raise ValidationError(
-                f"concern fails validation: {detail}", fields=fields
-            ) from None
+            raise ValidationError(f"concern fails validation: {detail}", fields=fields) from None
         if concern.concern_id != origin.record_id:
             raise ValidationError(
                 "signed concern_id header does not match the record",
@@ -209,7 +207,9 @@ class RouterCore:
 
         pseudonyms = tuple(
             dict.fromkeys(
-                pseudonym(self._secret, ident) for s in concern.subjects for ident in s.identifiers()
+                pseudonym(self._secret, ident)
+                for s in concern.subjects
+                for ident in s.identifiers()
             )
         )
         subject = subject_key(concern, self._secret).encode()
@@ -223,7 +223,9 @@ class RouterCore:
                 now,
                 source_agency_type=publisher.agency_type,
             )
-            self._plan_decision(plan, concern, candidate.recipient, decision, pseudonyms, subject, now)
+            self._plan_decision(
+                plan, concern, candidate.recipient, decision, pseudonyms, subject, now
+            )
         return plan
 
     def _plan_decision(

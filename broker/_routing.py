@@ -94,7 +94,9 @@ def resolve_partnerships(concern: ConcernModel, postcodes: PostcodeTable) -> Rou
             for lscp in found if len(found) > 1 else ():
                 routing._add(routing.front_door_only, lscp, "residence district straddles boundary")
         if child.looked_after and child.responsible_la in LA_CODES:
-            routing._add(routing.full, LA_CODES[child.responsible_la], "responsible LA (looked after)")
+            routing._add(
+                routing.full, LA_CODES[child.responsible_la], "responsible LA (looked after)"
+            )
     location = concern.incident_location
     if location is not None:
         incident = LA_CODES.get(location.la_code or "")

@@ -129,7 +129,10 @@ def _tally(store: AuditStore, result: DemoResult) -> tuple[set[str], set[str], s
         counts[event] += 1
         if event in DECISION_EVENTS and record.concern_id:
             decided.add(record.concern_id)
-        if event in (AuditEvent.DISCLOSED.value, AuditEvent.REFERRED.value) and record.disclosure_id:
+        if (
+            event in (AuditEvent.DISCLOSED.value, AuditEvent.REFERRED.value)
+            and record.disclosure_id
+        ):
             delivered.add(record.disclosure_id)
         if event == AuditEvent.RECEIVED.value and record.disclosure_id:
             received.add(record.disclosure_id)
@@ -169,9 +172,13 @@ async def run_demo(
     report = progress or (lambda stage, done, total: None)
 
     now = datetime.now(UTC)
-    records = [ConcernModel.model_validate(d) for d in synthetic_concerns(concerns, seed=seed, now=now)]
+    records = [
+        ConcernModel.model_validate(d) for d in synthetic_concerns(concerns, seed=seed, now=now)
+    ]
     police = runtime.police_adapter()
-    good = [ParsedRecord(f"synthetic#{i}", c, c.concern_id, "ACCEPTED") for i, c in enumerate(records)]
+    good = [
+        ParsedRecord(f"synthetic#{i}", c, c.concern_id, "ACCEPTED") for i, c in enumerate(records)
+    ]
     bad = bad_records(runtime, records[0])
     expected: set[str] = {c.concern_id for c in records}
     for _, record in bad:
@@ -181,9 +188,7 @@ async def run_demo(
     store = AuditStore(settings.audit_db)
     stop = asyncio.Event()
     ready = asyncio.Event()
-    services = asyncio.create_task(
-        runtime.run_services(stop, store=store, on_ready=ready.set)
-    )
+    services = asyncio.create_task(runtime.run_services(stop, store=store, on_ready=ready.set))
     try:
         report("starting services", 0, 1)
         await asyncio.wait(

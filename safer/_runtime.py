@@ -92,7 +92,11 @@ class Runtime:
 
     def identities(self) -> list[str]:
         directory = self.deployment.directory
-        return [ROUTER_ID, *(p.id for p in directory.publishers), *(r.id for r in directory.recipients)]
+        return [
+            ROUTER_ID,
+            *(p.id for p in directory.publishers),
+            *(r.id for r in directory.recipients),
+        ]
 
     def init_keys(self, *, overwrite: bool = False) -> int:
         """Create development keys for every identity; returns how many were new."""
@@ -233,8 +237,11 @@ class Runtime:
             done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop_task and task.exception() is not None:
-                    _log.error("service.crashed", service=task.get_name(),
-                               error=type(task.exception()).__name__)
+                    _log.error(
+                        "service.crashed",
+                        service=task.get_name(),
+                        error=type(task.exception()).__name__,
+                    )
                     stop.set()
                     raise task.exception()  # type: ignore[misc]
         finally:
@@ -245,8 +252,9 @@ class Runtime:
                 if isinstance(result, BaseException) and not isinstance(
                     result, asyncio.CancelledError
                 ):
-                    _log.error("service.failed", service=task.get_name(),
-                               error=type(result).__name__)
+                    _log.error(
+                        "service.failed", service=task.get_name(), error=type(result).__name__
+                    )
             stop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stop_task

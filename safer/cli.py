@@ -88,7 +88,9 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.bootstrap_servers:
-        err.print(f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started.")
+        err.print(
+            f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started."
+        )
         return 0
 
     async def serve(stop: asyncio.Event) -> int:
@@ -193,9 +195,17 @@ def _summary_table(result: Any) -> Table:
     for name in ("disclosed", "withheld", "referred", "received"):
         table.add_column(name, justify="right")
     for lscp, counts in result.by_lscp.items():
-        table.add_row(lscp, *(str(counts[k]) for k in ("disclosed", "withheld", "referred", "received")))
+        table.add_row(
+            lscp, *(str(counts[k]) for k in ("disclosed", "withheld", "referred", "received"))
+        )
     table.add_section()
-    table.add_row("all", str(result.disclosed), str(result.withheld), str(result.referred), str(result.received))
+    table.add_row(
+        "all",
+        str(result.disclosed),
+        str(result.withheld),
+        str(result.referred),
+        str(result.received),
+    )
     return table
 
 
@@ -240,7 +250,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{result.audit_records} · audit verified: {result.audit_verified} · "
                 f"{result.seconds:.1f} s"
             )
-            out.print(f"data kept in {settings.data_dir}; try: safer --data-dir {settings.data_dir} audit verify")
+            out.print(
+                f"data kept in {settings.data_dir}; "
+                f"try: safer --data-dir {settings.data_dir} audit verify"
+            )
         for problem in result.problems:
             err.print(f"[red]problem:[/] {problem}")
         return 0 if result.ok else 1
@@ -258,8 +271,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         summary = verify_store(path)
     except LogTamperedError as exc:
         if args.json:
-            print(json.dumps({"entries": None, "root": None, "checkpoint_verified": False,
-                              "consistent": False, "problems": exc.problems}))
+            print(
+                json.dumps(
+                    {
+                        "entries": None,
+                        "root": None,
+                        "checkpoint_verified": False,
+                        "consistent": False,
+                        "problems": exc.problems,
+                    }
+                )
+            )
         else:
             err.print(f"[red]audit log FAILED verification[/] ({path}):")
             for problem in exc.problems:
@@ -267,11 +289,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             err.print(exc.hint)
         return 1
     if args.json:
-        print(json.dumps({"entries": summary.entries, "root": summary.head,
-                          "checkpoint_verified": summary.checkpoints_verified > 0,
-                          "consistent": True, "problems": []}))
+        print(
+            json.dumps(
+                {
+                    "entries": summary.entries,
+                    "root": summary.head,
+                    "checkpoint_verified": summary.checkpoints_verified > 0,
+                    "consistent": True,
+                    "problems": [],
+                }
+            )
+        )
     else:
-        out.print(f"[green]audit log verified[/]: {summary.entries} entries, chain head {summary.head}")
+        out.print(
+            f"[green]audit log verified[/]: {summary.entries} entries, chain head {summary.head}"
+        )
     return 0
 
 
@@ -287,44 +319,73 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safer", description=MAIN_HELP, formatter_class=_FORMATTER)
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where keys, the audit log and inboxes live (default ./.safer, env SAFER_DATA_DIR)")
-    parser.add_argument("--deploy-dir", type=Path, default=None,
-                        help="directory, policy and postcode files (default ./deploy, env SAFER_DEPLOY_DIR)")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="write JSON logs here instead of stderr")
+    parser = argparse.ArgumentParser(
+        prog="safer", description=MAIN_HELP, formatter_class=_FORMATTER
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where keys, the audit log and inboxes live (default ./.safer, env SAFER_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--deploy-dir",
+        type=Path,
+        default=None,
+        help="directory, policy and postcode files (default ./deploy, env SAFER_DEPLOY_DIR)",
+    )
+    parser.add_argument(
+        "--log-file", type=Path, default=None, help="write JSON logs here instead of stderr"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    keys = sub.add_parser("keys", help="manage development keys", formatter_class=_FORMATTER,
-                          description="Manage signing (Ed25519) and encryption (X25519) keys.")
+    keys = sub.add_parser(
+        "keys",
+        help="manage development keys",
+        formatter_class=_FORMATTER,
+        description="Manage signing (Ed25519) and encryption (X25519) keys.\n\n"
+        "Every publisher signs what it sends; the router verifies it and signs what\n"
+        "it emits; each recipient has its own encryption key, so only the addressee\n"
+        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n\n"
+        "example:\n  safer keys init",
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser(
-        "init", help="create development keys for every agency in the directory",
+        "init",
+        help="create development keys for every agency in the directory",
         formatter_class=_FORMATTER,
         description="Create an Ed25519 signing key and an X25519 encryption key for the router\n"
         "and every publisher and recipient in deploy/directory.toml, plus the\n"
         "partnership pseudonymisation secret. Private key files get mode 0600.\n"
         "Existing keys are kept unless --force is given.\n\n"
         "These are DEVELOPMENT keys, unencrypted on disk. Production keys belong in\n"
-        "each agency's HSM or key vault.\n\nexample:\n  safer keys init\n  safer --data-dir /srv/safer keys init",
+        "each agency's HSM or key vault.\n\n"
+        "example:\n  safer keys init\n  safer --data-dir /srv/safer keys init",
     )
-    init.add_argument("--force", action="store_true", help="replace existing keys (old disclosures become unreadable)")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing keys (old disclosures become unreadable)",
+    )
     init.set_defaults(func=cmd_keys_init)
 
     broker = sub.add_parser(
-        "broker", help="run the embedded Kafka-protocol broker in the foreground",
+        "broker",
+        help="run the embedded Kafka-protocol broker in the foreground",
         formatter_class=_FORMATTER,
         description="Run the embedded Tansu broker and print KAFKA_BOOTSTRAP_SERVERS=host:port.\n"
         "Memory only, no TLS/SASL, no transactions: for development. If\n"
         "KAFKA_BOOTSTRAP_SERVERS is already set, nothing is started.\n\n"
         "example:\n  safer broker --port 9092\n  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
     )
-    broker.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
+    broker.add_argument(
+        "--port", type=int, default=None, help="port to listen on (default: a free one)"
+    )
     broker.set_defaults(func=cmd_broker)
 
     publish = sub.add_parser(
-        "publish", help="validate, sign and publish concerns from JSON files",
+        "publish",
+        help="validate, sign and publish concerns from JSON files",
         formatter_class=_FORMATTER,
         description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
         "in docs/police-json-format.md), validate each, sign it with the agency's\n"
@@ -335,12 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
         "example:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json\n"
         "  safer publish --agency police deploy/examples/*.json",
     )
-    publish.add_argument("--agency", default="police", choices=["police"], help="publishing agency type")
+    publish.add_argument(
+        "--agency", default="police", choices=["police"], help="publishing agency type"
+    )
     publish.add_argument("files", nargs="+", metavar="FILE", help="JSON file(s) of concerns")
     publish.set_defaults(func=cmd_publish)
 
     route = sub.add_parser(
-        "route", help="run the router alone (consumer group on the inbound topics)",
+        "route",
+        help="run the router alone (consumer group on the inbound topics)",
         formatter_class=_FORMATTER,
         description="Run only the router: verify, check, decide, minimise, encrypt, audit\n"
         "first, then deliver. Run several with the same --group-id to share the load.\n\n"
@@ -350,18 +414,23 @@ def build_parser() -> argparse.ArgumentParser:
     route.set_defaults(func=cmd_route)
 
     up = sub.add_parser(
-        "up", help="run broker, router, recipient adapters and audit feed together",
+        "up",
+        help="run broker, router, recipient adapters and audit feed together",
         formatter_class=_FORMATTER,
         description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), create\n"
         "topics and development keys if missing, then run the router, the audit\n"
         "feed and one adapter per recipient until Ctrl-C, and shut down cleanly.\n\n"
-        "example:\n  safer up\n  # in another terminal:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
+        "example:\n  safer up\n  # in another terminal:\n"
+        "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
-    up.add_argument("--port", type=int, default=None, help="embedded broker port (default: a free one)")
+    up.add_argument(
+        "--port", type=int, default=None, help="embedded broker port (default: a free one)"
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
-        "demo", help="run the whole flow on synthetic data and summarise",
+        "demo",
+        help="run the whole flow on synthetic data and summarise",
         formatter_class=_FORMATTER,
         description="Start everything on a fresh embedded broker, publish N synthetic concerns\n"
         "(synthetic people only; the same seed gives the same data) and 5 deliberately\n"
@@ -370,29 +439,48 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit code 0 only if all of that holds. Data goes to .safer/demo (wiped first).\n\n"
         "example:\n  safer demo\n  safer demo --concerns 500 --seed 7 --json",
     )
-    demo.add_argument("--concerns", type=int, default=50, help="synthetic concerns to publish (default 50)")
+    demo.add_argument(
+        "--concerns", type=int, default=50, help="synthetic concerns to publish (default 50)"
+    )
     demo.add_argument("--seed", type=int, default=2024, help="random seed for the synthetic data")
     demo.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
-    audit = sub.add_parser("audit", help="check and query the audit log", formatter_class=_FORMATTER,
-                           description="Audit log commands. The log is append-only and hash-chained.")
+    audit = sub.add_parser(
+        "audit",
+        help="check and query the audit log",
+        formatter_class=_FORMATTER,
+        description="Audit log commands. The log (<data-dir>/audit.db) is append-only and\n"
+        "hash-chained: every disclosure, withheld decision, referral, quarantine\n"
+        "and receipt is an entry, and no entry can change without detection.\n\n"
+        "example:\n  safer audit verify\n  safer audit checkpoint",
+    )
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="recompute the hash chain and report tampering",
+        "verify",
+        help="recompute the hash chain and report tampering",
         formatter_class=_FORMATTER,
         description="Recompute every entry's hash and the chain from the store file, read-only,\n"
         "and report modified, deleted, reordered or truncated entries and forged\n"
         "checkpoints, naming the first bad sequence number. Exit code 1 on problems.\n\n"
         "example:\n  safer audit verify\n  safer --data-dir .safer/demo audit verify --json",
     )
-    verify.add_argument("--json", action="store_true", help='print {"entries","root","checkpoint_verified","consistent","problems"}')
+    verify.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"entries","root","checkpoint_verified","consistent","problems"}',
+    )
     verify.set_defaults(func=cmd_audit_verify)
     checkpoint = audit_sub.add_parser(
-        "checkpoint", help="record the current size and chain head as a checkpoint",
+        "checkpoint",
+        help="record the current size and chain head as a checkpoint",
         formatter_class=_FORMATTER,
-        description="Append a checkpoint (size, chain head) so later truncation is detectable.\n\n"
+        description="Append a checkpoint (the log's size and chain head at this moment) to the\n"
+        "store. A later `safer audit verify` checks the log still matches every\n"
+        "checkpoint, so deleting entries from the end (truncation) is detected. Copy\n"
+        "the printed line somewhere the operator cannot edit (a ticket, an email to\n"
+        "the DPO) to make it an external anchor.\n\n"
         "example:\n  safer audit checkpoint",
     )
     checkpoint.set_defaults(func=cmd_audit_checkpoint)

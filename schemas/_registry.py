@@ -158,7 +158,11 @@ class Codec:
             newest = latest(subject)
             writer = fastavro.parse_schema(source, _write_hint=False)
             # Same version on both sides: skip schema resolution, it costs ~4x.
-            reader = None if content_schema_id(source) == content_schema_id(newest.source) else newest.parsed
+            reader = (
+                None
+                if content_schema_id(source) == content_schema_id(newest.source)
+                else newest.parsed
+            )
             cached = (subject, writer, reader)
             self._readers[schema_id] = cached
         subject, writer, reader = cached

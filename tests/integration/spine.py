@@ -13,8 +13,8 @@ from typing import Any
 from adapters import ParsedRecord, synthetic_concerns
 from audit import AuditStore
 from broker import OutRecord, Settings, make_producer, read_topic, send_all
-from schemas import AuditEvent, ConcernModel
 from safer import Runtime
+from schemas import AuditEvent, ConcernModel
 
 REPO = Path(__file__).resolve().parents[2]
 DECISIONS = {"DISCLOSED", "WITHHELD", "REFERRED", "QUARANTINED"}
@@ -37,7 +37,9 @@ def concerns(n: int, seed: int) -> list[ConcernModel]:
     return [ConcernModel.model_validate(d) for d in synthetic_concerns(n, seed=seed, now=now)]
 
 
-async def publish(runtime: Runtime, items: list[ConcernModel], extra: Iterable[OutRecord] = ()) -> None:
+async def publish(
+    runtime: Runtime, items: list[ConcernModel], extra: Iterable[OutRecord] = ()
+) -> None:
     police = runtime.police_adapter()
     producer = make_producer(runtime.bootstrap)
     await producer.start()
@@ -76,7 +78,11 @@ def account(store: AuditStore) -> Accounting:
 
 
 async def wait_accounted(
-    store: AuditStore, expected: set[str], *, timeout: float, service: asyncio.Task[Any] | None = None
+    store: AuditStore,
+    expected: set[str],
+    *,
+    timeout: float,
+    service: asyncio.Task[Any] | None = None,
 ) -> Accounting:
     deadline = time.monotonic() + timeout
     while True:

@@ -39,7 +39,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _safer(*args: str, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _safer(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "safer", *args],
         env=env,
@@ -65,13 +67,31 @@ def test_every_command_has_help_with_an_example(words: list[str], tmp_path: Path
 def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     before = set(running_tansu_pids())
     data = tmp_path / "demo"
-    result = _safer("--data-dir", str(data), "demo", "--concerns", "25", "--seed", "3", "--json",
-                    env=_env(tmp_path), cwd=tmp_path)
+    result = _safer(
+        "--data-dir",
+        str(data),
+        "demo",
+        "--concerns",
+        "25",
+        "--seed",
+        "3",
+        "--json",
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # exactly one JSON object, nothing else
     assert set(summary) == {
-        "published", "disclosed", "withheld", "referred", "quarantined", "received",
-        "audit_records", "audit_verified", "by_lscp", "seconds",
+        "published",
+        "disclosed",
+        "withheld",
+        "referred",
+        "quarantined",
+        "received",
+        "audit_records",
+        "audit_verified",
+        "by_lscp",
+        "seconds",
     }
     assert summary["published"] == 30
     assert summary["quarantined"] == 5
@@ -79,13 +99,18 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     assert summary["received"] == summary["disclosed"] + summary["referred"]
     assert set(summary["by_lscp"]) == {"hampshire", "isle-of-wight", "portsmouth", "southampton"}
     assert summary["audit_records"] == (
-        summary["disclosed"] + summary["withheld"] + summary["referred"]
-        + summary["quarantined"] + summary["received"]
+        summary["disclosed"]
+        + summary["withheld"]
+        + summary["referred"]
+        + summary["quarantined"]
+        + summary["received"]
     )
     time.sleep(0.5)
     assert not (set(running_tansu_pids()) - before), "the demo left a broker running"
 
-    verify = _safer("--data-dir", str(data), "audit", "verify", "--json", env=_env(tmp_path), cwd=tmp_path)
+    verify = _safer(
+        "--data-dir", str(data), "audit", "verify", "--json", env=_env(tmp_path), cwd=tmp_path
+    )
     assert verify.returncode == 0, verify.stderr
     assert json.loads(verify.stdout)["problems"] == []
 
@@ -96,18 +121,32 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     before = set(running_tansu_pids())
     up = subprocess.Popen(
         [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert up.stdout is not None
         line = up.stdout.readline()
         assert line.startswith("KAFKA_BOOTSTRAP_SERVERS="), line
         deadline = time.monotonic() + 60
-        while "services.ready" not in (tmp_path / "up.log").read_text() and time.monotonic() < deadline:
+        while (
+            "services.ready" not in (tmp_path / "up.log").read_text()
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         examples = REPO / "deploy" / "examples"
-        published = _safer("publish", "--agency", "police", str(examples / "concern-domestic-abuse.json"),
-                           str(examples / "concern-invalid.json"), env=env, cwd=tmp_path)
+        published = _safer(
+            "publish",
+            "--agency",
+            "police",
+            str(examples / "concern-domestic-abuse.json"),
+            str(examples / "concern-invalid.json"),
+            env=env,
+            cwd=tmp_path,
+        )
         lines = published.stdout.strip().splitlines()
         assert published.returncode == 1, "a rejected record must give exit code 1"
         assert lines[0].endswith("ACCEPTED")
@@ -120,8 +159,12 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
         while time.monotonic() < deadline and "RECEIVED" not in events:
             if db.exists():
                 with sqlite3.connect(db) as conn:
-                    events = {r[0] for r in conn.execute(
-                        "SELECT event FROM entries WHERE concern_id = ?", (concern_id,))}
+                    events = {
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT event FROM entries WHERE concern_id = ?", (concern_id,)
+                        )
+                    }
             time.sleep(0.3)
         assert {"DISCLOSED", "RECEIVED"} <= events, events
     finally:
@@ -137,7 +180,13 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
 
 
 def test_publish_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
-    result = _safer("publish", "--agency", "police", str(REPO / "deploy/examples/concern-domestic-abuse.json"),
-                    env=_env(tmp_path), cwd=tmp_path)
+    result = _safer(
+        "publish",
+        "--agency",
+        "police",
+        str(REPO / "deploy/examples/concern-domestic-abuse.json"),
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 75
     assert "safer up" in result.stderr

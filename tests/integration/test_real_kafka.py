@@ -27,9 +27,13 @@ pytestmark = [pytest.mark.real_kafka, pytest.mark.kafka]
 def _docker_reason() -> str | None:
     if shutil.which("docker") is None:
         return "no docker client on this machine"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=20, check=False)
+    probe = subprocess.run(
+        ["docker", "info"], capture_output=True, text=True, timeout=20, check=False
+    )
     if probe.returncode != 0:
-        return "no Docker engine answers (`docker info` failed); Apache Kafka runs only in Docker here"
+        return (
+            "no Docker engine answers (`docker info` failed); Apache Kafka runs only in Docker here"
+        )
     return None
 
 

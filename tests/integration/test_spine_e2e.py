@@ -24,7 +24,7 @@ from broker import Headers, SealedPayload, open_sealed
 from safer import Runtime
 from safer._demo import bad_records
 from safer._logging import configure_logging
-from schemas import CryptoError, ConcernModel
+from schemas import ConcernModel, CryptoError
 
 from .spine import Accounting, concerns, make_runtime, publish, read_all, wait_accounted
 
@@ -114,13 +114,19 @@ def test_only_the_addressee_can_decrypt(spine: SpineRun) -> None:
         for rid in recipients:
             if rid == disclosure["recipient_id"]:
                 plaintext = open_sealed(
-                    sealed, private[rid], disclosure_id=disclosure["disclosure_id"], recipient_id=rid
+                    sealed,
+                    private[rid],
+                    disclosure_id=disclosure["disclosure_id"],
+                    recipient_id=rid,
                 )
                 assert json.loads(plaintext)["concern_id"] == disclosure["concern_id"]
             else:
                 with pytest.raises(CryptoError):
                     open_sealed(
-                        sealed, private[rid], disclosure_id=disclosure["disclosure_id"], recipient_id=rid
+                        sealed,
+                        private[rid],
+                        disclosure_id=disclosure["disclosure_id"],
+                        recipient_id=rid,
                     )
         checked += 1
     assert checked == len(spine.accounting.delivered)
@@ -146,7 +152,11 @@ def test_each_inbox_holds_exactly_its_own_disclosures_once(spine: SpineRun) -> N
     try:
         expected: dict[str, set[str]] = {}
         for record in store.records():
-            if str(record.event) in ("DISCLOSED", "REFERRED", "AuditEvent.DISCLOSED", "AuditEvent.REFERRED") and record.recipient:
+            if (
+                str(record.event)
+                in ("DISCLOSED", "REFERRED", "AuditEvent.DISCLOSED", "AuditEvent.REFERRED")
+                and record.recipient
+            ):
                 expected.setdefault(record.recipient, set()).add(record.disclosure_id or "")
     finally:
         store.close()
@@ -203,6 +213,8 @@ def test_no_personal_data_in_keys_headers_logs_or_audit_store(spine: SpineRun) -
 
 def test_inbound_values_do_carry_the_data_the_scan_looks_for(spine: SpineRun) -> None:
     # Guards the scan above: the needles are really in the (plaintext) inbound values.
-    inbound = b"".join(r.value for r in spine.topics[spine.runtime.settings.topics.inbound("police")])
+    inbound = b"".join(
+        r.value for r in spine.topics[spine.runtime.settings.topics.inbound("police")]
+    )
     needles = _needles(spine)
     assert sum(1 for n in needles if n in inbound) > len(needles) // 2

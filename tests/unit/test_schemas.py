@@ -111,7 +111,9 @@ def test_compatibility_checker_catches_breaking_changes() -> None:
         check_full_transitive("receipt", [base, added_required])
 
     added_optional = copy.deepcopy(base)
-    added_optional["fields"].append({"name": "new_field", "type": ["null", "string"], "default": None})
+    added_optional["fields"].append(
+        {"name": "new_field", "type": ["null", "string"], "default": None}
+    )
     check_full_transitive("receipt", [base, added_optional])
 
     enum_grown = copy.deepcopy(base)

@@ -256,7 +256,7 @@ class RouterCore:
             )
             referral = not isinstance(decision, Permit)
             event = AuditEvent.REFERRED if referral else AuditEvent.DISCLOSED
-            payload_sha256 = payload.sha256
+            payload_sha256 = hashlib.sha256(plaintext).hexdigest()
             fields = payload.fields
             lawful_basis = decision.lawful_basis
             purpose = decision.purpose

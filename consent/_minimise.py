@@ -96,8 +96,14 @@ def _project(value: Any, tree: _Tree, path: str, present: set[str]) -> Any:
     return None  # a scalar where the profile expects structure: nothing to keep
 
 
+@lru_cache(maxsize=1024)
 def _needles(subject: Subject) -> list[re.Pattern[str]]:
-    """Patterns that find a withheld subject in prose."""
+    """Patterns that find a withheld subject in prose.
+
+    Memoised: one concern is minimised for several recipients, and compiling
+    these patterns is most of minimisation's cost. Subjects are frozen and
+    hashable, so the cache cannot return another person's patterns.
+    """
     words: list[str] = [subject.given_name, subject.family_name]
     words.insert(0, f"{subject.given_name} {subject.family_name}")
     patterns = [

@@ -64,7 +64,7 @@ def catalogue() -> dict[str, tuple[SchemaVersion, ...]]:
         for path in folder.glob("v*.avsc"):
             number = int(path.stem[1:])
             source = json.loads(path.read_text(encoding="utf-8"))
-            parsed = fastavro.parse_schema(source, _write_hint=False)
+            parsed = fastavro.parse_schema(source)
             versions.append(SchemaVersion(folder.name, number, source, parsed))
         subjects[folder.name] = tuple(sorted(versions, key=lambda v: v.version))
     return subjects

@@ -156,7 +156,7 @@ class Codec:
         if cached is None:
             subject, source = self._registry.lookup(schema_id)
             newest = latest(subject)
-            writer = fastavro.parse_schema(source, _write_hint=False)
+            writer = fastavro.parse_schema(source)
             # Same version on both sides: skip schema resolution, it costs ~4x.
             reader = (
                 None

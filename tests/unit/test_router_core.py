@@ -1,0 +1,190 @@
+"""RouterCore.plan: the whole pipeline for one record, with real crypto and no Kafka."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from audit import AuditRecord
+from broker import Headers, OutRecord, RouterCore, disclosure_id_for
+from safer import Runtime
+from schemas import ConcernModel, ConfigError, ReasonCode
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def _plan(core: RouterCore, record: OutRecord, *, key: bytes | None = None) -> Any:
+    return core.plan(
+        topic="hips.inbound.police",
+        partition=0,
+        offset=7,
+        key=record.key if key is None else key,
+        value=record.value,
+        headers=record.headers,
+        now=NOW,
+    )
+
+
+def _signed(runtime: Runtime, data: dict[str, Any]) -> OutRecord:
+    return runtime.police_adapter().prepare(ConcernModel.model_validate(data))
+
+
+def _audits(runtime: Runtime, plan: Any) -> list[AuditRecord]:
+    return [
+        AuditRecord.from_avro(runtime.codec.decode(a.value, expect="audit_record").record)
+        for a in plan.audits
+    ]
+
+
+def test_a_good_concern_is_decided_for_every_candidate_and_audited(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    plan = _plan(runtime.router_core(), _signed(runtime, example_concern))
+    assert plan.quarantine_code is None
+    audits = _audits(runtime, plan)
+    recipients = {a.recipient for a in audits}
+    assert {"portsmouth-csc", "portsmouth-health", "school-116330"} <= recipients
+    assert all(a.entry_id and a.policy_revision and a.decision_id for a in audits)
+    delivered = {dict(o.headers)[Headers.DISCLOSURE_ID].decode() for o in plan.outputs}
+    disclosed = {a.disclosure_id for a in audits if a.event.value in ("DISCLOSED", "REFERRED")}
+    assert delivered == disclosed
+    school = disclosure_id_for(example_concern["concern_id"], "school-116330")
+    assert school in delivered
+    assert {o.topic for o in plan.outputs} >= {
+        "hips.portsmouth.social-care.disclosures",
+        "hips.portsmouth.education.disclosures",
+    }
+
+
+def test_replanning_gives_the_same_ids(runtime: Runtime, example_concern: dict[str, Any]) -> None:
+    core = runtime.router_core()
+    record = _signed(runtime, example_concern)
+    first, second = _audits(runtime, _plan(core, record)), _audits(runtime, _plan(core, record))
+    assert [a.entry_id for a in first] == [a.entry_id for a in second]
+    assert [a.decision_id for a in first] == [a.decision_id for a in second]
+
+
+def _code(runtime: Runtime, plan: Any) -> str:
+    assert plan.quarantine_code is not None
+    (audit,) = _audits(runtime, plan)
+    assert audit.event.value == "QUARANTINED"
+    assert plan.outputs[0].topic == "hips.quarantine"
+    return str(plan.quarantine_code)
+
+
+def test_personal_data_in_the_key_is_quarantined(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    plan = _plan(runtime.router_core(), _signed(runtime, example_concern), key=b"Poppy Walker")
+    assert _code(runtime, plan) == ReasonCode.PID_IN_METADATA
+
+
+def test_an_unexpected_header_is_quarantined(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    record = _signed(runtime, example_concern)
+    record = OutRecord(
+        record.topic, record.key, record.value, (*record.headers, ("safer-child-name", b"Poppy"))
+    )
+    assert _code(runtime, _plan(runtime.router_core(), record)) == ReasonCode.PID_IN_METADATA
+
+
+def test_an_oversized_record_is_quarantined(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    example_concern["narrative"] = "x" * (1024 * 1024 + 10)
+    plan = _plan(runtime.router_core(), _signed(runtime, example_concern))
+    assert _code(runtime, plan) == ReasonCode.TOO_LARGE
+
+
+def test_an_unsigned_record_is_quarantined(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    record = _signed(runtime, example_concern)
+    unsigned = OutRecord(record.topic, record.key, record.value, ())
+    assert _code(runtime, _plan(runtime.router_core(), unsigned)) == ReasonCode.SIGNATURE_INVALID
+
+
+def test_a_signature_moved_to_another_concern_is_quarantined(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    record = _signed(runtime, example_concern)
+    other = copy.deepcopy(example_concern)
+    other["concern_id"] = "11111111-2222-4333-8444-555555555555"
+    forged = OutRecord(record.topic, record.key, _signed(runtime, other).value, record.headers)
+    assert _code(runtime, _plan(runtime.router_core(), forged)) == ReasonCode.SIGNATURE_INVALID
+
+
+def test_an_address_outside_hips_is_quarantined_as_unresolved(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    example_concern["incident_location"] = None
+    example_concern["subjects"][0]["address"] = {
+        "line1": "1 Bournemouth Road",
+        "town": "Bournemouth",
+        "postcode": "BH1 1AA",
+        "la_code": "E06000058",
+    }
+    plan = _plan(runtime.router_core(), _signed(runtime, example_concern))
+    assert _code(runtime, plan) == ReasonCode.ADDRESS_UNRESOLVED
+
+
+def test_a_recipient_without_keys_quarantines_the_concern_for_replay(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    def missing(recipient_id: str) -> X25519PublicKey:
+        raise ConfigError(f"no key for {recipient_id}", code=ReasonCode.KEY_MISSING)
+
+    core = RouterCore(
+        codec=runtime.codec,
+        deployment=runtime.deployment,
+        keyring=runtime.keyring(),
+        identity=runtime.keys.signing_identity("safer-router"),
+        recipient_key=missing,
+        pseudonym_secret=runtime.keys.pseudonym_secret(),
+        topics=runtime.settings.topics,
+    )
+    plan = _plan(core, _signed(runtime, example_concern))
+    assert _code(runtime, plan) == ReasonCode.KEY_MISSING
+
+
+def test_a_bug_is_quarantined_without_leaking_its_message(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    def broken(recipient_id: str) -> X25519PublicKey:
+        raise RuntimeError("Poppy Walker 9992048719")  # a careless message with personal data
+
+    core = RouterCore(
+        codec=runtime.codec,
+        deployment=runtime.deployment,
+        keyring=runtime.keyring(),
+        identity=runtime.keys.signing_identity("safer-router"),
+        recipient_key=broken,
+        pseudonym_secret=runtime.keys.pseudonym_secret(),
+        topics=runtime.settings.topics,
+    )
+    plan = _plan(core, _signed(runtime, example_concern))
+    assert _code(runtime, plan) == ReasonCode.PROCESSING_ERROR
+    (audit,) = _audits(runtime, plan)
+    text = json.dumps(audit.to_avro(), default=str)
+    assert "Poppy" not in text and "9992048719" not in text
+    assert "RuntimeError" in text
+
+
+def test_quarantine_keeps_the_original_bytes_and_no_personal_data_in_detail(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    example_concern["subjects"][0]["date_of_birth"] = None
+    example_concern["subjects"][0]["nhs_number"] = None
+    data = ConcernModel.model_validate(example_concern)
+    record = runtime.police_adapter().prepare(data)
+    plan = _plan(runtime.router_core(), record)
+    assert _code(runtime, plan) == ReasonCode.MINIMUM_DATASET_MISSING
+    quarantined = runtime.codec.decode(plan.outputs[0].value, expect="quarantine").record
+    assert quarantined["original_value"] == record.value
+    assert quarantined["concern_id"] == example_concern["concern_id"]
+    assert "Poppy" not in quarantined["detail"] and "Walker" not in quarantined["detail"]

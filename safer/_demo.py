@@ -49,6 +49,7 @@ class DemoResult:
     accounted: bool = False
     by_lscp: dict[str, dict[str, int]] = field(default_factory=dict)
     quarantine_codes: dict[str, int] = field(default_factory=dict)
+    withheld_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -124,6 +125,7 @@ def _tally(store: AuditStore, result: DemoResult) -> tuple[set[str], set[str], s
     received: set[str] = set()
     by_lscp = {lscp.value: Counter[str]() for lscp in Lscp}
     codes: Counter[str] = Counter()
+    withheld_codes: Counter[str] = Counter()
     for record in store.records():
         event = record.event.value if hasattr(record.event, "value") else str(record.event)
         counts[event] += 1
@@ -138,6 +140,8 @@ def _tally(store: AuditStore, result: DemoResult) -> tuple[set[str], set[str], s
             received.add(record.disclosure_id)
         if event == AuditEvent.QUARANTINED.value:
             codes.update(record.reason_codes)
+        if event == AuditEvent.WITHHELD.value:
+            withheld_codes.update(record.reason_codes[:1])
         if record.lscp in by_lscp:
             by_lscp[record.lscp][event.lower()] += 1
     result.disclosed = counts[AuditEvent.DISCLOSED.value]
@@ -147,6 +151,7 @@ def _tally(store: AuditStore, result: DemoResult) -> tuple[set[str], set[str], s
     result.received = counts[AuditEvent.RECEIVED.value]
     result.audit_records = sum(counts.values())
     result.quarantine_codes = dict(codes)
+    result.withheld_codes = dict(withheld_codes.most_common())
     result.by_lscp = {
         lscp: {k: c[k] for k in ("disclosed", "withheld", "referred", "received")}
         for lscp, c in by_lscp.items()

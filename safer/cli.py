@@ -190,7 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _summary_table(result: Any) -> Table:
-    table = Table(title="SAFER Exchange demo: every record accounted for")
+    table = Table(title="Decisions per partnership (every one audited)")
     table.add_column("partnership")
     for name in ("disclosed", "withheld", "referred", "received"):
         table.add_column(name, justify="right")
@@ -207,6 +207,40 @@ def _summary_table(result: Any) -> Table:
         str(result.received),
     )
     return table
+
+
+def _codes_table(title: str, codes: dict[str, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("reason code")
+    table.add_column("count", justify="right")
+    for code, count in codes.items():
+        table.add_row(code, str(count))
+    return table
+
+
+def _print_demo_summary(result: Any, data_dir: Path) -> None:
+    out.print(_summary_table(result))
+    out.print(
+        "[dim]disclosed: minimised, encrypted copy delivered · withheld: a recorded decision "
+        "not to share · referred: sent to the front door for a professional to judge · "
+        "received: the recipient decrypted it and sent a signed receipt[/]"
+    )
+    out.print(_codes_table("Why records were withheld", result.withheld_codes))
+    out.print(
+        "[dim]every candidate recipient gets a recorded decision; most withholds are "
+        "agencies with no data-sharing agreement for that kind of concern[/]"
+    )
+    out.print(_codes_table("Quarantined (the deliberately bad records)", result.quarantine_codes))
+    out.print("[dim]kept with their original bytes on hips.quarantine, replayable after a fix[/]")
+    verdict = "[green]verified[/]" if result.audit_verified else "[red]FAILED[/]"
+    out.print(
+        f"published {result.published} · audit records {result.audit_records} · "
+        f"audit log {verdict} · {result.seconds:.1f} s"
+    )
+    out.print(
+        f"next: safer --data-dir {data_dir} audit verify    "
+        f"(inboxes: {data_dir}/inbox/, audit log: {data_dir}/audit.db)"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -243,17 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.to_json(), sort_keys=True))
         else:
-            out.print(_summary_table(result))
-            out.print(
-                f"published {result.published} (incl. 5 deliberately bad) · quarantined "
-                f"{result.quarantined} {result.quarantine_codes} · audit records "
-                f"{result.audit_records} · audit verified: {result.audit_verified} · "
-                f"{result.seconds:.1f} s"
-            )
-            out.print(
-                f"data kept in {settings.data_dir}; "
-                f"try: safer --data-dir {settings.data_dir} audit verify"
-            )
+            _print_demo_summary(result, settings.data_dir)
         for problem in result.problems:
             err.print(f"[red]problem:[/] {problem}")
         return 0 if result.ok else 1

@@ -190,3 +190,48 @@ def test_publish_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
     )
     assert result.returncode == 75
     assert "safer up" in result.stderr
+
+
+def test_keys_init_creates_private_keys_readable_only_by_the_owner(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    first = _safer("keys", "init", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    keys = tmp_path / "data" / "keys"
+    private = sorted(keys.glob("*/*.key"))
+    assert len(private) == 2 * 30  # router, 1 publisher, 28 recipients: 2 keys each
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in private)
+    assert ((keys / "pseudonym.secret").stat().st_mode & 0o777) == 0o600
+    before = {p: p.read_bytes() for p in private}
+    again = _safer("keys", "init", env=env, cwd=tmp_path)
+    assert again.returncode == 0
+    assert "kept" in again.stderr
+    assert all(p.read_bytes() == before[p] for p in private), "existing keys must never be replaced"
+
+
+@pytest.mark.kafka
+def test_broker_command_prints_bootstrap_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = set(running_tansu_pids())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safer", "broker", "--port", str(port)],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}"
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    time.sleep(0.3)
+    assert not (set(running_tansu_pids()) - before)

@@ -102,3 +102,27 @@ async def wait_accounted(
 
 async def read_all(runtime: Runtime, topics: Iterable[str]) -> dict[str, list[Any]]:
     return {t: await read_topic(runtime.bootstrap, t, timeout=60) for t in topics}
+
+
+async def run_flow(
+    runtime: Runtime,
+    items: list[ConcernModel],
+    extra: Iterable[OutRecord] = (),
+    *,
+    expected: set[str],
+    timeout: float = 180,
+    ready_timeout: float = 60,
+) -> Accounting:
+    """Run every service, publish, and wait until everything is accounted for."""
+    store = AuditStore(runtime.settings.audit_db)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    services = asyncio.create_task(runtime.run_services(stop, store=store, on_ready=ready.set))
+    try:
+        await asyncio.wait_for(ready.wait(), ready_timeout)
+        await publish(runtime, items, extra)
+        return await wait_accounted(store, expected, timeout=timeout, service=services)
+    finally:
+        stop.set()
+        await services
+        store.close()

@@ -7,7 +7,6 @@ is also proven on the embedded broker by test_spine_e2e.py and test_crash.py.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 import subprocess
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from audit import AuditStore, verify_store
+from audit import verify_store
 from safer._demo import bad_records
 
-from .spine import concerns, make_runtime, publish, wait_accounted
+from .spine import concerns, make_runtime, run_flow
 
 pytestmark = [pytest.mark.real_kafka, pytest.mark.kafka]
 
@@ -54,17 +53,6 @@ async def test_spine_on_apache_kafka(real_kafka: str, tmp_path: Path) -> None:
     items = concerns(50, seed=21)
     bad = bad_records(runtime, items[0])
     expected = {c.concern_id for c in items}
-    store = AuditStore(runtime.settings.audit_db)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    services = asyncio.create_task(runtime.run_services(stop, store=store, on_ready=ready.set))
-    try:
-        await asyncio.wait_for(ready.wait(), 120)
-        await publish(runtime, items, [r for _, r in bad])
-        acc = await wait_accounted(store, expected, timeout=180, service=services)
-    finally:
-        stop.set()
-        await services
-        store.close()
+    acc = await run_flow(runtime, items, [r for _, r in bad], expected=expected, ready_timeout=120)
     assert acc.delivered <= acc.received
     verify_store(runtime.settings.audit_db)

@@ -26,7 +26,7 @@ from safer._demo import bad_records
 from safer._logging import configure_logging
 from schemas import ConcernModel, CryptoError
 
-from .spine import Accounting, concerns, make_runtime, publish, read_all, wait_accounted
+from .spine import Accounting, concerns, make_runtime, read_all, run_flow
 
 pytestmark = pytest.mark.kafka
 
@@ -51,18 +51,7 @@ async def _run(runtime: Runtime, log_file: Path) -> SpineRun:
     bad_ids = [(code, dict(r.headers)[Headers.CONCERN_ID].decode()) for code, r in bad]
     expected |= {cid for _, cid in bad_ids}
 
-    store = AuditStore(runtime.settings.audit_db)
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    services = asyncio.create_task(runtime.run_services(stop, store=store, on_ready=ready.set))
-    try:
-        await asyncio.wait_for(ready.wait(), 60)
-        await publish(runtime, items, [r for _, r in bad])
-        acc = await wait_accounted(store, expected, timeout=180, service=services)
-    finally:
-        stop.set()
-        await services
-        store.close()
+    acc = await run_flow(runtime, items, [r for _, r in bad], expected=expected)
     t = runtime.settings.topics
     names = [t.inbound("police"), t.audit, t.receipts, t.quarantine, *t.all_recipient_topics()]
     return SpineRun(runtime, items, bad_ids, acc, await read_all(runtime, names), log_file)

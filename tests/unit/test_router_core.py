@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,19 @@ from safer import Runtime
 from schemas import ConcernModel, ConfigError, ReasonCode
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def _core_with(runtime: Runtime, recipient_key: Callable[[str], X25519PublicKey]) -> RouterCore:
+    """A router core whose recipient-key lookup is injected (no patching)."""
+    return RouterCore(
+        codec=runtime.codec,
+        deployment=runtime.deployment,
+        keyring=runtime.keyring(),
+        identity=runtime.keys.signing_identity("safer-router"),
+        recipient_key=recipient_key,
+        pseudonym_secret=runtime.keys.pseudonym_secret(),
+        topics=runtime.settings.topics,
+    )
 
 
 def _plan(core: RouterCore, record: OutRecord, *, key: bytes | None = None) -> Any:
@@ -139,15 +153,7 @@ def test_a_recipient_without_keys_quarantines_the_concern_for_replay(
     def missing(recipient_id: str) -> X25519PublicKey:
         raise ConfigError(f"no key for {recipient_id}", code=ReasonCode.KEY_MISSING)
 
-    core = RouterCore(
-        codec=runtime.codec,
-        deployment=runtime.deployment,
-        keyring=runtime.keyring(),
-        identity=runtime.keys.signing_identity("safer-router"),
-        recipient_key=missing,
-        pseudonym_secret=runtime.keys.pseudonym_secret(),
-        topics=runtime.settings.topics,
-    )
+    core = _core_with(runtime, missing)
     plan = _plan(core, _signed(runtime, example_concern))
     assert _code(runtime, plan) == ReasonCode.KEY_MISSING
 
@@ -158,15 +164,7 @@ def test_a_bug_is_quarantined_without_leaking_its_message(
     def broken(recipient_id: str) -> X25519PublicKey:
         raise RuntimeError("Poppy Walker 9992048719")  # a careless message with personal data
 
-    core = RouterCore(
-        codec=runtime.codec,
-        deployment=runtime.deployment,
-        keyring=runtime.keyring(),
-        identity=runtime.keys.signing_identity("safer-router"),
-        recipient_key=broken,
-        pseudonym_secret=runtime.keys.pseudonym_secret(),
-        topics=runtime.settings.topics,
-    )
+    core = _core_with(runtime, broken)
     plan = _plan(core, _signed(runtime, example_concern))
     assert _code(runtime, plan) == ReasonCode.PROCESSING_ERROR
     (audit,) = _audits(runtime, plan)

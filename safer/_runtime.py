@@ -208,8 +208,15 @@ class Runtime:
         recipients: Iterable[Recipient] | None = None,
         on_ready: Callable[[], None] | None = None,
         store: AuditStore | None = None,
+        max_backoff: float = 30.0,
     ) -> None:
-        """Run the chosen services until ``stop`` is set; a crashed service stops all."""
+        """Run the chosen services until ``stop`` is set.
+
+        Each service is supervised: if it fails, the failure is logged (type
+        only, never a message that might carry data) and the service restarts
+        after an increasing delay. Every service resumes from its stored
+        position, so a restart neither loses nor repeats work.
+        """
         own_store = store is None and feed
         audit_store = store or (AuditStore(self.settings.audit_db) if feed else None)
         chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
@@ -221,7 +228,7 @@ class Runtime:
             runners.append(("router", self.router().run))
         readies = [asyncio.Event() for _ in runners]
         tasks = [
-            asyncio.create_task(run(stop, ready), name=name)
+            asyncio.create_task(_supervise(name, run, stop, ready, max_backoff), name=name)
             for (name, run), ready in zip(runners, readies, strict=True)
         ]
 
@@ -232,31 +239,38 @@ class Runtime:
                 on_ready()
 
         ready_task = asyncio.create_task(_all_ready())
-        stop_task = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stop_task and task.exception() is not None:
-                    _log.error(
-                        "service.crashed",
-                        service=task.get_name(),
-                        error=type(task.exception()).__name__,
-                    )
-                    stop.set()
-                    raise task.exception()  # type: ignore[misc]
+            await stop.wait()
         finally:
             stop.set()
             ready_task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for task, result in zip(tasks, results, strict=True):
-                if isinstance(result, BaseException) and not isinstance(
-                    result, asyncio.CancelledError
-                ):
-                    _log.error(
-                        "service.failed", service=task.get_name(), error=type(result).__name__
-                    )
-            stop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stop_task
+            await asyncio.gather(*tasks, return_exceptions=True)
             if own_store and audit_store is not None:
                 audit_store.close()
+
+
+async def _supervise(
+    name: str,
+    run: Callable[[asyncio.Event, asyncio.Event], Any],
+    stop: asyncio.Event,
+    ready: asyncio.Event,
+    max_backoff: float,
+) -> None:
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await run(stop, ready)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.error(
+                "service.crashed",
+                service=name,
+                error=type(exc).__name__,
+                retriable=getattr(exc, "retriable", None),
+                restart_in_s=delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, max_backoff)

@@ -6,30 +6,25 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from audit import AuditStore, verify_store
-from broker import EmbeddedBroker, Settings, kafka_cluster, make_producer
-from schemas import LogTamperedError, SaferError
+from broker import EmbeddedBroker, kafka_cluster, make_producer
+from schemas import SaferError
 
+from ._cli_audit import register as register_audit
+from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_policy import register as register_policy
 from ._demo import run_demo
 from ._logging import configure_logging
 from ._runtime import Runtime, resolve_bootstrap, write_broker_file
 
 __all__ = ["main"]
-
-err = Console(stderr=True)
-out = Console()
-
-_FORMATTER = argparse.RawDescriptionHelpFormatter
 
 MAIN_HELP = """\
 SAFER Exchange shares safeguarding concerns about children between police,
@@ -48,28 +43,11 @@ With no KAFKA_BOOTSTRAP_SERVERS set, commands use an embedded Tansu broker
 """
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(data_dir=args.data_dir, deploy_dir=args.deploy_dir)
-
-
-def _run(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
-    """Run an async command; Ctrl-C or SIGTERM sets ``stop`` for a clean shutdown."""
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await coro_factory(stop)
-
-    return asyncio.run(main())
-
-
 # -- keys ---------------------------------------------------------------------
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     runtime = Runtime(settings, bootstrap="")
     created = runtime.init_keys(overwrite=args.force)
     total = len(runtime.identities())
@@ -86,7 +64,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     if settings.bootstrap_servers:
         err.print(
             f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started."
@@ -106,14 +84,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
             (settings.data_dir / "broker.json").unlink(missing_ok=True)
         return 0
 
-    return _run(serve)
+    return run_async(serve)
 
 
 # -- publish ------------------------------------------------------------------
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
     police = runtime.police_adapter(args.agency)
     parsed = police.parse_files([Path(p) for p in args.files])
@@ -134,14 +112,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print(line, flush=True)
         return 1 if rejected else 0
 
-    return _run(publish)
+    return run_async(publish)
 
 
 # -- route / up ---------------------------------------------------------------
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
 
     async def route(stop: asyncio.Event) -> int:
@@ -152,11 +130,11 @@ def cmd_route(args: argparse.Namespace) -> int:
         err.print(f"router stopped: {dict(router.totals)}")
         return 0
 
-    return _run(route)
+    return run_async(route)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     log_path = settings.data_dir / "logs" / "tansu.log"
 
     async def up(stop: asyncio.Event) -> int:
@@ -183,7 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         err.print("all services stopped cleanly")
         return 0
 
-    return _run(up)
+    return run_async(up)
 
 
 # -- demo ---------------------------------------------------------------------
@@ -244,7 +222,9 @@ def _print_demo_summary(result: Any, data_dir: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    settings = _settings(args).model_copy(update={"data_dir": Path(args.data_dir or ".safer/demo")})
+    settings = settings_from(args).model_copy(
+        update={"data_dir": Path(args.data_dir or ".safer/demo")}
+    )
     configure_logging(log_file=settings.data_dir.parent / "demo.log")
     show_progress = not args.json and err.is_terminal
 
@@ -282,70 +262,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             err.print(f"[red]problem:[/] {problem}")
         return 0 if result.ok else 1
 
-    return _run(demo)
-
-
-# -- audit --------------------------------------------------------------------
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    path = settings.audit_db
-    try:
-        summary = verify_store(path)
-    except LogTamperedError as exc:
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "entries": None,
-                        "root": None,
-                        "checkpoint_verified": False,
-                        "consistent": False,
-                        "problems": exc.problems,
-                    }
-                )
-            )
-        else:
-            err.print(f"[red]audit log FAILED verification[/] ({path}):")
-            for problem in exc.problems:
-                err.print(f"  - {problem}")
-            err.print(exc.hint)
-        return 1
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "entries": summary.entries,
-                    "root": summary.head,
-                    "checkpoint_verified": summary.checkpoints_verified > 0,
-                    "consistent": True,
-                    "problems": [],
-                }
-            )
-        )
-    else:
-        out.print(
-            f"[green]audit log verified[/]: {summary.entries} entries, chain head {summary.head}"
-        )
-    return 0
-
-
-def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    with AuditStore(settings.audit_db) as store:
-        checkpoint = store.checkpoint()
-    out.print(f"checkpoint written: {checkpoint}")
-    return 0
+    return run_async(demo)
 
 
 # -- parser -------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="safer", description=MAIN_HELP, formatter_class=_FORMATTER
-    )
+    parser = argparse.ArgumentParser(prog="safer", description=MAIN_HELP, formatter_class=FORMATTER)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -366,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser(
         "keys",
         help="manage development keys",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Manage signing (Ed25519) and encryption (X25519) keys.\n\n"
         "Every publisher signs what it sends; the router verifies it and signs what\n"
         "it emits; each recipient has its own encryption key, so only the addressee\n"
@@ -377,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = keys_sub.add_parser(
         "init",
         help="create development keys for every agency in the directory",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Create an Ed25519 signing key and an X25519 encryption key for the router\n"
         "and every publisher and recipient in deploy/directory.toml, plus the\n"
         "partnership pseudonymisation secret. Private key files get mode 0600.\n"
@@ -396,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser(
         "broker",
         help="run the embedded Kafka-protocol broker in the foreground",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Run the embedded Tansu broker and print KAFKA_BOOTSTRAP_SERVERS=host:port.\n"
         "Memory only, no TLS/SASL, no transactions: for development. If\n"
         "KAFKA_BOOTSTRAP_SERVERS is already set, nothing is started.\n\n"
@@ -410,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish = sub.add_parser(
         "publish",
         help="validate, sign and publish concerns from JSON files",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
         "in docs/police-json-format.md), validate each, sign it with the agency's\n"
         "key and publish it to hips.inbound.<agency>. Prints one line per record:\n"
@@ -429,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser(
         "route",
         help="run the router alone (consumer group on the inbound topics)",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Run only the router: verify, check, decide, minimise, encrypt, audit\n"
         "first, then deliver. Run several with the same --group-id to share the load.\n\n"
         "example:\n  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 safer route",
@@ -440,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up",
         help="run broker, router, recipient adapters and audit feed together",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), create\n"
         "topics and development keys if missing, then run the router, the audit\n"
         "feed and one adapter per recipient until Ctrl-C, and shut down cleanly.\n\n"
@@ -455,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the whole flow on synthetic data and summarise",
-        formatter_class=_FORMATTER,
+        formatter_class=FORMATTER,
         description="Start everything on a fresh embedded broker, publish N synthetic concerns\n"
         "(synthetic people only; the same seed gives the same data) and 5 deliberately\n"
         "bad records, wait until every record is disclosed, withheld, referred or\n"
@@ -471,43 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
-    audit = sub.add_parser(
-        "audit",
-        help="check and query the audit log",
-        formatter_class=_FORMATTER,
-        description="Audit log commands. The log (<data-dir>/audit.db) is append-only and\n"
-        "hash-chained: every disclosure, withheld decision, referral, quarantine\n"
-        "and receipt is an entry, and no entry can change without detection.\n\n"
-        "example:\n  safer audit verify\n  safer audit checkpoint",
-    )
-    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = audit_sub.add_parser(
-        "verify",
-        help="recompute the hash chain and report tampering",
-        formatter_class=_FORMATTER,
-        description="Recompute every entry's hash and the chain from the store file, read-only,\n"
-        "and report modified, deleted, reordered or truncated entries and forged\n"
-        "checkpoints, naming the first bad sequence number. Exit code 1 on problems.\n\n"
-        "example:\n  safer audit verify\n  safer --data-dir .safer/demo audit verify --json",
-    )
-    verify.add_argument(
-        "--json",
-        action="store_true",
-        help='print {"entries","root","checkpoint_verified","consistent","problems"}',
-    )
-    verify.set_defaults(func=cmd_audit_verify)
-    checkpoint = audit_sub.add_parser(
-        "checkpoint",
-        help="record the current size and chain head as a checkpoint",
-        formatter_class=_FORMATTER,
-        description="Append a checkpoint (the log's size and chain head at this moment) to the\n"
-        "store. A later `safer audit verify` checks the log still matches every\n"
-        "checkpoint, so deleting entries from the end (truncation) is detected. Copy\n"
-        "the printed line somewhere the operator cannot edit (a ticket, an email to\n"
-        "the DPO) to make it an external anchor.\n\n"
-        "example:\n  safer audit checkpoint",
-    )
-    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    for register in (register_audit, register_policy):
+        register(sub)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""Shared pieces of the `safer` command line: consoles, settings, async runner.
+
+Each command group lives in its own module (``_cli_audit``, ``_cli_policy``…)
+with a ``register(subparsers)`` function that ``cli.build_parser`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from rich.console import Console
+
+from broker import Settings
+
+__all__ = ["FORMATTER", "err", "out", "run_async", "settings_from"]
+
+err = Console(stderr=True)
+out = Console()
+
+#: Keeps the line breaks of descriptions and examples in --help.
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(data_dir=args.data_dir, deploy_dir=args.deploy_dir)
+
+
+def run_async(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run an async command; Ctrl-C or SIGTERM sets ``stop`` for a clean shutdown."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await coro_factory(stop)
+
+    return asyncio.run(main())

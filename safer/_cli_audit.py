@@ -9,6 +9,7 @@ from typing import Any
 from audit import AuditStore, verify_store
 from schemas import LogTamperedError
 
+from ._cli_audit_reports import register_reports
 from ._cli_common import FORMATTER, err, out, settings_from
 
 __all__ = ["register"]
@@ -106,3 +107,4 @@ def register(sub: Any) -> None:
         "example:\n  safer audit checkpoint",
     )
     checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    register_reports(audit_sub)

@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -36,17 +36,16 @@ from broker import (
 from consent import Recipient
 from schemas import DISCLOSURE, RECEIPT, Codec, ReasonCode, SaferError
 
-from ._inbox import Inbox, Rejection
+from ._inbox import Inbox, PendingReceipt, Rejection, receipt_id_for
 
-__all__ = ["RecipientAdapter", "receipt_id_for"]
+__all__ = [
+    "RecipientAdapter",
+    "publish_receipts",
+    "receipt_id_for",
+    "receipt_records",
+]
 
 _log = structlog.get_logger("safer.recipient")
-
-
-def receipt_id_for(disclosure_id: str, status: str) -> str:
-    return hashlib.sha256(f"safer-receipt-v1\x00{disclosure_id}\x00{status}".encode()).hexdigest()[
-        :32
-    ]
 
 
 class RecipientAdapter:
@@ -98,7 +97,8 @@ class RecipientAdapter:
                 batch = await consumer.getmany(timeout_ms=300, max_records=500)
                 if batch:
                     self.ingest(batch)
-                    await self._send_receipts(producer)
+                # Also flushes OPENED/ACTIONED receipts queued by `safer inbox`.
+                await self._send_receipts(producer)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -175,34 +175,66 @@ class RecipientAdapter:
         return record, json.loads(plaintext)
 
     async def _send_receipts(self, producer: Any) -> None:
-        pending = self.inbox.pending_receipts()
-        if not pending:
-            return
-        now = datetime.now(UTC)
-        out: list[OutRecord] = []
-        for disclosure_id, concern_id, payload_sha256 in pending:
-            receipt = {
-                "receipt_id": receipt_id_for(disclosure_id, "RECEIVED"),
-                "disclosure_id": disclosure_id,
-                "concern_id": concern_id,
-                "recipient_id": self.recipient.id,
-                "status": "RECEIVED",
-                "payload_sha256": payload_sha256,
-                "at": now,
-                "actor": self.recipient.id,
+        sent = await publish_receipts(
+            producer,
+            self.inbox,
+            codec=self._codec,
+            identity=self._identity,
+            topic=self._receipts_topic,
+        )
+        self.totals["receipts"] += sent
+
+
+def receipt_records(
+    pending: Sequence[PendingReceipt],
+    *,
+    codec: Codec,
+    identity: SigningIdentity,
+    topic: str,
+) -> list[OutRecord]:
+    """Signed ``Receipt`` records for pending outbox rows."""
+    out: list[OutRecord] = []
+    for row in pending:
+        note = None
+        if row.note is not None:
+            note = {
+                k: (bytes.fromhex(v) if k not in ("recipient_key_id", "algorithm") else v)
+                for k, v in row.note.items()
             }
-            out.append(
-                signed_record(
-                    self._codec,
-                    self._identity,
-                    RECEIPT,
-                    receipt,
-                    topic=self._receipts_topic,
-                    key=disclosure_id.encode(),
-                    record_id=disclosure_id,
-                    id_header=Headers.DISCLOSURE_ID,
-                )
+        receipt = {
+            "receipt_id": row.receipt_id,
+            "disclosure_id": row.disclosure_id,
+            "concern_id": row.concern_id,
+            "recipient_id": identity.agency_id,
+            "status": row.status,
+            "payload_sha256": row.payload_sha256,
+            "at": datetime.fromisoformat(row.at),
+            "actor": identity.agency_id,
+            "outcome_code": row.outcome_code,
+            "note": note,
+        }
+        out.append(
+            signed_record(
+                codec,
+                identity,
+                RECEIPT,
+                receipt,
+                topic=topic,
+                key=row.disclosure_id.encode(),
+                record_id=row.disclosure_id,
+                id_header=Headers.DISCLOSURE_ID,
             )
-        await send_all(producer, out)
-        self.inbox.mark_receipts_sent([p[0] for p in pending])
-        self.totals["receipts"] += len(pending)
+        )
+    return out
+
+
+async def publish_receipts(
+    producer: Any, inbox: Inbox, *, codec: Codec, identity: SigningIdentity, topic: str
+) -> int:
+    """Send every pending receipt (acks=all), then mark them sent; returns how many."""
+    pending = inbox.pending_receipts()
+    if not pending:
+        return 0
+    await send_all(producer, receipt_records(pending, codec=codec, identity=identity, topic=topic))
+    inbox.mark_receipts_sent([p.receipt_id for p in pending])
+    return len(pending)

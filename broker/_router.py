@@ -263,6 +263,7 @@ class RouterCore:
             record: dict[str, Any] = {
                 "disclosure_id": disclosure_id,
                 "concern_id": concern.concern_id,
+                "source_agency": concern.source_agency,
                 "recipient_id": recipient.id,
                 "lscp": recipient.lscp.value,
                 "kind": "REFERRAL" if referral else "DISCLOSURE",

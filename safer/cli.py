@@ -19,6 +19,7 @@ from schemas import SaferError
 
 from ._cli_audit import register as register_audit
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
 from ._demo import run_demo
 from ._logging import configure_logging
@@ -395,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
-    for register in (register_audit, register_policy):
+    for register in (register_audit, register_policy, register_inbox):
         register(sub)
     return parser
 

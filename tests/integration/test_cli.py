@@ -28,6 +28,11 @@ SUBCOMMANDS = [
     ["audit"],
     ["audit", "verify"],
     ["audit", "checkpoint"],
+    ["inbox"],
+    ["inbox", "list"],
+    ["inbox", "show"],
+    ["inbox", "ack"],
+    ["inbox", "action"],
 ]
 
 

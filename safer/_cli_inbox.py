@@ -1,0 +1,425 @@
+"""`safer inbox …`: a practitioner reads, acknowledges and actions disclosures.
+
+Each recipient's inbox is its own SQLite file. Showing a disclosure marks it
+OPENED; `action` marks it ACTIONED with an outcome code and an optional note
+that is encrypted to the publishing agency. Each step queues a signed receipt,
+sent at once when a broker is reachable and otherwise by the running adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.panel import Panel
+from rich.table import Table
+
+from adapters import Inbox, InboxItem, publish_receipts
+from broker import KeyStore, Settings, make_producer, seal
+from consent import LAWFUL_BASES
+from schemas import BrokerError, ConfigError, ReasonCode
+
+from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._runtime import Runtime, resolve_bootstrap
+
+__all__ = ["OUTCOME_CODES", "register"]
+
+#: What a recipient did about a disclosure (stable codes; shown in `--help`).
+OUTCOME_CODES = {
+    "NFA": "no further action needed",
+    "ADVICE_GIVEN": "advice given to the family or the referrer",
+    "EARLY_HELP": "early help offered",
+    "SCHOOL_SUPPORT": "support put in place at school (Operation Encompass)",
+    "HEALTH_FOLLOW_UP": "health visitor, school nurse or GP follow-up",
+    "S17_ASSESSMENT": "child in need assessment (Children Act 1989 s.17)",
+    "STRATEGY_DISCUSSION": "strategy discussion held or arranged",
+    "S47_ENQUIRY": "child protection enquiry (Children Act 1989 s.47)",
+    "YJS_ASSESSMENT": "youth justice assessment",
+    "REFERRED_ON": "referred on to another service",
+    "ALREADY_KNOWN": "already known; added to the existing plan",
+}
+
+
+def _inboxes(settings: Settings) -> list[str]:
+    folder = settings.inbox_dir
+    return sorted(p.stem for p in folder.glob("*.db")) if folder.is_dir() else []
+
+
+def _open_inbox(settings: Settings, recipient: str) -> Inbox:
+    path = settings.inbox_dir / f"{recipient}.db"
+    if not path.exists():
+        known = ", ".join(_inboxes(settings)[:6]) or "none yet"
+        raise ConfigError(
+            f"no inbox for recipient {recipient!r} in {settings.inbox_dir}",
+            code=ReasonCode.NO_RECIPIENT,
+            hint=f"run `safer inbox list` to see the inboxes (found: {known})",
+        )
+    return Inbox(path)
+
+
+def _time_left(deadline: str | None) -> str:
+    if not deadline:
+        return "-"
+    due = datetime.fromisoformat(deadline)
+    seconds = (due - datetime.now(UTC)).total_seconds()
+    hours, rest = divmod(abs(int(seconds)), 3600)
+    text = f"{hours}h{rest // 60:02d}m"
+    return f"OVERDUE by {text}" if seconds < 0 else f"{text} left"
+
+
+def _resolve(inbox: Inbox, ref: str) -> InboxItem:
+    matches = inbox.find(ref)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ConfigError(
+            f"no disclosure starting with {ref!r} in this inbox",
+            code=ReasonCode.NO_RECIPIENT,
+            hint="run `safer inbox list --recipient ID` to see the ids",
+        )
+    raise ConfigError(
+        f"{len(matches)} disclosures start with {ref!r}",
+        code=ReasonCode.NO_RECIPIENT,
+        hint="type more characters of the id",
+    )
+
+
+def _send_now(settings: Settings, recipient: str, inbox: Inbox) -> None:
+    """Send queued receipts if a broker is reachable; otherwise leave them queued."""
+    try:
+        bootstrap = resolve_bootstrap(settings)
+    except BrokerError:
+        err.print("[yellow]receipt queued[/]: no broker running; it is sent when `safer up` runs")
+        return
+    runtime = Runtime(settings, bootstrap)
+
+    async def send(stop: asyncio.Event) -> int:
+        producer = make_producer(bootstrap, **runtime.security)
+        await producer.start()
+        try:
+            return await publish_receipts(
+                producer,
+                inbox,
+                codec=runtime.codec,
+                identity=runtime.keys.signing_identity(recipient),
+                topic=settings.topics.receipts,
+            )
+        finally:
+            await producer.stop()
+
+    try:
+        sent = run_async(send)
+    except Exception as exc:  # best effort: the receipt stays queued for the adapter
+        err.print(f"[yellow]receipt queued[/]: broker unreachable ({type(exc).__name__})")
+        return
+    err.print(f"[green]{sent} receipt(s) sent[/] to {settings.topics.receipts}")
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if not args.recipient:
+        table = Table(title=f"Inboxes in {settings.inbox_dir}")
+        for column in ("recipient", "to action", "total"):
+            table.add_column(column, justify="left" if column == "recipient" else "right")
+        for recipient in _inboxes(settings):
+            with Inbox(settings.inbox_dir / f"{recipient}.db") as inbox:
+                items = list(inbox.items())
+            waiting = sum(1 for i in items if i.status != "ACTIONED")
+            table.add_row(recipient, str(waiting), str(len(items)))
+        out.print(table)
+        out.print("open one with: safer inbox list --recipient RECIPIENT_ID")
+        return 0
+    with _open_inbox(settings, args.recipient) as inbox:
+        items = [i for i in inbox.items() if args.all or i.status != "ACTIONED"]
+    table = Table(title=f"Inbox of {args.recipient}" + ("" if args.all else " (not yet actioned)"))
+    for column in ("id", "received", "kind", "concern", "grade", "status", "deadline"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            item.disclosure_id[:8],
+            item.received_at[:16].replace("T", " "),
+            item.kind,
+            item.concern_type,
+            item.risk_grade,
+            item.status,
+            _time_left(item.deadline),
+        )
+    out.print(table)
+    out.print(f"read one with: safer inbox show ID --recipient {args.recipient}")
+    return 0
+
+
+_SUBJECT_ORDER = ("CHILD", "SIBLING", "PARENT_CARER", "ALLEGED_PERPETRATOR", "OTHER_ADULT")
+_SHOWN = {
+    "subjects",
+    "narrative",
+    "voice_of_child",
+    "immediate_actions",
+    "incident_location",
+    "occurred_at",
+    "reported_at",
+    "child_present",
+    "consent",
+    "officer",
+    "concern_type",
+    "risk_grade",
+    "concern_id",
+}
+
+
+def _age(dob: str | None) -> str:
+    if not dob:
+        return ""
+    born = datetime.fromisoformat(dob).date()
+    today = datetime.now(UTC).date()
+    years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    return f"{dob} (age {years})"
+
+
+def _yes_no(value: object) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
+def _people(subjects: list[dict[str, Any]]) -> Table:
+    table = Table(title="People", title_justify="left", expand=False)
+    for column in ("role", "name", "date of birth", "identifiers", "address", "notes"):
+        table.add_column(column)
+    ordered = sorted(
+        subjects,
+        key=lambda s: _SUBJECT_ORDER.index(s["role"]) if s.get("role") in _SUBJECT_ORDER else 9,
+    )
+    for person in ordered:
+        if person.get("withheld"):
+            table.add_row(
+                person.get("role", ""), f"[i]withheld: {person['withheld']}[/]", "", "", "", ""
+            )
+            continue
+        name = " ".join(p for p in (person.get("given_name"), person.get("family_name")) if p)
+        ids = ", ".join(
+            f"{label} {person[key]}"
+            for key, label in (("nhs_number", "NHS"), ("police_person_id", "police"))
+            if person.get(key)
+        )
+        address = person.get("address") or {}
+        where = ", ".join(str(address[k]) for k in ("line1", "town", "postcode") if address.get(k))
+        notes = []
+        if person.get("school_urn"):
+            notes.append(f"school URN {person['school_urn']}")
+        if person.get("looked_after"):
+            notes.append(f"looked after (LA {person.get('responsible_la') or '?'})")
+        if person.get("home_educated"):
+            notes.append("home educated")
+        if person.get("care_leaver"):
+            notes.append("care leaver")
+        table.add_row(
+            str(person.get("role", "")),
+            name,
+            _age(person.get("date_of_birth")),
+            ids,
+            where,
+            "; ".join(notes),
+        )
+    return table
+
+
+def _render_disclosure(item: InboxItem) -> None:
+    data = item.payload
+    basis = LAWFUL_BASES.get(item.lawful_basis or "")
+    header = (
+        f"[b]{item.kind}[/] · {item.concern_type} · risk {item.risk_grade} · status {item.status}\n"
+        f"lawful basis: {basis.citation if basis else (item.lawful_basis or '-')}\n"
+        f"purpose: {item.purpose}\n"
+        f"from: {item.source_agency or '-'} · "
+        f"received {item.received_at[:16].replace('T', ' ')} UTC"
+        f" · deadline: {item.deadline or 'none set'} ({_time_left(item.deadline)})\n"
+        f"disclosure {item.disclosure_id} · concern {item.concern_id}"
+    )
+    out.print(Panel(header, title="SAFER disclosure", expand=False))
+    if data.get("subjects"):
+        out.print(_people(data["subjects"]))
+    happened = Table(show_header=False, box=None, title="What happened", title_justify="left")
+    happened.add_column("field", style="bold")
+    happened.add_column("value", overflow="fold")
+    location = data.get("incident_location") or {}
+    voice = data.get("voice_of_child") or {}
+    rows = [
+        ("occurred", data.get("occurred_at")),
+        ("reported", data.get("reported_at")),
+        ("where", ", ".join(str(v) for k, v in location.items() if v and k != "la_code")),
+        ("child present", _yes_no(data.get("child_present"))),
+        ("what happened", data.get("narrative")),
+        ("the child said", voice.get("said")),
+        ("observed", voice.get("observed")),
+        ("actions taken", data.get("immediate_actions")),
+    ]
+    for label, value in rows:
+        if value:
+            happened.add_row(label, str(value))
+    out.print(happened)
+    consent = data.get("consent") or {}
+    officer = data.get("officer") or {}
+    if consent:
+        out.print(
+            f"[b]consent[/]: {consent.get('state')} — "
+            f"{consent.get('reason') or 'no reason recorded'}"
+        )
+    if officer:
+        contact = ", ".join(
+            str(officer[k])
+            for k in ("name", "collar_number", "unit", "phone", "email")
+            if officer.get(k)
+        )
+        out.print(f"[b]contact[/]: {contact}")
+    extra = {k: v for k, v in data.items() if k not in _SHOWN and v not in (None, "", [], False)}
+    for key, value in sorted(extra.items()):
+        out.print(f"[b]{key}[/]: {value}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with _open_inbox(settings, args.recipient) as inbox:
+        item = _resolve(inbox, args.id)
+        _render_disclosure(item)
+        out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
+        if not args.no_mark and inbox.advance(item.disclosure_id, "OPENED"):
+            _send_now(settings, args.recipient, inbox)
+    out.print(
+        f"when done: safer inbox action {item.disclosure_id[:8]} --recipient {args.recipient} "
+        "--outcome CODE"
+    )
+    return 0
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with _open_inbox(settings, args.recipient) as inbox:
+        item = _resolve(inbox, args.id)
+        if inbox.advance(item.disclosure_id, "OPENED"):
+            out.print(f"{item.disclosure_id[:8]} marked OPENED")
+            _send_now(settings, args.recipient, inbox)
+        else:
+            out.print(f"{item.disclosure_id[:8]} was already {item.status}")
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with _open_inbox(settings, args.recipient) as inbox:
+        item = _resolve(inbox, args.id)
+        note = None
+        if args.note:
+            publisher = item.source_agency or "hampshire-constabulary"
+            sealed = seal(
+                args.note.encode("utf-8"),
+                KeyStore(settings.keys_dir).encryption_public(publisher),
+                disclosure_id=item.disclosure_id,
+                recipient_id=publisher,
+            )
+            note = {
+                "ciphertext": sealed.ciphertext.hex(),
+                "nonce": sealed.nonce.hex(),
+                "wrapped_key": sealed.wrapped_key.hex(),
+                "wrap_nonce": sealed.wrap_nonce.hex(),
+                "ephemeral_public_key": sealed.ephemeral_public_key.hex(),
+                "recipient_key_id": sealed.recipient_key_id,
+                "algorithm": sealed.algorithm,
+            }
+        if inbox.advance(item.disclosure_id, "ACTIONED", outcome_code=args.outcome, note=note):
+            out.print(
+                f"{item.disclosure_id[:8]} marked ACTIONED ({args.outcome}: "
+                f"{OUTCOME_CODES[args.outcome]})"
+                + ("; note encrypted to the sender" if note else "")
+            )
+            _send_now(settings, args.recipient, inbox)
+        else:
+            out.print(f"{item.disclosure_id[:8]} was already ACTIONED; nothing changed")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def register(sub: Any) -> None:
+    inbox = sub.add_parser(
+        "inbox",
+        help="read and action the disclosures sent to your agency",
+        formatter_class=FORMATTER,
+        description="A practitioner's inbox. Each recipient (a MASH, a health safeguarding\n"
+        "team, a school's Designated Safeguarding Lead...) has its own inbox of\n"
+        "decrypted disclosures. Reading one tells the sender it was OPENED;\n"
+        "actioning it records what you did (ACTIONED), which stops the clock.\n\n"
+        "example:\n  safer inbox list                                  # which inboxes exist\n"
+        "  safer inbox list --recipient portsmouth-csc       # what is waiting\n"
+        "  safer inbox show 3f6c2a8e --recipient portsmouth-csc\n"
+        "  safer inbox action 3f6c2a8e --recipient portsmouth-csc --outcome S47_ENQUIRY",
+    )
+    actions = inbox.add_subparsers(dest="inbox_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser(
+        "list",
+        help="list inboxes, or the disclosures waiting in one",
+        formatter_class=FORMATTER,
+        description="Without --recipient: every inbox with how many disclosures wait for\n"
+        "action. With --recipient: that inbox's disclosures not yet actioned\n"
+        "(--all for every one), newest last, with the time left to the deadline.\n\n"
+        "example:\n  safer inbox list\n  safer inbox list --recipient school-116330 --all",
+    )
+    listing.add_argument("--recipient", help="your recipient id (see `safer inbox list`)")
+    listing.add_argument("--all", action="store_true", help="include actioned disclosures")
+    listing.set_defaults(func=cmd_list)
+
+    show = actions.add_parser(
+        "show",
+        help="read one disclosure (marks it OPENED)",
+        formatter_class=FORMATTER,
+        description="Show the decrypted disclosure: why it was shared, on which lawful\n"
+        "basis, the deadline, and the fields your agency may see. Reading it marks\n"
+        "it OPENED and sends a receipt to the sender (queued if no broker runs).\n"
+        "ID may be the first 8 characters of the disclosure id.\n\n"
+        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc",
+    )
+    show.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
+    show.add_argument("--recipient", required=True, help="your recipient id")
+    show.add_argument("--no-mark", action="store_true", help="do not mark it OPENED")
+    show.set_defaults(func=cmd_show)
+
+    ack = actions.add_parser(
+        "ack",
+        help="mark a disclosure OPENED without showing it",
+        formatter_class=FORMATTER,
+        description="Acknowledge a disclosure (OPENED) without printing it, e.g. from a\n"
+        "case-management workflow that displays it elsewhere.\n\n"
+        "example:\n  safer inbox ack 3f6c2a8e --recipient portsmouth-csc",
+    )
+    ack.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
+    ack.add_argument("--recipient", required=True, help="your recipient id")
+    ack.set_defaults(func=cmd_ack)
+
+    codes = "\n".join(f"  {code:<20} {text}" for code, text in OUTCOME_CODES.items())
+    action = actions.add_parser(
+        "action",
+        help="record what you did (ACTIONED); stops the deadline clock",
+        formatter_class=FORMATTER,
+        description="Mark a disclosure ACTIONED with an outcome code. An optional --note is\n"
+        "encrypted to the sending agency: only they can read it. The receipt goes\n"
+        "into the audit log, and the disclosure leaves `safer overdue`.\n\n"
+        f"outcome codes:\n{codes}\n\n"
+        "example:\n  safer inbox action 3f6c2a8e --recipient portsmouth-csc --outcome "
+        'STRATEGY_DISCUSSION --note "Strategy meeting 10:00 with police and health"',
+    )
+    action.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
+    action.add_argument("--recipient", required=True, help="your recipient id")
+    action.add_argument(
+        "--outcome",
+        required=True,
+        choices=sorted(OUTCOME_CODES),
+        metavar="CODE",
+        help="what you did (see the list above)",
+    )
+    action.add_argument("--note", help="free text for the sender, encrypted to them")
+    action.set_defaults(func=cmd_action)

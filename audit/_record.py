@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring as _json_str
 from typing import Any
 
 from schemas import AuditEvent, DecodeError, ReasonCode, ValidationError
@@ -61,6 +62,23 @@ def format_time(moment: datetime) -> str:
         f"{m.year:04d}-{m.month:02d}-{m.day:02d}T"
         f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond // 1000:03d}Z"
     )
+
+
+def _fast_time(m: datetime) -> str:
+    """``format_time`` with %-formatting (about twice as fast; same output)."""
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        m.year,
+        m.month,
+        m.day,
+        m.hour,
+        m.minute,
+        m.second,
+        m.microsecond // 1000,
+    )
+
+
+def _arr(values: tuple[str, ...]) -> str:
+    return "[" + ",".join(map(_json_str, values)) + "]" if values else "[]"
 
 
 def parse_time(text: str) -> datetime:
@@ -245,15 +263,60 @@ class AuditRecord:
             "subject_pseudonyms": list(self.subject_pseudonyms),
         }
 
+    def reference_bytes(self, seq: int | None) -> bytes:
+        """The entry via the general JSON encoder: the specification ``entry_bytes`` meets.
+
+        Slower than ``entry_bytes``; the tests check the two agree byte for byte.
+        """
+        return _CANONICAL.encode(self._canonical_dict(seq)).encode("utf-8")
+
+    def _halves(self) -> tuple[bytes, bytes]:
+        """The canonical JSON before and after the value of ``seq``, computed once.
+
+        Keys are sorted, so ``seq`` sits between ``recipient`` and ``source``;
+        the log only has to splice the number in. Strings go through the same
+        C escaper the JSON encoder uses with ``ensure_ascii=False``.
+        """
+        cached: tuple[bytes, bytes] | None = self.__dict__.get("_canonical_halves")
+        if cached is not None:
+            return cached
+        s, a, n = _json_str, _arr, "null"
+        v = self.__dict__
+        deadline = v["deadline"]
+        head = (
+            f'{{"actor":{s(v["actor"])},"at":"{_fast_time(v["at"])}",'
+            f'"concern_id":{n if (x := v["concern_id"]) is None else s(x)},'
+            f'"consent_state":{n if (x := v["consent_state"]) is None else s(x)},'
+            f'"deadline":{n if deadline is None else chr(34) + _fast_time(deadline) + chr(34)},'
+            f'"decision_id":{n if (x := v["decision_id"]) is None else s(x)},'
+            f'"disclosure_id":{n if (x := v["disclosure_id"]) is None else s(x)},'
+            f'"entry_id":{s(v["entry_id"])},"event":{_EVENT_JSON[v["event"]]},'
+            f'"fields_disclosed":{a(v["fields_disclosed"])},'
+            f'"lawful_basis":{n if (x := v["lawful_basis"]) is None else s(x)},'
+            f'"lscp":{n if (x := v["lscp"]) is None else s(x)},'
+            f'"payload_sha256":{n if (x := v["payload_sha256"]) is None else s(x)},'
+            f'"policy_revision":{n if (x := v["policy_revision"]) is None else s(x)},'
+            f'"purpose":{n if (x := v["purpose"]) is None else s(x)},'
+            f'"reason_codes":{a(v["reason_codes"])},"reasons":{a(v["reasons"])},'
+            f'"recipient":{n if (x := v["recipient"]) is None else s(x)},"seq":'
+        )
+        tail = f',"source":{s(v["source"])},"subject_pseudonyms":{a(v["subject_pseudonyms"])}}}'
+        halves = (head.encode("utf-8"), tail.encode("utf-8"))
+        self.__dict__["_canonical_halves"] = halves  # a cache, not a field: eq/repr ignore it
+        return halves
+
     def canonical_bytes(self) -> bytes:
         """The log entry: canonical JSON, byte-identical for equal records."""
-        return _CANONICAL.encode(self._canonical_dict(self.seq)).encode("utf-8")
+        head, tail = self._halves()
+        seq = self.seq
+        return head + (b"null" if seq is None else str(seq).encode()) + tail
 
     def entry_bytes(self, seq: int) -> bytes:
         """``self.with_seq(seq).canonical_bytes()``, without building the copy."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValidationError("seq must be a positive integer", fields=("seq",))
-        return _CANONICAL.encode(self._canonical_dict(seq)).encode("utf-8")
+        head, tail = self._halves()
+        return b"%b%d%b" % (head, seq, tail)
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:
@@ -297,3 +360,4 @@ class AuditRecord:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(AuditRecord))
+_EVENT_JSON = {event: f'"{event.value}"' for event in AuditEvent}

@@ -1,119 +1,67 @@
-"""The durable, append-only audit store.
+"""The durable, append-only audit store: an RFC 9162 Merkle log in one SQLite file.
 
-Why SQLite in WAL mode (DESIGN §6):
+Why one SQLite file in WAL mode (the full argument is in docs/AUDIT_LOG.md):
 
-- **Durable group commit.** The feed hands over a whole fetched batch; it is
-  written in one transaction and, with ``synchronous=FULL``, fsynced once at
-  COMMIT. When ``append`` returns, the batch survives a crash or power loss.
-- **Exactly-once from Kafka.** The feed's consumer positions (``feed_offsets``)
-  are written in the same transaction as the entries, so after a crash the log
-  and the position agree: nothing lost, nothing doubled. Entries are also
-  deduplicated on their deterministic ``entry_id``.
-- **Append-only in the engine.** Triggers abort any UPDATE or DELETE of an
-  entry or checkpoint, and any insert that is not the next seq. Someone with
-  the file can drop them, so the hashes make tampering *evident*:
-  ``verify_store`` recomputes the chain from the entry blobs alone.
-- **Trails are queries.** Plain, indexed columns (ids and pseudonyms only,
-  never personal data) answer "every event for this concern/disclosure/
-  recipient" without a scan. They are derived from the entry and checked by
-  the verifier.
-- WAL lets auditors read (and verify) while the feed writes.
+- **Durable group commit.** ``append`` takes a whole batch and writes it in
+  one transaction; with ``synchronous=FULL`` that is one fsync at COMMIT. The
+  feed hands over one fetched batch at a time, so a batch is bounded by the
+  fetch size and by how long the broker took to return it.
+- **Exactly-once from Kafka.** The feed's positions (``feed_offsets``) are
+  committed in the same transaction as the entries they produced, so after a
+  crash the log and the position agree. Entries are also deduplicated on
+  their deterministic ``entry_id`` (replays from the router or a recipient).
+- **Append-only in the engine.** Triggers refuse UPDATE and DELETE and any
+  row that does not extend the log. Someone with the file can drop them, so
+  the hashes make tampering *evident*: see ``verify_store``.
+- **Fast appends.** An entry is one short row plus its share of one ``tree``
+  row (the batch's leaf hashes in one blob). Queries use a derived index
+  that is brought up to date in bulk before a read needs it.
+- WAL lets auditors read, prove and verify while the feed writes.
 
-``AuditLog`` is the interface the rest of SAFER uses, so an RFC 9162 Merkle
-log can replace this hash chain later; the leaf hashes are already RFC 9162's.
+The writer keeps two things in memory: the tree's frontier (O(log n) hashes,
+to compute roots) and a map from a 64-bit fingerprint of each entry id to its
+seq (about 100 bytes per entry), loaded on the first append. A full tree for
+proofs (64 bytes per entry) is built only when a proof is asked for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from schemas import AuditError, AuditEvent, ReasonCode, ValidationError
 
-from ._format import (
-    APPLICATION_ID,
-    FORMAT_VERSION,
-    GENESIS,
-    INDEX_COLUMNS,
-    chain_hash,
-    index_values,
-    leaf_hash,
-)
+from ._bundle import make_bundle
+from ._format import APPLICATION_ID, FORMAT_VERSION, INDEX_COLUMNS, INDEX_TABLES, SCHEMA
+from ._format import index_values as _index_values
+from ._merkle import HASH_SIZE, Frontier, MerkleTree
+from ._note import DEFAULT_ORIGIN, LogKey, LogSigner, format_body, parse_note
 from ._record import AuditRecord, as_event, format_time, parse_time, utc_millis
 from ._verify import LogSummary, verify_store
 
 __all__ = ["AppendResult", "AuditLog", "AuditStore", "Checkpoint"]
 
-_APPEND_ONLY = "audit log is append-only"
-
-# Only module constants are interpolated: no input reaches this SQL.
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS entries(
-    seq INTEGER PRIMARY KEY,
-    entry_id TEXT NOT NULL UNIQUE,
-    event TEXT NOT NULL,
-    disclosure_id TEXT,
-    concern_id TEXT,
-    recipient TEXT,
-    lscp TEXT,
-    lawful_basis TEXT,
-    at TEXT NOT NULL,
-    subject_pseudonyms TEXT NOT NULL,
-    entry BLOB NOT NULL,
-    leaf_hash BLOB NOT NULL,
-    chain_hash BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_disclosure_id ON entries(disclosure_id);
-CREATE INDEX IF NOT EXISTS entries_concern_id ON entries(concern_id);
-CREATE INDEX IF NOT EXISTS entries_recipient ON entries(recipient);
-CREATE INDEX IF NOT EXISTS entries_event ON entries(event);
-CREATE TRIGGER IF NOT EXISTS entries_append_only_update BEFORE UPDATE ON entries
-BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS entries_append_only_delete BEFORE DELETE ON entries
-BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS entries_contiguous_seq BEFORE INSERT ON entries
-WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries)
-BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: seq must be the next one'); END;
-
-CREATE TABLE IF NOT EXISTS checkpoints(
-    id INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL,
-    chain_hash BLOB NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_update BEFORE UPDATE ON checkpoints
-BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_delete BEFORE DELETE ON checkpoints
-BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END;
-
-CREATE TABLE IF NOT EXISTS feed_offsets(
-    topic TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    PRIMARY KEY(topic, partition)
-);
-PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {FORMAT_VERSION};
-COMMIT;
-"""  # noqa: S608
-
 _INSERT = (
-    f"INSERT INTO entries(seq, {', '.join(INDEX_COLUMNS)}, entry, leaf_hash, chain_hash) "  # noqa: S608
-    f"VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 4))})"
+    f"INSERT INTO entries(seq, {', '.join(INDEX_COLUMNS)}, entry) "  # noqa: S608
+    f"VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 2))})"
 )
 _UPSERT_OFFSET = (
     "INSERT INTO feed_offsets(topic, partition, next_offset) VALUES (?, ?, ?) "
     "ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset"
 )
+_LAST_TREE_ROW = (
+    "SELECT first_seq, length(leaves) / 32, frontier FROM tree ORDER BY first_seq DESC LIMIT 1"
+)
 _PAGE = 1000
-_LOOKUP_CHUNK = 500  # entry ids per duplicate lookup (well under SQLite's variable limit)
+_IN_CHUNK = 500  # seqs per IN (...) (well under SQLite's variable limit)
+_VERIFY_HINT = "run `safer audit verify` and keep the store files as evidence"
 
 
 @dataclass(frozen=True)
@@ -131,19 +79,36 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The log's size and chain hash at a moment (signed in C2SP form later)."""
+    """A stored checkpoint: the log's size and RFC 9162 root, as a C2SP signed note.
+
+    ``note`` is the checkpoint text; it has no signature line when the store
+    had no signing key (such a checkpoint still anchors the size locally).
+    """
 
     size: int
-    chain_hash: bytes
+    root: bytes
     at: datetime
+    note: str = ""
+    id: int = 0
+
+    @property
+    def signed(self) -> bool:
+        try:
+            return bool(parse_note(self.note).signatures)
+        except AuditError:
+            return False
 
     def __str__(self) -> str:
-        return f"size {self.size}, chain head {self.chain_hash.hex()}, at {format_time(self.at)}"
+        signed = "signed" if self.signed else "unsigned"
+        return (
+            f"checkpoint {self.id}: size {self.size}, root {self.root.hex()}, "
+            f"at {format_time(self.at)}, {signed}"
+        )
 
 
 @runtime_checkable
 class AuditLog(Protocol):
-    """What SAFER needs from an audit log; a Merkle-tree log can implement it too."""
+    """What SAFER needs from an audit log."""
 
     def append(
         self,
@@ -188,6 +153,15 @@ def _storage_error(action: str, exc: sqlite3.Error) -> AuditError:
     )
 
 
+def _inconsistent(message: str) -> AuditError:
+    return AuditError(
+        f"audit store is inconsistent: {message}",
+        code=ReasonCode.AUDIT_TAMPERED,
+        retriable=False,
+        hint=_VERIFY_HINT,
+    )
+
+
 def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> list[tuple[str, int, int]]:
     rows = []
     for key, value in offsets.items():
@@ -210,15 +184,41 @@ def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> list[tuple[str, in
     return rows
 
 
-class AuditStore:
-    """Append-only audit log in one SQLite (WAL) file. Synchronous; thread-safe.
+class _Writer:
+    """What the appending process keeps in memory: size, frontier, entry-id map."""
 
-    Use as a context manager, or call ``close()``.
+    __slots__ = ("collisions", "frontier", "ids", "size")
+
+    def __init__(self, size: int, frontier: Frontier) -> None:
+        self.size = size
+        self.frontier = frontier
+        self.ids: dict[int, int] = {}  # fingerprint(entry_id) -> seq
+        self.collisions: dict[str, int] = {}  # entry_id -> seq, for fingerprint clashes
+
+
+class AuditStore:
+    """Append-only RFC 9162 Merkle log in one SQLite (WAL) file. Synchronous; thread-safe.
+
+    ``signer`` signs checkpoints (C2SP signed notes); without one, checkpoints
+    are written unsigned. Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, path: Path) -> None:
+    #: Entries indexed per transaction when the query index catches up.
+    index_chunk: ClassVar[int] = 50_000
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        signer: LogSigner | None = None,
+        origin: str = DEFAULT_ORIGIN,
+    ) -> None:
         self._path = Path(path)
+        self._signer = signer
+        self._origin = origin
         self._lock = threading.RLock()
+        self._writer: _Writer | None = None
+        self._tree: MerkleTree | None = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -240,6 +240,11 @@ class AuditStore:
             self._conn = None
             raise
 
+    @staticmethod
+    def _fingerprint(entry_id: str) -> int:
+        """64-bit key of an entry id in the in-memory dedup map (a test forces clashes)."""
+        return hash(entry_id)
+
     def _initialise(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
@@ -259,12 +264,16 @@ class AuditStore:
                 code=ReasonCode.CONFIG_INVALID,
                 hint="point at a SAFER data directory, or move the file away",
             )
-        if version > FORMAT_VERSION:
+        if not fresh and version != FORMAT_VERSION:
+            newer = version > FORMAT_VERSION
             raise AuditError(
                 f"{self._path} uses audit store format v{version}; "
-                f"this build writes v{FORMAT_VERSION}",
+                f"this build reads and writes v{FORMAT_VERSION}",
                 code=ReasonCode.CONFIG_INVALID,
-                hint="upgrade SAFER Exchange before writing to this store",
+                hint="upgrade SAFER Exchange before writing to this store"
+                if newer
+                else "v1 stores (hash chain, before the Merkle log) were development data: "
+                "move the file away and let the feed rebuild the log from Kafka",
             )
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -275,7 +284,8 @@ class AuditStore:
                     hint="put the data directory on a local filesystem",
                 )
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA cache_size = -65536")
+            conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -286,6 +296,15 @@ class AuditStore:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def key(self) -> LogKey | None:
+        """The public half of the signing key, if the store has one."""
+        return None if self._signer is None else self._signer.key
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -301,6 +320,8 @@ class AuditStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._writer = None
+            self._tree = None
 
     def __enter__(self) -> Self:
         return self
@@ -313,14 +334,100 @@ class AuditStore:
     ) -> None:
         self.close()
 
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _storage_error("read", exc) from None
+
+    def _transaction(self, action: str, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``body`` in one BEGIN IMMEDIATE … COMMIT; roll back on any error."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = body(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _storage_error(action, exc) from None
+            return result
+
     @staticmethod
-    def _head(conn: sqlite3.Connection) -> tuple[int, bytes]:
-        row = conn.execute(
-            "SELECT seq, chain_hash FROM entries ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
+    def _size(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0])
+
+    @staticmethod
+    def _stored_frontier(conn: sqlite3.Connection, size: int) -> Frontier:
+        row = conn.execute(_LAST_TREE_ROW).fetchone()
         if row is None:
-            return 0, GENESIS
-        return int(row[0]), bytes(row[1])
+            if size:
+                raise _inconsistent(f"{size} entries but no tree rows")
+            return Frontier()
+        end = int(row[0]) + int(row[1]) - 1
+        if end != size:
+            raise _inconsistent(f"{size} entries but the tree rows end at entry {end}")
+        return Frontier.from_bytes(end, bytes(row[2]))
+
+    # -- the writer's memory --------------------------------------------------
+
+    def _writer_for(self, conn: sqlite3.Connection) -> _Writer:
+        """The in-memory writer state, loaded or brought up to date (inside a transaction)."""
+        size = self._size(conn)
+        writer = self._writer
+        if writer is not None and writer.size == size:
+            return writer
+        if writer is not None and writer.size > size:
+            self._writer = None
+            raise _inconsistent(
+                f"the log has {size} entries but this process wrote {writer.size} "
+                "(entries were removed underneath it)"
+            )
+        frontier = self._stored_frontier(conn, size)
+        if writer is None:
+            writer = _Writer(0, frontier)
+        self._load_ids(conn, writer, after=writer.size)
+        writer.size = size
+        writer.frontier = frontier
+        self._writer = writer
+        return writer
+
+    def _load_ids(self, conn: sqlite3.Connection, writer: _Writer, *, after: int) -> None:
+        fingerprint = self._fingerprint
+        ids = writer.ids
+        cursor = conn.execute(
+            "SELECT seq, entry_id FROM entries WHERE seq > ? ORDER BY seq", (after,)
+        )
+        while rows := cursor.fetchmany(10_000):
+            for seq, entry_id in rows:
+                key = fingerprint(entry_id)
+                if key in ids:
+                    self._remember_clash(conn, writer, entry_id, key, seq)
+                else:
+                    ids[key] = seq
+
+    @staticmethod
+    def _entry_id_at(conn: sqlite3.Connection, seq: int) -> str | None:
+        row = conn.execute("SELECT entry_id FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _remember_clash(
+        self, conn: sqlite3.Connection, writer: _Writer, entry_id: str, key: int, seq: int
+    ) -> None:
+        if self._entry_id_at(conn, writer.ids[key]) != entry_id:
+            writer.collisions.setdefault(entry_id, seq)
+
+    def _existing(self, conn: sqlite3.Connection, writer: _Writer, entry_id: str) -> int | None:
+        seq = writer.ids.get(self._fingerprint(entry_id))
+        if seq is not None and self._entry_id_at(conn, seq) == entry_id:
+            return seq
+        return writer.collisions.get(entry_id) if writer.collisions else None
 
     # -- writing --------------------------------------------------------------
 
@@ -344,86 +451,236 @@ class AuditStore:
             if not isinstance(record, AuditRecord):
                 raise ValidationError("append takes AuditRecord instances", fields=("records",))
         offset_rows = _check_offsets(offsets or {})
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    results = self._append_locked(conn, batch)
-                    if offset_rows:
-                        conn.executemany(_UPSERT_OFFSET, offset_rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _storage_error("append", exc) from None
+        staged: list[tuple[_Writer, dict[str, int], list[bytes], Frontier]] = []
+
+        def write(conn: sqlite3.Connection) -> list[AppendResult]:
+            writer = self._writer_for(conn)
+            results, fresh, leaves, frontier = self._stage(conn, writer, batch)
+            if offset_rows:
+                conn.executemany(_UPSERT_OFFSET, offset_rows)
+            staged.append((writer, fresh, leaves, frontier))
+            return results
+
+        try:
+            results: list[AppendResult] = self._transaction("append", write)
+        except BaseException:
+            self._writer = None  # reload from the file on the next append
+            raise
+        writer, fresh, leaves, frontier = staged[0]
+        self._commit_memory(writer, fresh, leaves, frontier)
         return results
 
-    @staticmethod
-    def _append_locked(conn: sqlite3.Connection, batch: list[AuditRecord]) -> list[AppendResult]:
-        size, previous = AuditStore._head(conn)
-        known: dict[str, int] = {}
-        ids = list(dict.fromkeys(r.entry_id for r in batch))
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT entry_id, seq FROM entries WHERE entry_id IN ({marks})"  # noqa: S608
-            known.update(conn.execute(query, chunk).fetchall())
+    def _stage(
+        self, conn: sqlite3.Connection, writer: _Writer, batch: list[AuditRecord]
+    ) -> tuple[list[AppendResult], dict[str, int], list[bytes], Frontier]:
+        """Encode, hash and insert the new entries; the writer's memory is not touched yet."""
         results: list[AppendResult] = []
         rows: list[tuple[object, ...]] = []
+        leaves: list[bytes] = []
+        fresh: dict[str, int] = {}
+        ids = writer.ids
+        fingerprint = self._fingerprint
+        sha = hashlib.sha256
+        index_values = _index_values
+        seq = writer.size
         for record in batch:
-            existing = known.get(record.entry_id)
+            entry_id = record.entry_id
+            existing = fresh.get(entry_id)
+            if existing is None and (fingerprint(entry_id) in ids or writer.collisions):
+                existing = self._existing(conn, writer, entry_id)
             if existing is not None:
-                results.append(AppendResult(record.entry_id, existing, True))
+                results.append(AppendResult(entry_id, existing, True))
                 continue
-            size += 1
-            entry = record.entry_bytes(size)
-            leaf = leaf_hash(entry)
-            previous = chain_hash(previous, leaf)
-            rows.append((size, *index_values(record), entry, leaf, previous))
-            known[record.entry_id] = size
-            results.append(AppendResult(record.entry_id, size, False))
+            seq += 1
+            fresh[entry_id] = seq
+            entry = record.entry_bytes(seq)
+            leaves.append(sha(b"\x00" + entry).digest())
+            rows.append((seq, *index_values(record), entry))
+            results.append(AppendResult(entry_id, seq, False))
+        frontier = writer.frontier
         if rows:
+            frontier = frontier.copy()
+            frontier.extend(leaves)
             conn.executemany(_INSERT, rows)
-        return results
+            conn.execute(
+                "INSERT INTO tree(first_seq, leaves, frontier) VALUES (?, ?, ?)",
+                (writer.size + 1, b"".join(leaves), frontier.to_bytes()),
+            )
+        return results, fresh, leaves, frontier
 
-    def checkpoint(self, *, at: datetime | None = None) -> Checkpoint:
-        """Record the current (size, chain hash) in the append-only checkpoints table."""
+    def _commit_memory(
+        self, writer: _Writer, fresh: dict[str, int], leaves: list[bytes], frontier: Frontier
+    ) -> None:
+        if not fresh:
+            return
+        ids = writer.ids
+        fingerprint = self._fingerprint
+        for entry_id, seq in fresh.items():
+            key = fingerprint(entry_id)
+            if key in ids:
+                writer.collisions[entry_id] = seq
+            else:
+                ids[key] = seq
+        writer.size += len(fresh)
+        writer.frontier = frontier
+        if self._tree is not None and self._tree.size == writer.size - len(fresh):
+            self._tree.extend_bytes(b"".join(leaves))
+
+    def checkpoint(
+        self, *, at: datetime | None = None, signer: LogSigner | None = None
+    ) -> Checkpoint:
+        """Write a checkpoint of the current size and root, signed if there is a key.
+
+        ``signer`` overrides the store's key for this checkpoint. The stored row
+        also keeps the frontier and the leaf hashes added since the previous
+        checkpoint, which the signature covers through the root.
+        """
         moment = utc_millis("at", at or datetime.now(UTC))
+        key = signer or self._signer
+
+        def write(conn: sqlite3.Connection) -> Checkpoint:
+            size = self._size(conn)
+            frontier = self._stored_frontier(conn, size)
+            root = frontier.root()
+            previous = conn.execute(
+                "SELECT size FROM checkpoints ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            since = 0 if previous is None else int(previous[0])
+            delta = self._leaves_between(conn, since, size)
+            body = format_body(self._origin, size, root)
+            note = key.sign(body) if key is not None else f"{body}\n"
+            cursor = conn.execute(
+                "INSERT INTO checkpoints(size, root, note, frontier, leaves, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (size, root, note, frontier.to_bytes(), delta, format_time(moment)),
+            )
+            return Checkpoint(size, root, moment, note, int(cursor.lastrowid or 0))
+
+        result: Checkpoint = self._transaction("write a checkpoint", write)
+        return result
+
+    @staticmethod
+    def _leaves_between(conn: sqlite3.Connection, after: int, upto: int) -> bytes:
+        """Concatenated stored leaf hashes of entries ``after+1 .. upto``."""
+        if upto <= after:
+            return b""
+        rows = conn.execute(
+            "SELECT first_seq, leaves FROM tree WHERE first_seq <= ? "
+            "AND first_seq + length(leaves) / 32 > ? ORDER BY first_seq",
+            (upto, after + 1),
+        ).fetchall()
+        if not rows:
+            raise _inconsistent(f"no tree rows for entries {after + 1}..{upto}")
+        first = int(rows[0][0])
+        data = b"".join(bytes(r[1]) for r in rows)
+        start = (after + 1 - first) * HASH_SIZE
+        out = data[start : start + (upto - after) * HASH_SIZE]
+        if len(out) != (upto - after) * HASH_SIZE:
+            raise _inconsistent(f"tree rows do not cover entries {after + 1}..{upto}")
+        return out
+
+    # -- the tree and proofs --------------------------------------------------
+
+    def tree(self) -> MerkleTree:
+        """The full Merkle tree over every entry (built on first use, then kept current)."""
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN")
                 try:
-                    size, head = self._head(conn)
-                    conn.execute(
-                        "INSERT INTO checkpoints(size, chain_hash, at) VALUES (?, ?, ?)",
-                        (size, head, format_time(moment)),
-                    )
+                    size = self._size(conn)
+                    tree = self._tree
+                    if tree is None or tree.size > size:
+                        tree = MerkleTree()
+                    if tree.size < size:
+                        rows = conn.execute(
+                            "SELECT first_seq, leaves FROM tree WHERE first_seq > ? "
+                            "ORDER BY first_seq",
+                            (tree.size,),
+                        ).fetchall()
+                        if rows and int(rows[0][0]) != tree.size + 1:
+                            tree = MerkleTree()
+                            rows = conn.execute(
+                                "SELECT first_seq, leaves FROM tree ORDER BY first_seq"
+                            ).fetchall()
+                        tree.extend_bytes(b"".join(bytes(r[1]) for r in rows))
+                    if tree.size != size:
+                        raise _inconsistent(
+                            f"{size} entries but the tree rows hold {tree.size} leaves"
+                        )
+                finally:
                     conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
-                raise _storage_error("write a checkpoint", exc) from None
-        return Checkpoint(size, head, moment)
+                raise _storage_error("read the tree", exc) from None
+            self._tree = tree
+            return tree
+
+    def root(self, size: int | None = None) -> bytes:
+        """The RFC 9162 root of the first ``size`` entries (default: all)."""
+        if size is None:
+            return self.head()[1]
+        return self.tree().root(size)
+
+    def inclusion_proof(self, seq: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``seq`` in the tree of ``size`` entries."""
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ValidationError("seq must be a positive integer", fields=("seq",))
+        return self.tree().inclusion_proof(seq - 1, size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from the tree of ``old_size`` to ``new_size`` entries."""
+        return self.tree().consistency_proof(old_size, new_size)
+
+    def proof_bundle(self, seq: int, *, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+        """Entry ``seq``, its inclusion proof and a signed checkpoint, as one JSON object.
+
+        Uses ``checkpoint``, else the newest signed checkpoint that covers the
+        entry; when there is none and the store has a key, signs a new one.
+        See ``verify_bundle`` for checking it offline.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ValidationError("seq must be a positive integer", fields=("seq",))
+        entry = self.entry_bytes(seq)
+        if entry is None:
+            raise AuditError(
+                f"the log has no entry {seq} (it has {self.count()})",
+                code=ReasonCode.PROCESSING_ERROR,
+                hint="`safer audit verify` shows the log's size",
+            )
+        chosen = checkpoint or self.latest_checkpoint(signed=True, covering=seq)
+        if chosen is None:
+            if self._signer is None:
+                raise AuditError(
+                    f"no signed checkpoint covers entry {seq}",
+                    code=ReasonCode.KEY_MISSING,
+                    hint="write one with `safer audit checkpoint` (it needs the log key)",
+                )
+            chosen = self.checkpoint()
+        if chosen.size < seq:
+            raise AuditError(
+                f"checkpoint of size {chosen.size} does not cover entry {seq}",
+                code=ReasonCode.PROCESSING_ERROR,
+            )
+        proof = self.inclusion_proof(seq, chosen.size)
+        return make_bundle(
+            seq=seq, entry=entry, tree_size=chosen.size, proof=proof, checkpoint=chosen.note
+        )
 
     # -- reading --------------------------------------------------------------
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            conn = self._connection()
-            try:
-                return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise _storage_error("read", exc) from None
-
     def checkpoints(self) -> list[Checkpoint]:
-        rows = self._query("SELECT size, chain_hash, at FROM checkpoints ORDER BY id")
-        return [Checkpoint(int(s), bytes(h), parse_time(str(a))) for s, h, a in rows]
+        rows = self._query("SELECT id, size, root, note, at FROM checkpoints ORDER BY id")
+        return [
+            Checkpoint(int(s), bytes(r), parse_time(str(a)), str(n), int(i))
+            for i, s, r, n, a in rows
+        ]
+
+    def latest_checkpoint(self, *, signed: bool = False, covering: int = 0) -> Checkpoint | None:
+        """The newest checkpoint of at least ``covering`` entries (signed ones only if asked)."""
+        for checkpoint in reversed(self.checkpoints()):
+            if checkpoint.size >= covering and (checkpoint.signed or not signed):
+                return checkpoint
+        return None
 
     def feed_offsets(self) -> dict[tuple[str, int], int]:
         """Stored feed positions: (topic, partition) -> next offset to read."""
@@ -432,14 +689,20 @@ class AuditStore:
 
     def count(self) -> int:
         """Number of entries (seq is contiguous from 1, so the last seq)."""
-        return self.head()[0]
+        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM entries")
+        return int(rows[0][0])
 
     def head(self) -> tuple[int, bytes]:
-        """(size, chain hash after the last entry); (0, 32 zero bytes) when empty."""
+        """(size, RFC 9162 root); (0, SHA-256 of nothing) when empty."""
         with self._lock:
             conn = self._connection()
             try:
-                return self._head(conn)
+                conn.execute("BEGIN")
+                try:
+                    size = self._size(conn)
+                    return size, self._stored_frontier(conn, size).root()
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _storage_error("read", exc) from None
 
@@ -448,8 +711,67 @@ class AuditStore:
         rows = self._query("SELECT entry FROM entries WHERE seq = ?", (seq,))
         return AuditRecord.from_canonical(bytes(rows[0][0])) if rows else None
 
+    def entry_bytes(self, seq: int) -> bytes | None:
+        """The exact bytes of entry ``seq`` (what the leaf hash covers), or None."""
+        rows = self._query("SELECT entry FROM entries WHERE seq = ?", (seq,))
+        return bytes(rows[0][0]) if rows else None
+
     def has_entry(self, entry_id: str) -> bool:
-        return bool(self._query("SELECT 1 FROM entries WHERE entry_id = ?", (entry_id,)))
+        with self._lock:
+            if self._writer is not None:
+                conn = self._connection()
+                try:
+                    conn.execute("BEGIN")
+                    try:
+                        writer = self._writer
+                        if writer.size == self._size(conn):
+                            return self._existing(conn, writer, entry_id) is not None
+                    finally:
+                        conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise _storage_error("read", exc) from None
+            indexed = self._catch_up()
+            return bool(
+                self._query(
+                    "SELECT 1 FROM ix_entry WHERE entry_id = ? AND seq <= ? UNION ALL "
+                    "SELECT 1 FROM entries WHERE seq > ? AND entry_id = ? LIMIT 1",
+                    (entry_id, indexed, indexed, entry_id),
+                )
+            )
+
+    def _catch_up(self) -> int:
+        """Bring the query index up to the log; returns the indexed size.
+
+        Best effort: on a read-only or busy file the index stays behind and
+        queries scan the unindexed tail instead, so results are always complete.
+        """
+        with self._lock:
+            conn = self._connection()
+            while True:
+                try:
+                    indexed = int(conn.execute("SELECT indexed_seq FROM index_state").fetchone()[0])
+                    if indexed >= self._size(conn):
+                        return indexed
+                    indexed = self._transaction("update the query index", self._index_chunk)
+                except AuditError:
+                    return int(self._query("SELECT indexed_seq FROM index_state")[0][0])
+                except sqlite3.Error as exc:
+                    raise _storage_error("read", exc) from None
+
+    def _index_chunk(self, conn: sqlite3.Connection) -> int:
+        indexed = int(conn.execute("SELECT indexed_seq FROM index_state").fetchone()[0])
+        upto = min(self._size(conn), indexed + self.index_chunk)
+        if upto <= indexed:
+            return indexed
+        for table, column, select in INDEX_TABLES:
+            glue = " AND" if " WHERE " in select else " WHERE"
+            conn.execute(
+                f"INSERT OR IGNORE INTO {table}({column}, seq) {select}{glue} "
+                "e.seq > ? AND e.seq <= ?",
+                (indexed, upto),
+            )
+        conn.execute("UPDATE index_state SET indexed_seq = ? WHERE id = 1", (upto,))
+        return upto
 
     def records(
         self,
@@ -459,35 +781,99 @@ class AuditStore:
         disclosure_id: str | None = None,
         recipient: str | None = None,
         subject: str | None = None,
+        lawful_basis: str | None = None,
+        lscp: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Iterator[AuditRecord]:
         """Entries matching every given filter, in seq order.
 
-        ``subject`` is a subject pseudonym (for subject access requests).
-        Pages through the log, so appends may continue while this is consumed.
+        ``subject`` is a subject pseudonym (for subject access requests);
+        ``since`` (inclusive) and ``until`` (exclusive) bound the record's
+        ``at``. Results are read in pages, so appends may continue meanwhile;
+        entries appended after the call starts may or may not be included.
         """
-        where = ["seq > ?"]
+        where: list[str] = []
         params: list[object] = []
         if event is not None:
-            where.append("event = ?")
+            where.append("e.event = ?")
             params.append(as_event(event).value)
         for column, value in (
             ("concern_id", concern_id),
             ("disclosure_id", disclosure_id),
             ("recipient", recipient),
+            ("lawful_basis", lawful_basis),
+            ("lscp", lscp),
         ):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"e.{column} = ?")
                 params.append(value)
+        low = None if since is None else format_time(utc_millis("since", since))
+        high = None if until is None else format_time(utc_millis("until", until))
+        if low is not None:
+            where.append("e.at >= ?")
+            params.append(low)
+        if high is not None:
+            where.append("e.at < ?")
+            params.append(high)
         if subject is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(entries.subject_pseudonyms) WHERE value = ?)"
-            )
+            where.append("EXISTS (SELECT 1 FROM json_each(e.subject_pseudonyms) WHERE value = ?)")
             params.append(subject)
+        driver = self._driver(subject, disclosure_id, concern_id, recipient, low, high)
+        if driver is None:
+            yield from self._scan(where, params, after=0)
+            return
+        indexed = self._catch_up()
+        sql, driver_params = driver
+        seqs = [int(r[0]) for r in self._query(sql, [*driver_params, indexed])]
+        seqs.sort()
+        clause = " AND ".join(where)
+        for start in range(0, len(seqs), _IN_CHUNK):
+            chunk = seqs[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT e.entry FROM entries e WHERE e.seq IN ({marks}) AND {clause} "  # noqa: S608
+                "ORDER BY e.seq",
+                [*chunk, *params],
+            )
+            for (entry,) in rows:
+                yield AuditRecord.from_canonical(bytes(entry))
+        yield from self._scan(where, params, after=indexed)
+
+    @staticmethod
+    def _driver(
+        subject: str | None,
+        disclosure_id: str | None,
+        concern_id: str | None,
+        recipient: str | None,
+        low: str | None,
+        high: str | None,
+    ) -> tuple[str, list[object]] | None:
+        """The query-index lookup that narrows the search most, if any applies."""
+        for table, column, value in (
+            ("ix_subject", "pseudonym", subject),
+            ("ix_disclosure", "disclosure_id", disclosure_id),
+            ("ix_concern", "concern_id", concern_id),
+            ("ix_recipient", "recipient", recipient),
+        ):
+            if value is not None:
+                return (
+                    f"SELECT seq FROM {table} WHERE {column} = ? AND seq <= ?",  # noqa: S608
+                    [value],
+                )
+        if low is not None or high is not None:
+            return (
+                "SELECT seq FROM ix_at WHERE at >= ? AND at < ? AND seq <= ?",
+                [low or "", high or "\uffff"],
+            )
+        return None
+
+    def _scan(self, where: list[str], params: list[object], *, after: int) -> Iterator[AuditRecord]:
+        clause = "".join(f" AND {w}" for w in where)
         sql = (
-            f"SELECT seq, entry FROM entries WHERE {' AND '.join(where)} "  # noqa: S608
-            f"ORDER BY seq LIMIT {_PAGE}"
+            f"SELECT e.seq, e.entry FROM entries e WHERE e.seq > ?{clause} "  # noqa: S608
+            f"ORDER BY e.seq LIMIT {_PAGE}"
         )
-        after = 0
         while True:
             rows = self._query(sql, [after, *params])
             for _, entry in rows:
@@ -506,6 +892,9 @@ class AuditStore:
             out.setdefault(str(disclosure_id), set()).add(str(event))
         return out
 
-    def verify(self) -> LogSummary:
-        """Verify the file from scratch (read-only); see ``verify_store``."""
-        return verify_store(self._path)
+    def verify(self, *, key: LogKey | None = None) -> LogSummary:
+        """Verify the file from scratch (read-only); see ``verify_store``.
+
+        Checks checkpoint signatures with ``key``, or with the store's own key.
+        """
+        return verify_store(self._path, key=key or self.key, origin=self._origin)

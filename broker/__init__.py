@@ -4,6 +4,12 @@ Floor 3: imports schemas, consent and audit; never adapters or safer.
 """
 
 from ._config import ROUTER_ID, Deployment, Settings, default_deploy_dir, load_deployment
+from ._consent_view import (
+    ConsentView,
+    consent_out_record,
+    ensure_consent_topic,
+    verify_consent_record,
+)
 from ._crypto import (
     Keyring,
     SealedPayload,
@@ -46,6 +52,7 @@ __all__ = [
     "ROUTER_ID",
     "AuditFeed",
     "Candidate",
+    "ConsentView",
     "Deployment",
     "EmbeddedBroker",
     "Headers",
@@ -63,9 +70,11 @@ __all__ = [
     "Topics",
     "VerifiedOrigin",
     "candidate_recipients",
+    "consent_out_record",
     "create_topics",
     "default_deploy_dir",
     "disclosure_id_for",
+    "ensure_consent_topic",
     "header",
     "kafka_cluster",
     "key_id",
@@ -84,6 +93,7 @@ __all__ = [
     "signed_record",
     "subject_key",
     "tansu_binary",
+    "verify_consent_record",
     "verify_origin",
     "verify_record",
 ]

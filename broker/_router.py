@@ -11,6 +11,7 @@ a quarantine; nothing a publisher sends can stop the loop (§4.7).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -28,21 +29,37 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from audit import AuditRecord, entry_id_for
-from consent import Decision, Deny, Permit, Recipient, decide, minimise, missing_minimum_dataset
+from consent import (
+    Consent,
+    ConsentRecord,
+    Decision,
+    Deny,
+    Permit,
+    Recipient,
+    current_consent,
+    decide,
+    minimise,
+    missing_minimum_dataset,
+)
 from schemas import (
     AUDIT_RECORD,
     CONCERN,
     DISCLOSURE,
+    NOT_SOUGHT_REASONS,
+    OVERRIDE_JUSTIFICATIONS,
     QUARANTINE,
     AuditEvent,
+    BrokerError,
     Codec,
     ConcernModel,
     ReasonCode,
     SaferError,
+    SubjectRole,
     ValidationError,
 )
 
 from ._config import Deployment
+from ._consent_view import ConsentView, verify_consent_record
 from ._crypto import Keyring, SigningIdentity, pseudonym, seal
 from ._kafka import OutRecord, header, make_producer, send_all, signed_record, verify_origin
 from ._routing import candidate_recipients, resolve_partnerships
@@ -53,6 +70,8 @@ __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 _log = structlog.get_logger("safer.router")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 MAX_INBOUND_BYTES = 1024 * 1024
+#: Whose consent counts for a concern: the child's own, and that of a parent or carer.
+CONSENT_ROLES = frozenset({SubjectRole.CHILD, SubjectRole.PARENT_CARER})
 
 
 def disclosure_id_for(concern_id: str, recipient_id: str) -> str:
@@ -86,6 +105,29 @@ def _pydantic_detail(exc: pydantic.ValidationError) -> tuple[str, tuple[str, ...
     return messages, fields
 
 
+def _consent_reasons(record: ConsentRecord) -> tuple[str, ...]:
+    """Why a consent record changed the picture: codes and their meaning, no personal data."""
+    reasons = [
+        f"consent record {record.consent_record_id}: consent {record.state.value} recorded by "
+        f"{record.agency_id} (decided by {record.decided_by}) at {record.recorded_at.isoformat()}"
+    ]
+    if record.not_sought_reason is not None:
+        reason = record.not_sought_reason
+        reasons.append(f"not sought because {reason.value}: {NOT_SOUGHT_REASONS[reason]}")
+    if record.justification is not None:
+        why = record.justification
+        reasons.append(f"overridden because {why.value}: {OVERRIDE_JUSTIFICATIONS[why]}")
+    if record.expires_at is not None:
+        reasons.append(f"consent lapses at {record.expires_at.isoformat()}")
+    if record.source_ref:
+        reasons.append(f"full note kept by {record.agency_id} under reference {record.source_ref}")
+    reasons.append(
+        "applies to the subject's concerns decided from now on whose own consent statement "
+        "is older than this record"
+    )
+    return tuple(reasons)
+
+
 @dataclass
 class Plan:
     """What one inbound record must cause, audit records first."""
@@ -109,7 +151,9 @@ class RouterCore:
         pseudonym_secret: bytes,
         topics: Topics,
         actor: str = "safer-router",
+        consent_view: ConsentView | None = None,
     ) -> None:
+        self._consent_view = consent_view
         self._codec = codec
         self._deployment = deployment
         self._keyring = keyring
@@ -118,6 +162,11 @@ class RouterCore:
         self._secret = pseudonym_secret
         self._topics = topics
         self._actor = actor
+
+    @property
+    def consent_view(self) -> ConsentView | None:
+        """The latest consent records per subject, or None (concern statements only)."""
+        return self._consent_view
 
     # -- public -----------------------------------------------------------------
 
@@ -205,12 +254,13 @@ class RouterCore:
         if not candidates:
             raise ValidationError("no candidate recipient", code=ReasonCode.NO_RECIPIENT)
 
-        pseudonyms = tuple(
-            dict.fromkeys(
-                pseudonym(self._secret, ident)
-                for s in concern.subjects
-                for ident in s.identifiers()
-            )
+        by_subject = [
+            (s.role, [pseudonym(self._secret, ident) for ident in s.identifiers()])
+            for s in concern.subjects
+        ]
+        pseudonyms = tuple(dict.fromkeys(p for _, ids in by_subject for p in ids))
+        consent = self._consent(
+            concern, [p for role, ids in by_subject if role in CONSENT_ROLES for p in ids]
         )
         subject = subject_key(concern, self._secret).encode()
         plan = Plan(concern.concern_id)
@@ -219,7 +269,7 @@ class RouterCore:
                 concern,
                 candidate.recipient,
                 self._deployment.policy,
-                concern.consent.state,
+                consent,
                 now,
                 source_agency_type=publisher.agency_type,
             )
@@ -227,6 +277,74 @@ class RouterCore:
                 plan, concern, candidate.recipient, decision, pseudonyms, subject, now
             )
         return plan
+
+    def _consent(self, concern: ConcernModel, pseudonyms: list[str]) -> Consent:
+        """The concern's own consent statement, or a newer consent record for its child/carers."""
+        view = self._consent_view
+        record = view.lookup(pseudonyms) if view is not None and len(view) else None
+        return current_consent(concern.consent, record)
+
+    def plan_consent(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+    ) -> tuple[Plan, ConsentRecord | None]:
+        """One ``hips.consent`` record → its CONSENT_CHANGED audit record, or a quarantine.
+
+        Returns the verified record to apply once the audit record is acknowledged
+        (None when the record was quarantined instead).
+        """
+        try:
+            record = verify_consent_record(
+                self._codec,
+                self._keyring,
+                self._deployment.directory,
+                key=key,
+                value=value,
+                headers=headers,
+            )
+        except SaferError as exc:
+            return self._quarantine(
+                exc.code, exc.message, topic, partition, offset, key, value, headers, now
+            ), None
+        except Exception as exc:  # a bug must not stop the consent view
+            _log.error("router.consent_internal_error", error=type(exc).__name__)
+            return self._quarantine(
+                ReasonCode.PROCESSING_ERROR,
+                f"internal error ({type(exc).__name__}); report it and replay after the fix",
+                topic,
+                partition,
+                offset,
+                key,
+                value,
+                headers,
+                now,
+            ), None
+        plan = Plan(None)
+        audit = AuditRecord(
+            seq=None,
+            entry_id=entry_id_for(AuditEvent.CONSENT_CHANGED, record.consent_record_id),
+            event=AuditEvent.CONSENT_CHANGED,
+            subject_pseudonyms=(record.subject_pseudonym,),
+            source=record.agency_id,
+            consent_state=record.state.value,
+            reason_codes=tuple(
+                c.value for c in (record.not_sought_reason, record.justification) if c is not None
+            ),
+            reasons=_consent_reasons(record),
+            policy_revision=self._deployment.policy.revision,
+            at=record.recorded_at,
+            actor=self._actor,
+        )
+        plan.audits.append(self._audit_record(audit, key=record.consent_record_id.encode()))
+        plan.outcomes[AuditEvent.CONSENT_CHANGED.value] += 1
+        return plan, record
 
     def _plan_decision(
         self,
@@ -447,24 +565,99 @@ class Router:
             session_timeout_ms=6000,
             heartbeat_interval_ms=1500,
             max_poll_records=self._batch_size,
+            # Tansu answers a fetch only when its wait expires: keep it short so a
+            # concern is decided promptly (the default is 500 ms).
+            fetch_max_wait_ms=100,
             **self._security,
         )
         producer = make_producer(self._bootstrap, **self._security)
         await producer.start()
-        await consumer.start()
-        _log.info("router.started", topics=self._inbound, group_id=self._group_id)
-        if ready is not None:
-            ready.set()
+        view_task: asyncio.Task[None] | None = None
         try:
+            view_task = await self._start_consent_view(producer, stop)
+            await consumer.start()
+            _log.info("router.started", topics=self._inbound, group_id=self._group_id)
+            if ready is not None:
+                ready.set()
             while not stop.is_set():
+                if view_task is not None and view_task.done():
+                    view_task.result()  # a failed view fails the router; its supervisor restarts
+                    raise BrokerError(
+                        "the consent view stopped", hint="the router restarts and rebuilds it"
+                    )
                 batch = await consumer.getmany(timeout_ms=250, max_records=self._batch_size)
                 if not batch:
                     continue
                 await self._handle(batch, producer, consumer, stop)
         finally:
+            if view_task is not None:
+                view_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await view_task
             await consumer.stop()
             await producer.stop()
             _log.info("router.stopped", **dict(self.totals))
+
+    async def _start_consent_view(
+        self, producer: Any, stop: asyncio.Event
+    ) -> asyncio.Task[None] | None:
+        """Follow ``hips.consent``; return once every existing record is audited and applied."""
+        view = self._core.consent_view
+        if view is None:
+            return None
+
+        async def handle(records: Sequence[Any]) -> bool:
+            return await self._apply_consent(view, records, producer, stop)
+
+        caught_up = asyncio.Event()
+        task = asyncio.create_task(
+            view.run(stop, handle=handle, caught_up=caught_up), name="consent-view"
+        )
+        waiter = asyncio.create_task(caught_up.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done() and not stop.is_set():
+            task.result()
+            raise BrokerError(
+                "the consent view stopped before catching up",
+                hint="the router restarts and rebuilds it",
+            )
+        return task
+
+    async def _apply_consent(
+        self, view: ConsentView, records: Sequence[Any], producer: Any, stop: asyncio.Event
+    ) -> bool:
+        """Audit a batch of consent records (acks=all), then apply the verified ones."""
+        now = self._clock()
+        planned = [
+            self._core.plan_consent(
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                key=msg.key,
+                value=msg.value,
+                headers=msg.headers,
+                now=now,
+            )
+            for msg in records
+        ]
+        audits = [a for plan, _ in planned for a in plan.audits]
+        outputs = [o for plan, _ in planned for o in plan.outputs]
+        # Audit first: no decision rests on a consent change the log does not hold.
+        if not await self._send_with_retry(producer, audits, stop):
+            return False
+        if not await self._send_with_retry(producer, outputs, stop):
+            return False
+        for plan, record in planned:
+            if record is not None:
+                view.apply(record)
+            self.totals.update(plan.outcomes)
+        _log.info(
+            "router.consent_batch",
+            records=len(planned),
+            applied=sum(1 for _, r in planned if r is not None),
+        )
+        return True
 
     async def _handle(
         self,

@@ -11,13 +11,15 @@ Public surface:
 * ``parse_directory`` → ``Directory`` of ``Publisher`` and ``Recipient``;
 * ``parse_policy`` → ``PolicySet`` of ``Agreement`` and ``Profile``, with the
   ``LAWFUL_BASES`` catalogue;
+* ``Consent`` (consent as a state with reasons), ``current_consent`` and
+  ``ConsentRecord`` (the ``hips.consent`` record);
 * ``decide`` → ``Decision`` (``Permit`` | ``Deny`` | ``Refer``);
 * ``minimise`` → ``MinimisedPayload``;
 * ``missing_minimum_dataset`` → the fields a concern lacks to be routable.
 """
 
 from ._dataset import missing_minimum_dataset
-from ._decide import decide
+from ._decide import AT_RISK, decide, effective_consent
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
 from ._minimise import WITHHELD_REASON, MinimisedPayload, minimise
 from ._policy import (
@@ -25,6 +27,7 @@ from ._policy import (
     Agreement,
     ConsentRule,
     LawfulBasis,
+    PolicyProblems,
     PolicySet,
     Profile,
     SubjectAges,
@@ -32,12 +35,26 @@ from ._policy import (
     parse_policy,
 )
 from ._recipient import Directory, Publisher, Recipient, parse_directory
+from ._record import ConsentRecord, consent_record_id_for
+from ._state import (
+    NOT_SOUGHT_CITATIONS,
+    Consent,
+    ConsentSource,
+    current_consent,
+    justification_from_text,
+    not_sought_reason_from_text,
+)
 
 __all__ = [
+    "AT_RISK",
     "LAWFUL_BASES",
+    "NOT_SOUGHT_CITATIONS",
     "WITHHELD_REASON",
     "Agreement",
+    "Consent",
+    "ConsentRecord",
     "ConsentRule",
+    "ConsentSource",
     "Decision",
     "DecisionInput",
     "Deny",
@@ -45,6 +62,7 @@ __all__ = [
     "LawfulBasis",
     "MinimisedPayload",
     "Permit",
+    "PolicyProblems",
     "PolicySet",
     "Profile",
     "Publisher",
@@ -52,10 +70,15 @@ __all__ = [
     "Refer",
     "SubjectAges",
     "concern_field_paths",
+    "consent_record_id_for",
+    "current_consent",
     "decide",
     "decision_id_for",
+    "effective_consent",
+    "justification_from_text",
     "minimise",
     "missing_minimum_dataset",
+    "not_sought_reason_from_text",
     "parse_directory",
     "parse_policy",
 ]

@@ -1,20 +1,24 @@
 """``decide()``: may this concern go to this recipient, what of it, and why?
 
-Version 1 is a short, ordered list of rules over the data-sharing agreements
-(``deploy/policy/``). Each rule is a separate function below so that a fuller
-engine can replace one stage without touching the others.
+An ordered list of rules over the data-sharing agreements (``deploy/policy/``).
+Each rule is a separate function below so that one stage can change without
+touching the others.
 
-The golden rules of DESIGN §9 and where each is honoured:
+The golden rules (the 2024 information-sharing advice, DESIGN §9) and where
+each is honoured:
 
 * *Protecting a child takes priority over privacy*: rule 4 shares despite a
-  refusal when the agreement allows it and the risk of significant harm is
-  recorded (grade MEDIUM or HIGH); a refusal that cannot be overridden still
-  reaches the front door as a referral, for a professional to weigh.
-* *Consent is not needed where a child is at risk*: rule 4 shares when
-  consent was not sought, if the agreement is ``overridable_at_risk``.
-* *Share only what the recipient needs*: rules 2 and 3 (an agreement must
-  cover the recipient, concern type, age and grade), and the profile named by
-  the agreement (applied by ``minimise``).
+  refusal or withdrawal when the agreement allows it and a risk of significant
+  harm is recorded (grade MEDIUM or HIGH); a refusal that cannot be overridden
+  still reaches the front door as a referral, for a professional to weigh.
+* *Consent is not needed where a child is at risk*: rule 4 shares when consent
+  was not sought (and says which of the four reasons applied), if the
+  agreement is ``overridable_at_risk``.
+* *Seek advice when unsure*: every REFER goes to the partnership's front door
+  for a professional decision (a restricted record; a refusal at low risk).
+* *Share only what the recipient needs*: rules 2 and 3 (an agreement must cover
+  the parties, the concern type, the age and the grade), and the profile the
+  agreement names (applied by ``minimise``).
 * *Protect third parties*: rule 5 (withheld subjects become stubs).
 * *Record every decision, including not to share*: every path returns a
   ``Decision`` with reasons; nothing here drops a case silently.
@@ -33,36 +37,39 @@ from schemas import (
     ReasonCode,
     RiskGrade,
     Subject,
+    SubjectRole,
     age_on,
 )
 
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
 from ._policy import LAWFUL_BASES, Agreement, PolicySet, Profile
 from ._recipient import Recipient
+from ._state import Consent
 
-__all__ = ["decide"]
+__all__ = ["AT_RISK", "decide", "effective_consent"]
 
 #: Grades at which a risk of significant harm is recorded (PPN RAG amber or red).
 AT_RISK = RiskGrade.MEDIUM
+#: ``RiskGrade.rank`` as a table (the property builds a dict on every call).
+_RANK = {grade: grade.rank for grade in RiskGrade}
+_AT_RISK_RANK = _RANK[AT_RISK]
 
-_GAVE = frozenset({ConsentState.GIVEN, ConsentState.OVERRIDDEN})
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Facts:
     """What the rules look at, computed once per call."""
 
     concern: ConcernModel
     recipient: Recipient
     policy: PolicySet
-    consent_state: ConsentState
+    consent: Consent
     source: AgencyType
     children: tuple[tuple[Subject, int | None], ...]
     decision_id: str
     summary: DecisionInput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Match:
     """An agreement that covers the concern, and the CHILD subjects it covers."""
 
@@ -78,17 +85,38 @@ def _band(age: int | None) -> str:
     return "young_adult" if age <= 24 else "adult"
 
 
+def effective_consent(
+    concern: ConcernModel, consent_state: ConsentState | Consent, now: datetime
+) -> Consent:
+    """The consent position ``decide()`` uses, at ``now``.
+
+    A ``Consent`` is used as given (the router builds one from the newest of the
+    concern's statement and the subject's consent record). A bare state equal to
+    the concern's own statement is read with that statement's reason; any other
+    bare state has nothing to explain it (an OVERRIDDEN state without a recorded
+    justification does not override).
+    """
+    if isinstance(consent_state, Consent):
+        consent = consent_state
+    elif consent_state is concern.consent.state:
+        consent = Consent.from_statement(concern.consent)
+    else:
+        consent = Consent(state=ConsentState(consent_state))
+    return consent.on(now)
+
+
 def _facts(
     concern: ConcernModel,
     recipient: Recipient,
     policy: PolicySet,
-    consent_state: ConsentState,
+    consent: Consent,
     now: datetime,
     source: AgencyType,
 ) -> _Facts:
     children = tuple(
-        (c, age_on(c.date_of_birth, now) if c.date_of_birth is not None else None)
-        for c in concern.children()
+        (s, age_on(s.date_of_birth, now) if s.date_of_birth is not None else None)
+        for s in concern.subjects
+        if s.role is SubjectRole.CHILD
     )
     summary = DecisionInput(
         concern_type=concern.concern_type,
@@ -99,12 +127,14 @@ def _facts(
         recipient_lscp=recipient.lscp,
         front_door=recipient.is_front_door,
         age_bands=tuple(_band(age) for _, age in children),
+        consent_source=consent.source,
+        consent_reason=consent.reason_code,
     )
     return _Facts(
         concern,
         recipient,
         policy,
-        consent_state,
+        consent,
         source,
         children,
         decision_id_for(concern.concern_id, recipient.id, policy.revision),
@@ -127,13 +157,13 @@ def _deny(
         agreement_ids=tuple(a.id for a in agreements),
         reasons=tuple(reasons),
         reason_codes=(reason, *extra_codes),
-        consent_state=facts.consent_state,
+        consent_state=facts.consent.state,
         summary=facts.summary,
         reason=reason,
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Share:
     """What a PERMIT or REFER shares under one agreement."""
 
@@ -145,16 +175,25 @@ class _Share:
     notes: tuple[str, ...]
 
 
+def _basis_text(agreement: Agreement) -> str:
+    basis = LAWFUL_BASES[agreement.lawful_bases[0]]
+    text = f"lawful basis {basis.id}: {basis.citation} ({basis.kind_text})"
+    others = agreement.lawful_bases[1:]
+    if others:
+        text += f"; the agreement also relies on {', '.join(others)}"
+    return text
+
+
 def _share(facts: _Facts, match: _Match) -> _Share:
     """Rule 5 and the agreement's terms: profile, basis, purpose, withheld subjects."""
     agreement = match.agreement
-    basis = agreement.lawful_bases[0]
     withheld = list(dict.fromkeys(facts.concern.third_party_protection))
-    notes = [f"lawful basis {basis}: {LAWFUL_BASES[basis].citation}"]
-    present = {s.subject_ref for s in facts.concern.subjects}
-    protected = sum(1 for ref in withheld if ref in present)
-    if protected:
-        notes.append(f"{protected} subject(s) withheld to protect third parties")
+    notes = [_basis_text(agreement)]
+    if withheld:
+        present = {s.subject_ref for s in facts.concern.subjects}
+        protected = sum(1 for ref in withheld if ref in present)
+        if protected:
+            notes.append(f"{protected} subject(s) withheld to protect third parties")
     if agreement.requires_school_match or agreement.requires_home_educated:
         covered = {c.subject_ref for c in match.children}
         others = [
@@ -170,7 +209,7 @@ def _share(facts: _Facts, match: _Match) -> _Share:
             )
     return _Share(
         profile=facts.policy.profile(agreement.profile),
-        lawful_basis=basis,
+        lawful_basis=agreement.lawful_bases[0],
         purpose=agreement.purpose,
         retention=agreement.retention,
         withheld_subject_refs=tuple(withheld),
@@ -186,6 +225,12 @@ def _covers_text(facts: _Facts, agreement: Agreement) -> str:
     )
 
 
+def _origin(facts: _Facts) -> list[str]:
+    if facts.consent.source == "consent-record":
+        return [f"consent position taken from {facts.consent.origin_text()}"]
+    return []
+
+
 def _permit(facts: _Facts, match: _Match, consent_reasons: Sequence[str]) -> Permit:
     share = _share(facts, match)
     agreement = match.agreement
@@ -194,6 +239,7 @@ def _permit(facts: _Facts, match: _Match, consent_reasons: Sequence[str]) -> Per
         f"risk grade {facts.concern.risk_grade.value} meets the minimum "
         f"{agreement.min_risk_grade.value}",
         *consent_reasons,
+        *_origin(facts),
         *share.notes,
     ]
     return Permit(
@@ -204,7 +250,7 @@ def _permit(facts: _Facts, match: _Match, consent_reasons: Sequence[str]) -> Per
         agreement_ids=(agreement.id,),
         reasons=tuple(reasons),
         reason_codes=(),
-        consent_state=facts.consent_state,
+        consent_state=facts.consent.state,
         summary=facts.summary,
         profile=share.profile,
         lawful_basis=share.lawful_basis,
@@ -219,7 +265,8 @@ def _refer(facts: _Facts, match: _Match, reason: ReasonCode, why: Sequence[str])
     reasons = [
         *why,
         _covers_text(facts, match.agreement),
-        "referred to the partnership's front door for a professional decision",
+        "referred to the partnership's front door for a professional decision "
+        "(seek advice when unsure)",
         *share.notes,
     ]
     return Refer(
@@ -230,7 +277,7 @@ def _refer(facts: _Facts, match: _Match, reason: ReasonCode, why: Sequence[str])
         agreement_ids=(match.agreement.id,),
         reasons=tuple(reasons),
         reason_codes=(reason,),
-        consent_state=facts.consent_state,
+        consent_state=facts.consent.state,
         summary=facts.summary,
         reason=reason,
         profile=share.profile,
@@ -291,7 +338,8 @@ def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
                 f"{recipient_type.value}"
             ],
         )
-    typed = [a for a in parties if a.covers(facts.concern.concern_type)]
+    concern_type = facts.concern.concern_type
+    typed = [a for a in parties if a.covers(concern_type)]
     if not typed:
         ids = ", ".join(f"'{a.id}'" for a in parties)
         return _deny(
@@ -299,7 +347,7 @@ def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
             ReasonCode.NO_LAWFUL_BASIS,
             [
                 f"no agreement between {facts.source.value} and {recipient_type.value} "
-                f"covers concern type {facts.concern.concern_type.value} (considered {ids})"
+                f"covers concern type {concern_type.value} (considered {ids})"
             ],
             parties,
         )
@@ -321,7 +369,8 @@ def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
 
 def _above_threshold(facts: _Facts, matches: list[_Match]) -> list[_Match] | Deny:
     grade = facts.concern.risk_grade
-    above = [m for m in matches if grade.rank >= m.agreement.min_risk_grade.rank]
+    rank = _RANK[grade]
+    above = [m for m in matches if rank >= _RANK[m.agreement.min_risk_grade]]
     if above:
         return above
     return _deny(
@@ -355,69 +404,97 @@ def _consent(facts: _Facts, match: _Match) -> Decision:
     """Rule 4 for one agreement."""
     agreement = match.agreement
     rule = agreement.consent_rule
-    state = facts.consent_state
+    consent = facts.consent
+    state = consent.state
     grade = facts.concern.risk_grade
+    described = consent.describe()
     if rule == "not_required":
+        basis = LAWFUL_BASES[agreement.lawful_bases[0]]
+        why = "a statutory duty" if basis.kind == "duty" else "the law allows it without consent"
         return _permit(
             facts,
             match,
-            [f"consent is not required by agreement '{agreement.id}' (consent {state.value})"],
+            [f"consent is not required by agreement '{agreement.id}' ({why}); {described}"],
         )
-    if state in _GAVE:
-        return _permit(facts, match, [f"consent {state.value}"])
-    if state is ConsentState.NOT_SOUGHT:
-        if rule == "overridable_at_risk":
+    if state is ConsentState.GIVEN:
+        return _permit(facts, match, [described])
+    overrides = rule == "overridable_at_risk"
+    if state is ConsentState.OVERRIDDEN and consent.justified:
+        if overrides:
             return _permit(
                 facts,
                 match,
                 [
-                    f"consent NOT_SOUGHT: consent is not needed where {_at_risk(agreement)} "
+                    f"{described}: agreement '{agreement.id}' allows a professional to share "
+                    "without consent (consent rule overridable_at_risk)"
+                ],
+            )
+        return _refuse(
+            facts,
+            match,
+            f"{described}, but agreement '{agreement.id}' requires consent: an override is "
+            "not consent (if the risk is significant, grade it MEDIUM or HIGH)",
+        )
+    if state is ConsentState.NOT_SOUGHT:
+        if overrides:
+            return _permit(
+                facts,
+                match,
+                [
+                    f"{described}: consent is not needed where {_at_risk(agreement)} "
                     f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
                 ],
             )
-        return _deny(
-            facts,
-            ReasonCode.CONSENT_REFUSED,
-            [f"agreement '{agreement.id}' requires consent, and consent was NOT_SOUGHT"],
-            [agreement],
+        return _refuse(
+            facts, match, f"agreement '{agreement.id}' requires consent, and {described}"
         )
-    # REFUSED, WITHDRAWN, EXPIRED, and any state added later: treated as a refusal.
-    if rule == "overridable_at_risk" and grade.rank >= AT_RISK.rank:
+    # REFUSED, WITHDRAWN, EXPIRED, an unjustified OVERRIDDEN, and any state added
+    # later: the person's wish not to share stands unless a risk overrides it.
+    if state is ConsentState.OVERRIDDEN:
+        described += ", so the refusal it claims to override stands; that refusal is"
+    if overrides and _RANK[grade] >= _AT_RISK_RANK:
         return _permit(
             facts,
             match,
             [
-                f"consent {state.value} overridden: risk grade {grade.value} records a risk of "
+                f"{described} overridden: risk grade {grade.value} records a risk of "
                 f"significant harm, and {_protecting(agreement)} "
                 f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
             ],
         )
     why = (
-        f"consent {state.value} and agreement '{agreement.id}' requires consent"
-        if rule == "required"
-        else f"consent {state.value} and risk grade {grade.value} does not record a risk of "
+        f"{described} and agreement '{agreement.id}' requires consent"
+        if not overrides
+        else f"{described} and risk grade {grade.value} does not record a risk of "
         "significant harm, so it cannot be overridden"
     )
+    return _refuse(facts, match, why)
+
+
+def _refuse(facts: _Facts, match: _Match, why: str) -> Decision:
+    """A refusal that stands: the front door weighs it (REFER); anyone else is denied."""
     if facts.recipient.is_front_door:
-        return _refer(facts, match, ReasonCode.CONSENT_REFUSED, [why])
-    return _deny(facts, ReasonCode.CONSENT_REFUSED, [why], [agreement])
+        return _refer(facts, match, ReasonCode.CONSENT_REFUSED, [why, *_origin(facts)])
+    return _deny(facts, ReasonCode.CONSENT_REFUSED, [why, *_origin(facts)], [match.agreement])
 
 
 def decide(
     concern: ConcernModel,
     recipient: Recipient,
     agreements: PolicySet,
-    consent_state: ConsentState,
+    consent_state: ConsentState | Consent,
     now: datetime,
     *,
     source_agency_type: AgencyType = AgencyType.POLICE,
 ) -> Decision:
     """Decide whether ``concern`` may go to ``recipient``, and what of it.
 
-    Pure: the result depends only on the arguments (``now`` fixes ages).
-    ``source_agency_type`` is the publisher's agency type (the router looks it
-    up in the directory). ``consent_state`` is passed separately from
-    ``concern.consent`` so that a later consent change can be applied.
+    Pure: the result depends only on the arguments (``now`` fixes ages and
+    consent expiry). ``source_agency_type`` is the publisher's agency type (the
+    router looks it up in the directory). ``consent_state`` is passed separately
+    from ``concern.consent`` so that a later consent record can be applied: pass
+    a ``Consent`` (state, reason, justification, origin), or a bare state (see
+    ``effective_consent``).
 
     Rules, in order (the first that settles the case wins):
 
@@ -438,14 +515,20 @@ def decide(
        naming what was missing.
     3. **Threshold.** The risk grade must reach the agreement's
        ``min_risk_grade``; else DENY(BELOW_THRESHOLD).
-    4. **Consent**, per agreement: ``not_required`` → PERMIT. Otherwise GIVEN or
-       OVERRIDDEN → PERMIT. NOT_SOUGHT → PERMIT if ``overridable_at_risk``
-       ("consent is not needed where a child is at risk"), else
-       DENY(CONSENT_REFUSED). REFUSED, WITHDRAWN or EXPIRED → PERMIT if
-       ``overridable_at_risk`` and the grade is MEDIUM or HIGH (a risk of
-       significant harm is recorded: "protecting a child takes priority over
-       privacy"); else REFER(CONSENT_REFUSED) to a front door, and
-       DENY(CONSENT_REFUSED) to anyone else.
+    4. **Consent**, per agreement:
+
+       * ``not_required`` → PERMIT, whatever the state;
+       * GIVEN → PERMIT (GIVEN past its ``expires_at`` is EXPIRED);
+       * OVERRIDDEN with a recorded justification → PERMIT if
+         ``overridable_at_risk``; under ``required`` an override is not consent;
+       * NOT_SOUGHT → PERMIT if ``overridable_at_risk`` ("consent is not needed
+         where a child is at risk"; the reason that applied is named), else
+         DENY(CONSENT_REFUSED);
+       * REFUSED, WITHDRAWN, EXPIRED, or OVERRIDDEN without a justification →
+         PERMIT if ``overridable_at_risk`` and the grade is MEDIUM or HIGH (a
+         risk of significant harm is recorded: "protecting a child takes
+         priority over privacy"); else REFER(CONSENT_REFUSED) to a front door
+         and DENY(CONSENT_REFUSED) to anyone else.
     5. **Third parties.** ``concern.third_party_protection`` refs become
        ``withheld_subject_refs`` (``minimise`` stubs them). For a school or
        LA-education agreement, CHILD subjects the recipient is not responsible
@@ -453,9 +536,12 @@ def decide(
 
     Agreements are tried in id order; the first whose consent rule permits is
     used (an agreement that lawfully permits is enough), otherwise the first
-    one's REFER or DENY stands. The agreement's first lawful basis is cited.
+    one's REFER or DENY stands. The agreement's first lawful basis is cited; the
+    policy loader has checked that every basis an agreement cites is in the
+    catalogue and fits the agreement's parties and subjects.
     """
-    facts = _facts(concern, recipient, agreements, consent_state, now, source_agency_type)
+    consent = effective_consent(concern, consent_state, now)
+    facts = _facts(concern, recipient, agreements, consent, now, source_agency_type)
 
     if concern.restricted and not recipient.is_front_door:
         return _deny(

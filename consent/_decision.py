@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from schemas import AgencyType, ConcernType, ConsentState, Lscp, ReasonCode, RiskGrade
@@ -47,7 +48,10 @@ class DecisionInput:
 
     ``age_bands`` has one entry per CHILD subject: ``child`` (under 18),
     ``young_adult`` (18 to 24), ``adult`` (25 or over) or ``unknown`` (no date
-    of birth).
+    of birth). ``consent_source`` says where the consent position came from
+    (``concern``, ``consent-record`` or ``caller``) and ``consent_reason`` is
+    the stable code that explains it (a NOT_SOUGHT reason or an override's
+    justification), if any.
     """
 
     concern_type: ConcernType
@@ -58,6 +62,8 @@ class DecisionInput:
     recipient_lscp: Lscp
     front_door: bool
     age_bands: tuple[str, ...]
+    consent_source: str = "caller"
+    consent_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +75,8 @@ class DecisionInput:
             "recipient_lscp": self.recipient_lscp.value,
             "front_door": self.front_door,
             "age_bands": list(self.age_bands),
+            "consent_source": self.consent_source,
+            "consent_reason": self.consent_reason,
         }
 
 
@@ -91,13 +99,17 @@ class _DecisionBase:
     def _result(self) -> dict[str, Any]:
         return {}
 
-    def to_log(self) -> dict[str, Any]:
+    def to_log(self, timestamp: datetime | None = None) -> dict[str, Any]:
         """An OPA-style decision log entry: id, PID-free input summary, result, revision.
 
-        The caller adds ``timestamp`` (consent/ never reads the clock).
+        The shape follows OPA's decision logs (``decision_id``, ``path``,
+        ``input``, ``result``, ``bundles.<name>.revision``, ``labels``,
+        ``timestamp``). consent/ never reads the clock: pass ``timestamp`` (the
+        decision's ``now``) to include it.
         """
-        return {
+        entry: dict[str, Any] = {
             "decision_id": self.decision_id,
+            "labels": {"app": "safer-exchange", "engine": "consent.decide"},
             "path": DECISION_PATH,
             "input": {
                 "concern_id": self.concern_id,
@@ -114,6 +126,9 @@ class _DecisionBase:
             },
             "bundles": {"safer-policy": {"revision": self.policy_revision}},
         }
+        if timestamp is not None:
+            entry["timestamp"] = timestamp.isoformat()
+        return entry
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,12 +6,17 @@ every ``[[agreement]]`` and ``[[profile]]`` with pydantic, checks references
 (profiles, lawful bases) and uniqueness, and returns a ``PolicySet`` whose
 ``revision`` is a hash of everything that can change a decision.
 
-The lawful-basis catalogue is code, not data: a new statutory basis is a
-reviewed change, and agreements may only cite ids from ``LAWFUL_BASES``.
+The lawful-basis catalogue (``LAWFUL_BASES``) is declarative data kept in
+code: each entry has its citation, its kind (duty, power or processing
+condition) and the conditions it needs (who may rely on it, which recipients
+it reaches, whose data, which agreement flags). A new statutory basis is a
+reviewed code change; agreements may only cite catalogue ids, and each cited
+basis must fit the agreement, or the policy does not load.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -24,7 +29,7 @@ from functools import cache
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import (
     AgencyType,
@@ -39,8 +44,11 @@ from schemas import (
 __all__ = [
     "LAWFUL_BASES",
     "Agreement",
+    "BasisKind",
     "ConsentRule",
     "LawfulBasis",
+    "PolicyIndex",
+    "PolicyProblems",
     "PolicySet",
     "Profile",
     "SubjectAges",
@@ -49,105 +57,297 @@ __all__ = [
 ]
 
 
+BasisKind = Literal["duty", "power", "condition"]
+Framework = Literal["uk-gdpr-art6", "uk-gdpr-art9", "dpa-part3", "statute"]
+SubjectScope = Literal["child", "young_adult", "any"]
+
+_ANY: tuple[AgencyType, ...] = tuple(AgencyType)
+
+
 @dataclass(frozen=True)
 class LawfulBasis:
-    """One entry of the lawful-basis catalogue: the law, and what it allows."""
+    """One entry of the lawful-basis catalogue: the law, and the conditions it needs.
+
+    * ``kind``: ``duty`` (the law requires the sharing or the function it serves),
+      ``power`` (the law permits sharing; whether to share is a judgement) or
+      ``condition`` (a UK GDPR / DPA 2018 condition that makes the processing
+      lawful; not itself a gateway to share).
+    * ``framework``: where it sits. An agreement must cite a DPA 2018 Part 3
+      condition, or both a UK GDPR Article 6 basis and an Article 9 condition.
+    * ``relied_on_by``: the source agency types that may rely on it to disclose
+      (Part 3 is for competent authorities, the police; s.49A binds chief
+      officers of police).
+    * ``serves``: the recipient agency types whose function it supports (s.47
+      is the local authority's children's social care enquiry; s.49A reaches a
+      school; s.115 reaches a "relevant authority", which a school is not).
+    * ``subjects``: whose data it covers (``child``: under 18; ``young_adult``:
+      18 to 24; ``any``).
+    * ``requires``: agreement flags the law's own conditions translate into
+      (s.49A: the child must be a pupil of the recipient school;
+      s.23C: the young adult must be a care leaver).
+    * ``conditions``: the conditions in words, for the summary and the DPO.
+    """
 
     id: str
     citation: str
     description: str
+    kind: BasisKind
+    framework: Framework
+    conditions: tuple[str, ...]
+    url: str
+    relied_on_by: tuple[AgencyType, ...] = _ANY
+    serves: tuple[AgencyType, ...] = _ANY
+    subjects: SubjectScope = "any"
+    requires: tuple[str, ...] = ()
+
+    def problems_for(
+        self,
+        sources: Sequence[AgencyType],
+        recipients: Sequence[AgencyType],
+        subject_ages: str,
+        flags: Mapping[str, Any],
+    ) -> list[str]:
+        """Why this basis cannot support an agreement with these terms (empty: it can)."""
+        problems: list[str] = []
+        outside = [t.value for t in sources if t not in self.relied_on_by]
+        if outside:
+            problems.append(
+                f"{self.id} cannot be relied on by {', '.join(outside)} "
+                f"(only by {', '.join(t.value for t in self.relied_on_by)})"
+            )
+        unreached = [t.value for t in recipients if t not in self.serves]
+        if unreached:
+            problems.append(
+                f"{self.id} does not reach {', '.join(unreached)} "
+                f"(only {', '.join(t.value for t in self.serves)})"
+            )
+        if self.subjects != "any" and self.subjects != subject_ages:
+            problems.append(
+                f"{self.id} covers subject_ages '{self.subjects}', not '{subject_ages}'"
+            )
+        missing = [flag for flag in self.requires if not flags.get(flag)]
+        if missing:
+            problems.append(f"{self.id} needs {', '.join(f'{m} = true' for m in missing)}")
+        return problems
+
+    @property
+    def kind_text(self) -> str:
+        """The kind in words, for reasons."""
+        return {
+            "duty": "a duty",
+            "power": "a power to share, not a duty",
+            "condition": "a condition for lawful processing",
+        }[self.kind]
 
 
-def _basis(ident: str, citation: str, description: str) -> tuple[str, LawfulBasis]:
-    return ident, LawfulBasis(ident, citation, description)
-
+_POLICE = (AgencyType.POLICE,)
+_LA_AND_PARTNERS = (
+    AgencyType.POLICE,
+    AgencyType.CHILDRENS_SOCIAL_CARE,
+    AgencyType.HEALTH,
+    AgencyType.LA_EDUCATION,
+    AgencyType.YOUTH_JUSTICE,
+    AgencyType.ADULT_SOCIAL_CARE,
+)
+_CARE = (AgencyType.CHILDRENS_SOCIAL_CARE, AgencyType.HEALTH, AgencyType.ADULT_SOCIAL_CARE)
+_LEG = "https://www.legislation.gov.uk/"
 
 #: Every lawful basis an agreement may cite, by id. Citations are to UK
-#: legislation as amended; the partnership DPOs own this list.
-LAWFUL_BASES: dict[str, LawfulBasis] = dict(
-    [
-        _basis(
-            "UKGDPR-6-1-c",
-            "UK GDPR Article 6(1)(c)",
-            "processing is necessary to comply with a legal obligation of the controller",
+#: legislation as amended; the partnership DPOs own this list, and a new entry is
+#: a reviewed code change (agreements can only cite what is here).
+LAWFUL_BASES: dict[str, LawfulBasis] = {
+    b.id: b
+    for b in (
+        LawfulBasis(
+            id="UKGDPR-6-1-c",
+            citation="UK GDPR Article 6(1)(c)",
+            description="processing is necessary to comply with a legal obligation of the "
+            "controller",
+            kind="condition",
+            framework="uk-gdpr-art6",
+            conditions=("a legal obligation (statute or statutory guidance) requires the sharing",),
+            url=_LEG + "eur/2016/679/article/6",
         ),
-        _basis(
-            "UKGDPR-6-1-e",
-            "UK GDPR Article 6(1)(e)",
-            "processing is necessary for a task carried out in the public interest or in the "
-            "exercise of official authority (the statutory safeguarding functions)",
+        LawfulBasis(
+            id="UKGDPR-6-1-e",
+            citation="UK GDPR Article 6(1)(e)",
+            description="processing is necessary for a task carried out in the public interest "
+            "or in the exercise of official authority (the statutory safeguarding functions)",
+            kind="condition",
+            framework="uk-gdpr-art6",
+            conditions=("the sharing is necessary for the controller's public task",),
+            url=_LEG + "eur/2016/679/article/6",
         ),
-        _basis(
-            "UKGDPR-9-2-g+DPA18-S1-P18",
-            "UK GDPR Article 9(2)(g) with Data Protection Act 2018 Schedule 1 paragraph 18",
-            "special category data: substantial public interest in the safeguarding of "
-            "children and of individuals at risk, where consent cannot reasonably be obtained "
-            "or seeking it would prejudice the protection",
+        LawfulBasis(
+            id="UKGDPR-9-2-g+DPA18-S1-P18",
+            citation="UK GDPR Article 9(2)(g) with Data Protection Act 2018 Schedule 1 "
+            "paragraph 18",
+            description="special category data: substantial public interest in the safeguarding "
+            "of children and of individuals at risk",
+            kind="condition",
+            framework="uk-gdpr-art9",
+            conditions=(
+                "necessary to protect a child, or an individual aged 18 or over at risk, from "
+                "neglect or physical, mental or emotional harm",
+                "consent cannot be given by the person, cannot reasonably be obtained, or "
+                "seeking it would prejudice the protection (para 18(2))",
+                "an appropriate policy document is in place (Sch 1 Part 4)",
+            ),
+            url=_LEG + "ukpga/2018/12/schedule/1/paragraph/18",
         ),
-        _basis(
-            "UKGDPR-9-2-h+DPA18-S1-P2",
-            "UK GDPR Article 9(2)(h) with Data Protection Act 2018 Schedule 1 paragraph 2",
-            "special category data: health or social care purposes, processed by or under the "
-            "responsibility of a health or social work professional",
+        LawfulBasis(
+            id="UKGDPR-9-2-h+DPA18-S1-P2",
+            citation="UK GDPR Article 9(2)(h) with Data Protection Act 2018 Schedule 1 paragraph 2",
+            description="special category data: health or social care purposes, processed by or "
+            "under the responsibility of a health or social work professional",
+            kind="condition",
+            framework="uk-gdpr-art9",
+            conditions=(
+                "for health or social care purposes",
+                "by or under the responsibility of a health or social work professional owing "
+                "a duty of confidentiality",
+            ),
+            url=_LEG + "ukpga/2018/12/schedule/1/paragraph/2",
+            relied_on_by=_CARE,
+            serves=_CARE,
         ),
-        _basis(
-            "DPA18-S35+SCH8-P4",
-            "Data Protection Act 2018 section 35(5) with Schedule 8 paragraph 4",
-            "Part 3 (law enforcement) sensitive processing by the police that is necessary "
-            "for the safeguarding of children and of individuals at risk",
+        LawfulBasis(
+            id="DPA18-S35+SCH8-P4",
+            citation="Data Protection Act 2018 section 35(5) with Schedule 8 paragraph 4",
+            description="Part 3 (law enforcement) sensitive processing by the police that is "
+            "necessary for the safeguarding of children and of individuals at risk",
+            kind="condition",
+            framework="dpa-part3",
+            conditions=(
+                "a competent authority (the police) processing for a law enforcement purpose",
+                "strictly necessary to protect a child, or an individual aged 18 or over at "
+                "risk, from neglect or physical, mental or emotional harm",
+                "consent cannot be given, cannot reasonably be obtained, or seeking it would "
+                "prejudice the protection (Sch 8 para 4(2))",
+                "an appropriate policy document is in place (s.42)",
+            ),
+            url=_LEG + "ukpga/2018/12/schedule/8/paragraph/4",
+            relied_on_by=_POLICE,
         ),
-        _basis(
-            "CA1989-S17",
-            "Children Act 1989 section 17",
-            "the local authority's duty to safeguard and promote the welfare of children in "
-            "need in its area",
+        LawfulBasis(
+            id="CA1989-S17",
+            citation="Children Act 1989 section 17",
+            description="the local authority's duty to safeguard and promote the welfare of "
+            "children in need in its area",
+            kind="duty",
+            framework="statute",
+            conditions=("the child may be a child in need in the local authority's area",),
+            url=_LEG + "ukpga/1989/41/section/17",
+            serves=(AgencyType.CHILDRENS_SOCIAL_CARE,),
+            subjects="child",
         ),
-        _basis(
-            "CA1989-S47",
-            "Children Act 1989 section 47",
-            "the local authority's duty to make enquiries where a child is suffering, or is "
-            "likely to suffer, significant harm",
+        LawfulBasis(
+            id="CA1989-S47",
+            citation="Children Act 1989 section 47",
+            description="the local authority's duty to make enquiries where a child is "
+            "suffering, or is likely to suffer, significant harm",
+            kind="duty",
+            framework="statute",
+            conditions=(
+                "reasonable cause to suspect the child is suffering, or is likely to suffer, "
+                "significant harm",
+            ),
+            url=_LEG + "ukpga/1989/41/section/47",
+            serves=(AgencyType.CHILDRENS_SOCIAL_CARE,),
+            subjects="child",
         ),
-        _basis(
-            "CA1989-S23C",
-            "Children Act 1989 sections 23C and 23CZB",
-            "the local authority's continuing duties, as corporate parent, to former relevant "
-            "children (care leavers) up to age 25",
+        LawfulBasis(
+            id="CA1989-S23C",
+            citation="Children Act 1989 sections 23C and 23CZB",
+            description="the local authority's continuing duties, as corporate parent, to former "
+            "relevant children (care leavers) up to age 25",
+            kind="duty",
+            framework="statute",
+            conditions=("the young adult is a former relevant child (a care leaver) under 25",),
+            url=_LEG + "ukpga/1989/41/section/23C",
+            serves=(AgencyType.CHILDRENS_SOCIAL_CARE,),
+            subjects="young_adult",
+            requires=("requires_care_leaver",),
         ),
-        _basis(
-            "CA2004-S10",
-            "Children Act 2004 section 10",
-            "co-operation between the local authority and its relevant partners (including "
-            "the police) to improve the well-being of children",
+        LawfulBasis(
+            id="CA2004-S10",
+            citation="Children Act 2004 section 10",
+            description="co-operation between the local authority and its relevant partners "
+            "(including the police) to improve the well-being of children",
+            kind="duty",
+            framework="statute",
+            conditions=("the sharing is part of co-operating to improve a child's well-being",),
+            url=_LEG + "ukpga/2004/31/section/10",
+            subjects="child",
         ),
-        _basis(
-            "CA2004-S11",
-            "Children Act 2004 section 11",
-            "the police, health bodies and others must ensure their functions are discharged "
-            "having regard to the need to safeguard and promote the welfare of children",
+        LawfulBasis(
+            id="CA2004-S11",
+            citation="Children Act 2004 section 11",
+            description="the police, health bodies and others must ensure their functions are "
+            "discharged having regard to the need to safeguard and promote the welfare of "
+            "children",
+            kind="duty",
+            framework="statute",
+            conditions=("the discloser is a body named in s.11(1)",),
+            url=_LEG + "ukpga/2004/31/section/11",
+            relied_on_by=_LA_AND_PARTNERS,
+            subjects="child",
         ),
-        _basis(
-            "CDA1998-S115",
-            "Crime and Disorder Act 1998 section 115",
-            "a power (not a duty) to disclose information to a relevant authority where "
-            "necessary or expedient for the purposes of the Act, including youth justice",
+        LawfulBasis(
+            id="CDA1998-S115",
+            citation="Crime and Disorder Act 1998 section 115",
+            description="a power (not a duty) to disclose information to a relevant authority "
+            "where necessary or expedient for the purposes of the Act, including youth justice",
+            kind="power",
+            framework="statute",
+            conditions=(
+                "the recipient is a relevant authority (police, local authority, probation, "
+                "health) or acts on its behalf (a youth justice service); a school is not",
+                "necessary or expedient for a purpose of the 1998 Act (reducing crime and "
+                "disorder, preventing offending by children)",
+            ),
+            url=_LEG + "ukpga/1998/37/section/115",
+            serves=_LA_AND_PARTNERS,
         ),
-        _basis(
-            "DAA2021-S49A",
-            "Domestic Abuse Act 2021 section 49A (as inserted by the Victims and Prisoners "
-            "Act 2024)",
-            "Operation Encompass: the duty on police to notify a child's school, or the local "
-            "authority for a child not in school, of a domestic abuse incident involving the "
-            "child, before the next school day",
+        LawfulBasis(
+            id="DAA2021-S49A",
+            citation="Domestic Abuse Act 2021 section 49A (inserted by the Victims and Prisoners "
+            "Act 2024 section 20; in force 7 November 2025)",
+            description="Operation Encompass: the duty on chief officers of police to notify a "
+            "child's school when they believe the child may be a victim of domestic abuse",
+            kind="duty",
+            framework="statute",
+            conditions=(
+                "reasonable grounds to believe a child (under 18) may be a victim of domestic "
+                "abuse",
+                "the recipient is the school at which the child is a registered pupil (or the "
+                "one establishment educating a child who is not)",
+                "as soon as reasonably practicable (before the next school day)",
+            ),
+            url=_LEG + "ukpga/2021/17/section/49A",
+            relied_on_by=_POLICE,
+            serves=(AgencyType.EDUCATION,),
+            subjects="child",
+            requires=("requires_school_match",),
         ),
-        _basis(
-            "CA2014-S42",
-            "Care Act 2014 sections 42 and 45",
-            "safeguarding adults at risk: the local authority's duty to make enquiries, and "
-            "the sharing of information with the Safeguarding Adults Board's partners",
+        LawfulBasis(
+            id="CA2014-S42",
+            citation="Care Act 2014 sections 42 and 45",
+            description="safeguarding adults at risk: the local authority's duty to make "
+            "enquiries, and the sharing of information with the Safeguarding Adults Board's "
+            "partners",
+            kind="duty",
+            framework="statute",
+            conditions=(
+                "an adult (18 or over) who may have care and support needs is experiencing, or "
+                "is at risk of, abuse or neglect",
+            ),
+            url=_LEG + "ukpga/2014/23/section/42",
+            serves=(AgencyType.ADULT_SOCIAL_CARE,),
+            subjects="young_adult",
         ),
-    ]
-)
+    )
+}
 
 ConsentRule = Literal["not_required", "required", "overridable_at_risk"]
 SubjectAges = Literal["child", "young_adult"]
@@ -249,14 +449,15 @@ class Agreement(BaseModel):
     subject_ages: SubjectAges
     min_age: int | None = Field(default=None, ge=0, le=24)
     max_age: int | None = Field(default=None, ge=0, le=24)
+    # The requires_* flags come before lawful_bases so that its validator sees them.
+    requires_school_match: bool = False
+    requires_home_educated: bool = False
+    requires_care_leaver: bool = False
     lawful_bases: tuple[str, ...] = Field(min_length=1)
     consent_rule: ConsentRule
     profile: str = Field(min_length=1)
     purpose: str = Field(min_length=1)
     retention: str
-    requires_school_match: bool = False
-    requires_home_educated: bool = False
-    requires_care_leaver: bool = False
 
     @pydantic.field_validator("concern_types")
     @classmethod
@@ -269,13 +470,36 @@ class Agreement(BaseModel):
 
     @pydantic.field_validator("lawful_bases")
     @classmethod
-    def _catalogued(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _catalogued(cls, value: tuple[str, ...], info: pydantic.ValidationInfo) -> tuple[str, ...]:
+        """Every basis is in the catalogue, and its conditions fit this agreement."""
         unknown = [b for b in value if b not in LAWFUL_BASES]
         if unknown:
             raise ValueError(
                 f"unknown lawful basis id(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(LAWFUL_BASES))}"
             )
+        if len(set(value)) != len(value):
+            raise ValueError("a lawful basis is listed twice")
+        data = info.data
+        if not {"source_agency_types", "recipient_agency_types", "subject_ages"} <= set(data):
+            return value  # an earlier field failed; that error is reported instead
+        problems: list[str] = []
+        for ident in value:
+            problems += LAWFUL_BASES[ident].problems_for(
+                data["source_agency_types"],
+                data["recipient_agency_types"],
+                data["subject_ages"],
+                data,
+            )
+        frameworks = {LAWFUL_BASES[ident].framework for ident in value}
+        if "dpa-part3" not in frameworks and not {"uk-gdpr-art6", "uk-gdpr-art9"} <= frameworks:
+            problems.append(
+                "cite a DPA 2018 Part 3 condition (DPA18-S35+SCH8-P4), or both a UK GDPR "
+                "Article 6 basis and an Article 9 condition: concerns about children are "
+                "special category (sensitive) data"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @pydantic.field_validator("retention")
@@ -350,10 +574,6 @@ class PolicySet(BaseModel):
     agreements: tuple[Agreement, ...]
     profiles: tuple[Profile, ...]
     revision: str = ""
-    _profiles: dict[str, Profile] = PrivateAttr(default_factory=dict)
-    _by_parties: dict[tuple[AgencyType, AgencyType], tuple[Agreement, ...]] = PrivateAttr(
-        default_factory=dict
-    )
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -396,25 +616,39 @@ class PolicySet(BaseModel):
         object.__setattr__(self, "revision", revision)
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._profiles.update({p.name: p for p in self.profiles})
+    @functools.cached_property
+    def index(self) -> PolicyIndex:
+        """Look-up tables built once (plain dicts: ``decide()`` reads them on every call)."""
         grouped: dict[tuple[AgencyType, AgencyType], list[Agreement]] = {}
         for agreement in self.agreements:
             for source in agreement.source_agency_types:
                 for target in agreement.recipient_agency_types:
                     grouped.setdefault((source, target), []).append(agreement)
-        self._by_parties.update({k: tuple(v) for k, v in grouped.items()})
+        return PolicyIndex(
+            profiles={p.name: p for p in self.profiles},
+            agreements={a.id: a for a in self.agreements},
+            by_parties={k: tuple(v) for k, v in grouped.items()},
+        )
 
     def profile(self, name: str) -> Profile:
         """The profile called ``name`` (always present for an agreement's profile)."""
-        return self._profiles[name]
+        return self.index.profiles[name]
 
     def agreement(self, agreement_id: str) -> Agreement | None:
-        return next((a for a in self.agreements if a.id == agreement_id), None)
+        return self.index.agreements.get(agreement_id)
 
     def between(self, source: AgencyType, recipient: AgencyType) -> tuple[Agreement, ...]:
         """Agreements letting ``source`` share with ``recipient``, sorted by id."""
-        return self._by_parties.get((source, recipient), ())
+        return self.index.by_parties.get((source, recipient), ())
+
+
+@dataclass(frozen=True)
+class PolicyIndex:
+    """A ``PolicySet``'s look-ups: profiles and agreements by name, agreements by parties."""
+
+    profiles: Mapping[str, Profile]
+    agreements: Mapping[str, Agreement]
+    by_parties: Mapping[tuple[AgencyType, AgencyType], tuple[Agreement, ...]]
 
 
 def _key(attr: str) -> typing.Callable[[Any], str]:
@@ -447,13 +681,25 @@ def _describe(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _fail(message: str) -> PolicyError:
-    return PolicyError(
-        message,
-        code=ReasonCode.CONFIG_INVALID,
-        hint="fix the named policy file in deploy/policy/ and restart; the router will not "
-        "run on a policy it cannot validate",
-    )
+class PolicyProblems(PolicyError):
+    """Invalid policy files; ``problems`` lists each finding on its own.
+
+    Every finding names the file, the agreement or profile and the field, and
+    never quotes a value from the file beyond ids and enum names.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__(
+            "; ".join(self.problems),
+            code=ReasonCode.CONFIG_INVALID,
+            hint="fix the named policy file in deploy/policy/ and restart (check it with "
+            "`safer policy check`); the router will not run on a policy it cannot validate",
+        )
+
+
+def _fail(*problems: str) -> PolicyProblems:
+    return PolicyProblems(problems)
 
 
 def parse_policy(files: Mapping[str, str]) -> PolicySet:
@@ -521,7 +767,7 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
     if not agreements and not problems:
         problems.append("the policy files hold no [[agreement]]")
     if problems:
-        raise _fail("; ".join(problems))
+        raise _fail(*problems)
     try:
         return PolicySet(agreements=tuple(agreements), profiles=tuple(profiles))
     except pydantic.ValidationError as exc:  # pragma: no cover - checked above

@@ -23,6 +23,7 @@ from audit import AuditStore
 from broker import (
     ROUTER_ID,
     AuditFeed,
+    ConsentView,
     Deployment,
     Keyring,
     KeyStore,
@@ -30,6 +31,7 @@ from broker import (
     RouterCore,
     Settings,
     create_topics,
+    ensure_consent_topic,
     load_deployment,
 )
 from consent import Recipient
@@ -125,6 +127,15 @@ class Runtime:
 
     async def create_topics(self) -> None:
         await create_topics(self.bootstrap, self.topic_partitions(), **self.security)
+        await ensure_consent_topic(self.bootstrap, self.settings.topics.consent, **self.security)
+
+    def consent_view(self) -> ConsentView:
+        """A fresh, empty view of hips.consent (the router fills it as it starts)."""
+        return ConsentView(
+            topic=self.settings.topics.consent,
+            bootstrap_servers=self.bootstrap,
+            security=self.security,
+        )
 
     def router_core(self) -> RouterCore:
         return RouterCore(
@@ -135,6 +146,7 @@ class Runtime:
             recipient_key=self.keys.encryption_public,
             pseudonym_secret=self.keys.pseudonym_secret(),
             topics=self.settings.topics,
+            consent_view=self.consent_view(),
         )
 
     def router(self, *, group_id: str = "safer-router") -> Router:

@@ -22,6 +22,8 @@ from ._errors import (
 )
 from ._model import (
     LA_CODES,
+    NOT_SOUGHT_REASONS,
+    OVERRIDE_JUSTIFICATIONS,
     Address,
     AgencyType,
     AuditEvent,
@@ -31,7 +33,9 @@ from ._model import (
     ConsentStatement,
     IncidentLocation,
     Lscp,
+    NotSoughtReason,
     Officer,
+    OverrideJustification,
     RiskGrade,
     Subject,
     SubjectRole,
@@ -46,12 +50,16 @@ DISCLOSURE = "disclosure"
 AUDIT_RECORD = "audit_record"
 RECEIPT = "receipt"
 QUARANTINE = "quarantine"
+CONSENT_RECORD = "consent_record"
 
 __all__ = [
     "AUDIT_RECORD",
     "CONCERN",
+    "CONSENT_RECORD",
     "DISCLOSURE",
     "LA_CODES",
+    "NOT_SOUGHT_REASONS",
+    "OVERRIDE_JUSTIFICATIONS",
     "QUARANTINE",
     "RECEIPT",
     "Address",
@@ -72,7 +80,9 @@ __all__ = [
     "IncidentLocation",
     "LogTamperedError",
     "Lscp",
+    "NotSoughtReason",
     "Officer",
+    "OverrideJustification",
     "PolicyError",
     "ReasonCode",
     "Registry",

@@ -16,6 +16,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 __all__ = [
     "LA_CODES",
+    "NOT_SOUGHT_REASONS",
+    "OVERRIDE_JUSTIFICATIONS",
     "Address",
     "AgencyType",
     "AuditEvent",
@@ -25,7 +27,9 @@ __all__ = [
     "ConsentStatement",
     "IncidentLocation",
     "Lscp",
+    "NotSoughtReason",
     "Officer",
+    "OverrideJustification",
     "RiskGrade",
     "Subject",
     "SubjectRole",
@@ -76,6 +80,59 @@ class ConsentState(StrEnum):
     NOT_SOUGHT = "NOT_SOUGHT"
     OVERRIDDEN = "OVERRIDDEN"
     EXPIRED = "EXPIRED"
+
+
+class NotSoughtReason(StrEnum):
+    """Why consent was deliberately not sought (the 2024 information-sharing advice).
+
+    Stable codes: a ``ConsentRecord`` carries one with every NOT_SOUGHT state, and
+    decisions name the one that applied. Never rename or reuse a value.
+    """
+
+    RISK_TO_CHILD = "RISK_TO_CHILD"
+    PREJUDICE_PREVENTION_DETECTION = "PREJUDICE_PREVENTION_DETECTION"
+    NOT_PRACTICABLE = "NOT_PRACTICABLE"
+    CHILD_NOT_COMPETENT = "CHILD_NOT_COMPETENT"
+
+
+#: What each NOT_SOUGHT reason means, in words a practitioner would use.
+NOT_SOUGHT_REASONS: dict[NotSoughtReason, str] = {
+    NotSoughtReason.RISK_TO_CHILD: "seeking consent would place the child at risk",
+    NotSoughtReason.PREJUDICE_PREVENTION_DETECTION: (
+        "seeking consent would prejudice the prevention or detection of crime"
+    ),
+    NotSoughtReason.NOT_PRACTICABLE: "seeking consent is not practicable",
+    NotSoughtReason.CHILD_NOT_COMPETENT: (
+        "the child is not competent to consent (and no one with parental responsibility "
+        "can safely be asked)"
+    ),
+}
+
+
+class OverrideJustification(StrEnum):
+    """Why a professional shared despite a refusal or withdrawal (state OVERRIDDEN).
+
+    Stable codes, carried by ``ConsentRecord`` with who decided. Never rename or
+    reuse a value.
+    """
+
+    SIGNIFICANT_HARM = "SIGNIFICANT_HARM"
+    PREVENT_DETECT_CRIME = "PREVENT_DETECT_CRIME"
+    RISK_TO_OTHERS = "RISK_TO_OTHERS"
+    LEGAL_DUTY = "LEGAL_DUTY"
+
+
+#: What each override justification means.
+OVERRIDE_JUSTIFICATIONS: dict[OverrideJustification, str] = {
+    OverrideJustification.SIGNIFICANT_HARM: (
+        "the child is suffering, or is likely to suffer, significant harm"
+    ),
+    OverrideJustification.PREVENT_DETECT_CRIME: (
+        "sharing is necessary to prevent or detect a serious crime"
+    ),
+    OverrideJustification.RISK_TO_OTHERS: "there is a risk of serious harm to another person",
+    OverrideJustification.LEGAL_DUTY: "a statutory duty or a court order requires the sharing",
+}
 
 
 class AuditEvent(StrEnum):

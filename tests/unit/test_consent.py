@@ -18,6 +18,7 @@ import pytest
 
 from consent import (
     LAWFUL_BASES,
+    Consent,
     Decision,
     Deny,
     Directory,
@@ -37,6 +38,7 @@ from schemas import (
     ConcernType,
     ConsentState,
     Lscp,
+    OverrideJustification,
     PolicyError,
     ReasonCode,
     RiskGrade,
@@ -258,6 +260,7 @@ def test_policy_files_hold_the_expected_agreements(policy: PolicySet) -> None:
         "police-asc-young-adult-consent",
         "police-csc-front-door",
         "police-csc-young-adult-care-leaver",
+        "police-health-early-years",
         "police-health-safeguarding",
         "police-la-education-ehe",
         "police-school-encompass",
@@ -399,8 +402,8 @@ def test_encompass_only_for_domestic_abuse(policy: PolicySet, directory: Directo
     assert isinstance(decision, Deny) and decision.reason is ReasonCode.NO_LAWFUL_BASIS
 
 
-@pytest.mark.parametrize(("age", "shared"), [(3, False), (4, True), (16, True), (17, False)])
-def test_encompass_school_age_4_to_16(
+@pytest.mark.parametrize(("age", "shared"), [(3, False), (4, True), (16, True), (17, True)])
+def test_encompass_school_age_4_to_17(
     policy: PolicySet, directory: Directory, age: int, shared: bool
 ) -> None:
     concern = make_concern(subjects=[child(age=age)])
@@ -408,7 +411,7 @@ def test_encompass_school_age_4_to_16(
     assert isinstance(decision, Permit) is shared
     if not shared:
         assert isinstance(decision, Deny)
-        assert "aged 4 to 16" in decision.reasons[0]
+        assert "aged 4 to 17" in decision.reasons[0]
 
 
 def test_encompass_withholds_a_sibling_at_another_school(
@@ -604,13 +607,57 @@ def test_consent_withdrawn_or_expired(
     assert low.consent_state is state
 
 
-@pytest.mark.parametrize("state", [ConsentState.GIVEN, ConsentState.OVERRIDDEN])
-def test_consent_given_or_overridden_permits(
-    policy: PolicySet, directory: Directory, state: ConsentState
-) -> None:
-    decision = run(make_concern(risk="LOW"), rec(directory, "hampshire-csc"), policy, state)
+def test_consent_given_permits(policy: PolicySet, directory: Directory) -> None:
+    decision = run(
+        make_concern(risk="LOW"), rec(directory, "hampshire-csc"), policy, ConsentState.GIVEN
+    )
     assert isinstance(decision, Permit)
-    assert f"consent {state.value}" in decision.reasons
+    assert "consent GIVEN" in decision.reasons
+
+
+def test_an_override_needs_a_recorded_justification(
+    policy: PolicySet, directory: Directory
+) -> None:
+    door = rec(directory, "hampshire-csc")
+    low = make_concern(risk="LOW")
+    # A bare OVERRIDDEN state says nothing about why: the refusal it claims to override
+    # stands, and at LOW the front door is asked to judge.
+    bare = run(low, door, policy, ConsentState.OVERRIDDEN)
+    assert isinstance(bare, Refer) and bare.reason is ReasonCode.CONSENT_REFUSED
+    assert any("no recorded justification" in r for r in bare.reasons)
+    justified = Consent(
+        state=ConsentState.OVERRIDDEN,
+        justification=OverrideJustification.SIGNIFICANT_HARM,
+        justified=True,
+        source="consent-record",
+        record_id="ab" * 16,
+        recorded_at=NOW,
+    )
+    permit = run(low, door, policy, justified)
+    assert isinstance(permit, Permit)
+    assert any("SIGNIFICANT_HARM" in r for r in permit.reasons)
+    assert any(f"consent record {'ab' * 16}" in r for r in permit.reasons)
+    assert permit.summary.consent_source == "consent-record"
+    assert permit.summary.consent_reason == "SIGNIFICANT_HARM"
+    # On the concern itself, an officer's written justification counts.
+    written = make_concern(
+        risk="LOW",
+        consent="OVERRIDDEN",
+    ).model_copy()
+    stated = written.model_copy(
+        update={
+            "consent": written.consent.model_copy(
+                update={"reason": "overridden: the child is at risk of significant harm"}
+            )
+        }
+    )
+    assert isinstance(run(stated, door, policy), Permit)
+    assert isinstance(run(written, door, policy), Refer)  # no reason recorded at all
+    # Under a consent-required agreement an override is not consent.
+    adult = make_concern(risk="LOW", subjects=[child(age=21)])
+    asc = run(adult, rec(directory, "hampshire-adult-safeguarding"), policy, justified)
+    assert isinstance(asc, Deny) and asc.reason is ReasonCode.CONSENT_REFUSED
+    assert any("an override is not consent" in r for r in asc.reasons)
 
 
 def test_consent_not_required_ignores_refusal(policy: PolicySet, directory: Directory) -> None:
@@ -644,7 +691,7 @@ recipient_agency_types = ["health"]
 concern_types = ["*"]
 min_risk_grade = "LOW"
 subject_ages = "child"
-lawful_bases = ["UKGDPR-6-1-e"]
+lawful_bases = ["UKGDPR-6-1-e", "UKGDPR-9-2-g+DPA18-S1-P18"]
 consent_rule = "required"
 profile = "health-safeguarding"
 purpose = "test"
@@ -701,6 +748,7 @@ def test_school_profile_keeps_exactly_its_fields(policy: PolicySet, directory: D
         "source_ref",
         "concern_type",
         "occurred_at",
+        "incident_location",
         "subjects",
         "child_present",
         "voice_of_child",
@@ -818,7 +866,9 @@ def test_to_log_shape(policy: PolicySet, directory: Directory) -> None:
     concern = make_concern(risk="HIGH", consent="REFUSED", third_party_protection=("S3",))
     decision = run(concern, rec(directory, "hampshire-csc"), policy)
     log = decision.to_log()
-    assert set(log) == {"decision_id", "path", "input", "result", "bundles"}
+    assert set(log) == {"decision_id", "labels", "path", "input", "result", "bundles"}
+    assert "timestamp" not in log  # consent/ never reads the clock
+    assert decision.to_log(NOW)["timestamp"] == NOW.isoformat()
     assert log["input"] == {
         "concern_id": CONCERN_ID,
         "recipient_id": "hampshire-csc",
@@ -831,6 +881,8 @@ def test_to_log_shape(policy: PolicySet, directory: Directory) -> None:
         "recipient_lscp": "hampshire",
         "front_door": True,
         "age_bands": ["child"],
+        "consent_source": "concern",
+        "consent_reason": None,
     }
     assert log["result"]["decision"] == "PERMIT"
     assert log["result"]["profile"] == "safeguarding-full"

@@ -26,8 +26,6 @@ one ended, and a checkpoint beyond the log or behind an earlier one.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring as _json_str
-
 from ._record import AuditRecord
 
 __all__ = [
@@ -183,21 +181,6 @@ COMMIT;
 """  # noqa: S608
 
 
-def _fast_time(record: AuditRecord) -> str:
-    return record.at.isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
 def index_values(record: AuditRecord) -> tuple[str | None, ...]:
     """Values of ``INDEX_COLUMNS`` for a record (pseudonyms and ids only)."""
-    subjects = record.subject_pseudonyms
-    return (
-        record.entry_id,
-        record.event.value,
-        record.disclosure_id,
-        record.concern_id,
-        record.recipient,
-        record.lscp,
-        record.lawful_basis,
-        _fast_time(record),
-        "[" + ",".join(map(_json_str, subjects)) + "]" if subjects else "[]",
-    )
+    return record.query_columns()

@@ -194,10 +194,11 @@ class MerkleTree:
     O(log n) stored nodes. Memory is about 64 bytes per leaf.
     """
 
-    __slots__ = ("_levels",)
+    __slots__ = ("_frozen", "_levels")
 
     def __init__(self, leaves: Iterable[bytes] = ()) -> None:
         self._levels: list[bytearray] = [bytearray()]
+        self._frozen: list[bytes] | None = None  # immutable copies for fast slicing
         self.extend(leaves)
 
     @classmethod
@@ -209,6 +210,13 @@ class MerkleTree:
         tree._levels[0] += data
         tree._build()
         return tree
+
+    def _read(self) -> list[bytes]:
+        """The levels as ``bytes`` (slicing bytes copies once; a bytearray slice twice)."""
+        frozen = self._frozen
+        if frozen is None:
+            frozen = self._frozen = [bytes(level) for level in self._levels]
+        return frozen
 
     @property
     def size(self) -> int:
@@ -230,6 +238,7 @@ class MerkleTree:
 
     def _build(self) -> None:
         """Hash every newly completed pair, level by level."""
+        self._frozen = None
         levels = self._levels
         sha = _sha256
         height = 0
@@ -254,7 +263,7 @@ class MerkleTree:
     def leaf(self, index: int) -> bytes:
         if not 0 <= index < self.size:
             raise _fail(f"leaf index {index} is outside a tree of size {self.size}")
-        return bytes(self._levels[0][HASH_SIZE * index : HASH_SIZE * (index + 1)])
+        return self._read()[0][HASH_SIZE * index : HASH_SIZE * (index + 1)]
 
     def leaves(self, start: int = 0, end: int | None = None) -> bytes:
         """Concatenated leaf hashes ``[start, end)``."""
@@ -263,23 +272,24 @@ class MerkleTree:
 
     def _subtree(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi]) for an RFC 9162 subtree (``lo`` aligned, ``lo < hi``)."""
+        levels = self._read()
         n = hi - lo
         if n & (n - 1) == 0:
             height = n.bit_length() - 1
             start = HASH_SIZE * (lo >> height)
-            return bytes(self._levels[height][start : start + HASH_SIZE])
+            return levels[height][start : start + HASH_SIZE]
         # The right spine: perfect subtrees of decreasing size, folded from the right.
         parts: list[bytes] = []
         while n & (n - 1):
             k = _split(n)
             height = k.bit_length() - 1
             start = HASH_SIZE * (lo >> height)
-            parts.append(bytes(self._levels[height][start : start + HASH_SIZE]))
+            parts.append(levels[height][start : start + HASH_SIZE])
             lo += k
             n -= k
         height = n.bit_length() - 1
         start = HASH_SIZE * (lo >> height)
-        node = bytes(self._levels[height][start : start + HASH_SIZE])
+        node = levels[height][start : start + HASH_SIZE]
         for left in reversed(parts):
             node = _sha256(b"\x01" + left + node).digest()
         return node
@@ -308,21 +318,29 @@ class MerkleTree:
         return Frontier(n, hashes)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, leaf to root."""
+        """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, leaf to root.
+
+        Walked bottom-up: at each level the sibling of the path's node is a
+        stored complete subtree, the partial right edge (folded), or absent
+        (the node is carried up unchanged, as RFC 9162's left-complete shape has it).
+        """
         n = self._check_size(size)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
             raise _fail(f"leaf index {index} is outside a tree of size {n}")
+        levels = self._read()
         path: list[bytes] = []
-        lo, hi = 0, n
-        while hi - lo > 1:
-            k = _split(hi - lo)
-            if index < lo + k:
-                path.append(self._subtree(lo + k, hi))
-                hi = lo + k
-            else:
-                path.append(self._subtree(lo, lo + k))
-                lo += k
-        path.reverse()
+        last = n - 1
+        node = index
+        height = 0
+        while last >> height:
+            sibling = node ^ 1
+            if sibling < n >> height:  # a complete subtree (always so on the left)
+                offset = HASH_SIZE * sibling
+                path.append(levels[height][offset : offset + HASH_SIZE])
+            elif sibling << height < n:  # the partial right edge
+                path.append(self._subtree(sibling << height, n))
+            node >>= 1
+            height += 1
         return path
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
@@ -362,33 +380,40 @@ def verify_inclusion(
     """RFC 9162 §2.1.3.2: check that ``leaf`` is at ``index`` in the tree ``(size, root)``.
 
     Returns ``None``; raises ``AuditError`` (AUDIT_TAMPERED) if the proof does
-    not hold.
+    not hold. The walk is the RFC's, phrased per level: the path's node at
+    level ``h`` is ``index >> h``; an odd node has its sibling on the left, an
+    even one on the right if that sibling exists in a tree of ``size`` leaves,
+    and otherwise is carried up unchanged (no proof hash is used).
     """
     leaf = _check_hash("leaf hash", leaf)
     root = _check_hash("root hash", root)
     index = _check_size("leaf index", index)
     size = _check_size("tree size", size)
-    path = [_check_hash("proof hash", p) for p in proof]
     if index >= size:
         raise _fail(f"leaf index {index} is outside a tree of size {size}")
-    fn, sn = index, size - 1
+    path = list(proof)
+    for position, sibling in enumerate(path):
+        if type(sibling) is not bytes or len(sibling) != HASH_SIZE:
+            path[position] = _check_hash("proof hash", sibling)
+    last = size - 1
     node = leaf
     sha = _sha256
-    for sibling in path:
-        if sn == 0:
-            raise _fail("inclusion proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            node = sha(b"\x01" + sibling + node).digest()
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            node = sha(b"\x01" + node + sibling).digest()
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise _fail("inclusion proof is shorter than the tree is deep")
+    used = 0
+    height = 0
+    try:
+        while last >> height:
+            here = index >> height
+            if here & 1:
+                node = sha(b"\x01" + path[used] + node).digest()
+                used += 1
+            elif (here ^ 1) << height < size:
+                node = sha(b"\x01" + node + path[used]).digest()
+                used += 1
+            height += 1
+    except IndexError:
+        raise _fail("inclusion proof is shorter than the tree is deep") from None
+    if used != len(path):
+        raise _fail("inclusion proof is longer than the tree is deep")
     if node != root:
         raise _fail(
             f"inclusion proof does not lead to the root: entry {index + 1} is not in the "

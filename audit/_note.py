@@ -111,7 +111,7 @@ class LogKey:
 
     @classmethod
     def from_vkey(cls, text: str) -> LogKey:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may contain "+"; name and hash may not
         if len(parts) != 3:
             raise AuditError(
                 "not a verifier key (want name+keyhash+base64key)",

@@ -283,8 +283,10 @@ class AuditRecord:
         s, a, n = _json_str, _arr, "null"
         v = self.__dict__
         deadline = v["deadline"]
+        at = v["_at_text"] = _fast_time(v["at"])
+        subjects = v["_subjects_text"] = a(v["subject_pseudonyms"])
         head = (
-            f'{{"actor":{s(v["actor"])},"at":"{_fast_time(v["at"])}",'
+            f'{{"actor":{s(v["actor"])},"at":"{at}",'
             f'"concern_id":{n if (x := v["concern_id"]) is None else s(x)},'
             f'"consent_state":{n if (x := v["consent_state"]) is None else s(x)},'
             f'"deadline":{n if deadline is None else chr(34) + _fast_time(deadline) + chr(34)},'
@@ -300,10 +302,37 @@ class AuditRecord:
             f'"reason_codes":{a(v["reason_codes"])},"reasons":{a(v["reasons"])},'
             f'"recipient":{n if (x := v["recipient"]) is None else s(x)},"seq":'
         )
-        tail = f',"source":{s(v["source"])},"subject_pseudonyms":{a(v["subject_pseudonyms"])}}}'
+        tail = f',"source":{s(v["source"])},"subject_pseudonyms":{subjects}}}'
         halves = (head.encode("utf-8"), tail.encode("utf-8"))
         self.__dict__["_canonical_halves"] = halves  # a cache, not a field: eq/repr ignore it
         return halves
+
+    def query_columns(self) -> tuple[str | None, ...]:
+        """The store's plain query columns (ids and pseudonyms only), as the entry spells them.
+
+        ``entry_id, event, disclosure_id, concern_id, recipient, lscp,
+        lawful_basis, at, subject_pseudonyms`` with ``at`` in the entry's
+        timestamp form and the pseudonyms as the entry's JSON array.
+        """
+        cached: tuple[str | None, ...] | None = self.__dict__.get("_query_columns")
+        if cached is not None:
+            return cached
+        v = self.__dict__
+        if "_at_text" not in v:
+            self._halves()
+        columns = (
+            v["entry_id"],
+            v["event"].value,
+            v["disclosure_id"],
+            v["concern_id"],
+            v["recipient"],
+            v["lscp"],
+            v["lawful_basis"],
+            v["_at_text"],
+            v["_subjects_text"],
+        )
+        v["_query_columns"] = columns
+        return columns
 
     def canonical_bytes(self) -> bytes:
         """The log entry: canonical JSON, byte-identical for equal records."""
@@ -353,6 +382,36 @@ class AuditRecord:
         if record.canonical_bytes() != bytes(data):
             raise DecodeError("log entry is not in canonical form", code=ReasonCode.DECODE_ERROR)
         return record
+
+    @classmethod
+    def from_log(cls, data: bytes) -> AuditRecord:
+        """Read an entry the store wrote, without re-checking it is canonical.
+
+        About twice as fast as ``from_canonical``: the store only ever writes
+        canonical entries, and ``verify_store`` is what proves the file still
+        holds them. Raises ``DecodeError`` if ``data`` is not an audit record
+        at all; anything that must hold against tampering uses
+        ``from_canonical``.
+        """
+        try:
+            parsed = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DecodeError("log entry is not UTF-8 JSON", code=ReasonCode.DECODE_ERROR) from None
+        if not isinstance(parsed, dict) or parsed.keys() != _FIELD_NAMES:
+            return cls.from_canonical(data)  # raises with the details
+        try:
+            record = object.__new__(cls)
+            values = record.__dict__
+            values.update(parsed)
+            values["event"] = AuditEvent(parsed["event"])
+            values["at"] = parse_time(parsed["at"])
+            if parsed["deadline"] is not None:
+                values["deadline"] = parse_time(parsed["deadline"])
+            for name in _STR_ARRAYS:
+                values[name] = tuple(parsed[name])
+            return record
+        except (TypeError, ValueError, DecodeError):
+            return cls.from_canonical(data)  # raises with the details
 
     def with_seq(self, seq: int) -> AuditRecord:
         """A copy with ``seq`` set (the log does this on append)."""

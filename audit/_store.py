@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, Self, runtime_checkable
 
 from schemas import AuditError, AuditEvent, ReasonCode, ValidationError
 
@@ -64,12 +64,12 @@ _IN_CHUNK = 500  # seqs per IN (...) (well under SQLite's variable limit)
 _VERIFY_HINT = "run `safer audit verify` and keep the store files as evidence"
 
 
-@dataclass(frozen=True)
-class AppendResult:
-    """The outcome for one record passed to ``append``.
+class AppendResult(NamedTuple):
+    """The outcome for one record passed to ``append`` (immutable).
 
     ``duplicate`` is True when an entry with the same ``entry_id`` was already
     in the log (or earlier in the same batch); ``seq`` is then that entry's seq.
+    A named tuple, not a dataclass: one is made per appended record.
     """
 
     entry_id: str
@@ -187,11 +187,12 @@ def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> list[tuple[str, in
 class _Writer:
     """What the appending process keeps in memory: size, frontier, entry-id map."""
 
-    __slots__ = ("collisions", "frontier", "ids", "size")
+    __slots__ = ("collisions", "frontier", "ids", "ids_loaded", "size")
 
     def __init__(self, size: int, frontier: Frontier) -> None:
         self.size = size
         self.frontier = frontier
+        self.ids_loaded = False
         self.ids: dict[int, int] = {}  # fingerprint(entry_id) -> seq
         self.collisions: dict[str, int] = {}  # entry_id -> seq, for fingerprint clashes
 
@@ -377,24 +378,40 @@ class AuditStore:
 
     # -- the writer's memory --------------------------------------------------
 
-    def _writer_for(self, conn: sqlite3.Connection) -> _Writer:
-        """The in-memory writer state, loaded or brought up to date (inside a transaction)."""
+    def _writer_for(self, conn: sqlite3.Connection, *, ids: bool = True) -> _Writer:
+        """The in-memory writer state, loaded or brought up to date (inside a transaction).
+
+        The frontier is recomputed from the stored leaf hashes and must equal the
+        stored one, so the store never signs a root its own rows contradict. The
+        entry-id map is loaded only when ``ids`` is asked for (appending).
+        """
         size = self._size(conn)
         writer = self._writer
-        if writer is not None and writer.size == size:
-            return writer
         if writer is not None and writer.size > size:
             self._writer = None
             raise _inconsistent(
                 f"the log has {size} entries but this process wrote {writer.size} "
                 "(entries were removed underneath it)"
             )
-        frontier = self._stored_frontier(conn, size)
         if writer is None:
-            writer = _Writer(0, frontier)
-        self._load_ids(conn, writer, after=writer.size)
-        writer.size = size
-        writer.frontier = frontier
+            writer = _Writer(0, Frontier())
+        if writer.size < size:
+            frontier = writer.frontier.copy()
+            for (blob,) in conn.execute(
+                "SELECT leaves FROM tree WHERE first_seq > ? ORDER BY first_seq", (writer.size,)
+            ):
+                data = bytes(blob)
+                frontier.extend(data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE))
+            if frontier != self._stored_frontier(conn, size):
+                self._writer = None
+                raise _inconsistent("the stored tree state does not match the stored leaf hashes")
+            if writer.ids_loaded:
+                self._load_ids(conn, writer, after=writer.size)
+            writer.size = size
+            writer.frontier = frontier
+        if ids and not writer.ids_loaded:
+            self._load_ids(conn, writer, after=0)
+            writer.ids_loaded = True
         self._writer = writer
         return writer
 
@@ -539,8 +556,8 @@ class AuditStore:
         key = signer or self._signer
 
         def write(conn: sqlite3.Connection) -> Checkpoint:
-            size = self._size(conn)
-            frontier = self._stored_frontier(conn, size)
+            writer = self._writer_for(conn, ids=False)
+            size, frontier = writer.size, writer.frontier
             root = frontier.root()
             previous = conn.execute(
                 "SELECT size FROM checkpoints ORDER BY id DESC LIMIT 1"
@@ -615,21 +632,28 @@ class AuditStore:
             self._tree = tree
             return tree
 
+    def _tree_for(self, size: int | None) -> MerkleTree:
+        """The cached tree when it already covers ``size``, else a current one."""
+        cached = self._tree
+        if size is not None and cached is not None and 0 <= size <= cached.size:
+            return cached  # the log is append-only: the first ``size`` leaves never change
+        return self.tree()
+
     def root(self, size: int | None = None) -> bytes:
         """The RFC 9162 root of the first ``size`` entries (default: all)."""
         if size is None:
             return self.head()[1]
-        return self.tree().root(size)
+        return self._tree_for(size).root(size)
 
     def inclusion_proof(self, seq: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``seq`` in the tree of ``size`` entries."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValidationError("seq must be a positive integer", fields=("seq",))
-        return self.tree().inclusion_proof(seq - 1, size)
+        return self._tree_for(size).inclusion_proof(seq - 1, size)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 consistency proof from the tree of ``old_size`` to ``new_size`` entries."""
-        return self.tree().consistency_proof(old_size, new_size)
+        return self._tree_for(new_size).consistency_proof(old_size, new_size)
 
     def proof_bundle(self, seq: int, *, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
         """Entry ``seq``, its inclusion proof and a signed checkpoint, as one JSON object.
@@ -669,6 +693,7 @@ class AuditStore:
     # -- reading --------------------------------------------------------------
 
     def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first."""
         rows = self._query("SELECT id, size, root, note, at FROM checkpoints ORDER BY id")
         return [
             Checkpoint(int(s), bytes(r), parse_time(str(a)), str(n), int(i))
@@ -677,10 +702,20 @@ class AuditStore:
 
     def latest_checkpoint(self, *, signed: bool = False, covering: int = 0) -> Checkpoint | None:
         """The newest checkpoint of at least ``covering`` entries (signed ones only if asked)."""
-        for checkpoint in reversed(self.checkpoints()):
-            if checkpoint.size >= covering and (checkpoint.signed or not signed):
-                return checkpoint
-        return None
+        after = None
+        while True:
+            rows = self._query(
+                "SELECT id, size, root, note, at FROM checkpoints "
+                "WHERE size >= ? AND id < ? ORDER BY id DESC LIMIT 100",
+                (covering, after if after is not None else 1 << 62),
+            )
+            for i, s, r, n, a in rows:
+                checkpoint = Checkpoint(int(s), bytes(r), parse_time(str(a)), str(n), int(i))
+                if checkpoint.signed or not signed:
+                    return checkpoint
+            if len(rows) < 100:
+                return None
+            after = int(rows[-1][0])
 
     def feed_offsets(self) -> dict[tuple[str, int], int]:
         """Stored feed positions: (topic, partition) -> next offset to read."""
@@ -709,7 +744,7 @@ class AuditStore:
     def get(self, seq: int) -> AuditRecord | None:
         """The entry with this seq, or None."""
         rows = self._query("SELECT entry FROM entries WHERE seq = ?", (seq,))
-        return AuditRecord.from_canonical(bytes(rows[0][0])) if rows else None
+        return AuditRecord.from_log(bytes(rows[0][0])) if rows else None
 
     def entry_bytes(self, seq: int) -> bytes | None:
         """The exact bytes of entry ``seq`` (what the leaf hash covers), or None."""
@@ -837,7 +872,7 @@ class AuditStore:
                 [*chunk, *params],
             )
             for (entry,) in rows:
-                yield AuditRecord.from_canonical(bytes(entry))
+                yield AuditRecord.from_log(bytes(entry))
         yield from self._scan(where, params, after=indexed)
 
     @staticmethod
@@ -877,7 +912,7 @@ class AuditStore:
         while True:
             rows = self._query(sql, [after, *params])
             for _, entry in rows:
-                yield AuditRecord.from_canonical(bytes(entry))
+                yield AuditRecord.from_log(bytes(entry))
             if len(rows) < _PAGE:
                 return
             after = int(rows[-1][0])

@@ -30,11 +30,12 @@ from json.encoder import encode_basestring as _json_str
 from pathlib import Path
 from typing import Any
 
-from schemas import AuditError, LogTamperedError, ReasonCode
+from schemas import AuditError, LogTamperedError, ReasonCode, SaferError
 
 from ._format import APPLICATION_ID, FORMAT_VERSION, INDEX_COLUMNS, INDEX_TABLES, TABLES, TRIGGERS
-from ._merkle import EMPTY_ROOT, HASH_SIZE, Frontier
+from ._merkle import EMPTY_ROOT, HASH_SIZE, Frontier, MerkleTree
 from ._note import LogKey, open_checkpoint, parse_body, parse_note
+from ._record import AuditRecord
 
 __all__ = ["MAX_PROBLEMS", "LogSummary", "StoreTamperedError", "verify_store"]
 
@@ -55,8 +56,8 @@ class LogSummary:
     ``root`` is the hex RFC 9162 root over the entries present.
     ``checkpoint_verified``: a log key was given, no checkpoint is forged, and
     the newest checkpoint carries a valid signature by that key and matches
-    the log. ``consistent``: the log matches every checkpoint (and every kept
-    anchor) and none of them is beyond its end.
+    the log. ``consistent``: no entry is missing, and the log matches every
+    checkpoint (and every kept anchor), none of which is beyond its end.
     """
 
     entries: int
@@ -90,18 +91,24 @@ class StoreTamperedError(LogTamperedError):
 
 
 class _Problems:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, int, str]] = []
+    """Findings, ordered by the entry they are about, then by how telling they are."""
 
-    def add(self, seq: int, problem: str) -> None:
-        self.items.append((seq, len(self.items), problem))
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, int, str]] = []
+
+    def add(self, seq: int, problem: str, rank: int = 6) -> None:
+        self.items.append((seq, rank, len(self.items), problem))
 
     def final(self) -> list[str]:
-        ordered = [text for _, _, text in sorted(self.items)]
+        ordered = [text for *_, text in sorted(self.items)]
         if len(ordered) > MAX_PROBLEMS:
             cut = len(ordered) - MAX_PROBLEMS
             return [*ordered[:MAX_PROBLEMS], f"... and {cut} more problems"]
         return ordered
+
+
+# Ranks: what to list first among problems about the same entry.
+_R_MISSING, _R_MOVED, _R_LEAF, _R_SIGNED, _R_COLUMNS, _R_CHECKPOINT = range(6)
 
 
 @dataclass
@@ -109,7 +116,8 @@ class _Checkpoint:
     label: str  # "checkpoint 3" or "kept checkpoint 1"
     size: int
     root: bytes
-    trusted: bool  # signature verified by the log key
+    signed: bool  # signature verified by the log key
+    trusted: bool  # signed, or no key was given (then the file is all there is to go on)
     stored: bool  # a row of the store (not an anchor the caller kept)
     frontier: Frontier | None = None
     matched: bool | None = None  # None: could not be checked (entries missing)
@@ -117,12 +125,36 @@ class _Checkpoint:
 
 
 @dataclass
+class _SignedLeaves:
+    """The leaf hashes a checkpoint row keeps for entries ``first``.. (since the previous one).
+
+    They are bound to the checkpoint's signed root only if, folded onto the
+    previous checkpoint's (verified) frontier, they give that root. The fold
+    costs a hash per leaf, so it is done only when the leaves disagree with
+    the entries, to decide whether the disagreement can be pinned on an entry.
+    """
+
+    first: int
+    leaves: bytes
+    checkpoint: _Checkpoint
+    start: Frontier
+    _holds: bool | None = None
+
+    def holds(self) -> bool:
+        if self._holds is None:
+            folded = self.start.copy()
+            data = self.leaves
+            folded.extend(data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE))
+            self._holds = folded.root() == self.checkpoint.root
+        return self._holds
+
+
+@dataclass
 class _State:
     problems: _Problems = field(default_factory=_Problems)
     checkpoints: list[_Checkpoint] = field(default_factory=list)
     forged: int = 0
-    # (first seq, leaf hashes, checkpoint) ranges bound to a signed root
-    signed_leaves: list[tuple[int, bytes, _Checkpoint]] = field(default_factory=list)
+    signed_leaves: list[_SignedLeaves] = field(default_factory=list)
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -178,6 +210,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
             hint="keep the file as evidence and restore from a verified copy",
         )
     conn.execute("PRAGMA cache_size = -65536")
+    conn.execute("PRAGMA temp_store = MEMORY")  # the index checks sort in memory
     return conn
 
 
@@ -187,6 +220,7 @@ def verify_store(
     key: LogKey | None = None,
     origin: str | None = None,
     anchors: Sequence[str] = (),
+    index: bool = True,
 ) -> LogSummary:
     """Recompute the whole log; return a ``LogSummary`` or raise ``StoreTamperedError``.
 
@@ -196,6 +230,10 @@ def verify_store(
     ``anchors`` are signed checkpoint notes kept outside the store (by an
     auditor, a ticket, an email); the log must still match each of them, which
     catches truncation even when the attacker also removed stored checkpoints.
+    With ``index`` (the default) the plain query columns and the query index
+    are checked against the entries too; without it only the log itself (the
+    entries, their order, the tree and the checkpoints) is checked, which is
+    what the signatures cover and several times faster.
 
     Raises ``AuditError`` if ``path`` is not a SAFER audit store, or if
     ``anchors`` are given without a ``key``.
@@ -210,7 +248,7 @@ def verify_store(
     conn = _open_read_only(path)
     try:
         conn.execute("BEGIN")  # one read snapshot for every table
-        summary, problems = _verify(conn, key, origin, anchors)
+        summary, problems = _verify(conn, key, origin, anchors, index)
     except sqlite3.DatabaseError as exc:
         raise AuditError(
             f"audit store {path} could not be read ({exc})",
@@ -274,7 +312,7 @@ def _load_checkpoints(
                 problems.add(body.size, f"{label} (size {body.size}) is forged: {exc.message}")
                 previous = None
                 continue
-        cp = _Checkpoint(label, body.size, body.root, trusted, stored=True)
+        cp = _Checkpoint(label, body.size, body.root, trusted, trusted or key is None, stored=True)
         try:
             stored_frontier = Frontier.from_bytes(body.size, bytes(frontier))
             if stored_frontier.root() == body.root:
@@ -289,7 +327,7 @@ def _load_checkpoints(
             )
         delta = bytes(leaves)
         if (
-            trusted
+            cp.trusted
             and cp.frontier is not None
             and len(delta) == (body.size - previous_size) * HASH_SIZE
             and (
@@ -298,11 +336,8 @@ def _load_checkpoints(
             )
         ):
             start = Frontier() if previous_size == 0 or previous is None else previous.frontier
-            assert start is not None
-            folded = start.copy()
-            folded.extend(delta[i : i + HASH_SIZE] for i in range(0, len(delta), HASH_SIZE))
-            if folded.root() == body.root and delta:
-                state.signed_leaves.append((previous_size + 1, delta, cp))
+            if start is not None and delta:
+                state.signed_leaves.append(_SignedLeaves(previous_size + 1, delta, cp, start))
         state.checkpoints.append(cp)
         previous = cp
         previous_size = body.size
@@ -318,77 +353,42 @@ def _load_anchors(anchors: Sequence[str], key: LogKey, origin: str | None, state
             state.forged += 1
             state.problems.add(_LAST, f"{label} does not verify: {exc.message}")
             continue
-        state.checkpoints.append(_Checkpoint(label, body.size, body.root, True, stored=False))
+        state.checkpoints.append(_Checkpoint(label, body.size, body.root, True, True, stored=False))
 
 
-class _StoredLeaves:
-    """The ``tree`` rows, read alongside the entries."""
-
-    def __init__(self, conn: sqlite3.Connection, problems: _Problems) -> None:
-        self._rows = conn.execute("SELECT first_seq, leaves, frontier FROM tree ORDER BY first_seq")
-        self._problems = problems
-        self.first = 1
-        self.blob = b""
-        self.frontier = b""
-        self.end = 0  # last seq covered so far
-        self.exhausted = False
-
-    def leaf(self, seq: int) -> bytes | None:
-        while seq > self.end and not self.exhausted:
-            row = self._rows.fetchone()
-            if row is None:
-                self.exhausted = True
-                break
-            first, blob, frontier = int(row[0]), bytes(row[1]), bytes(row[2])
-            if first != self.end + 1 or len(blob) % HASH_SIZE or not blob:
-                self._problems.add(
-                    first, f"tree row at entry {first} does not follow the one before it"
-                )
-            self.first, self.blob, self.frontier = first, blob, frontier
-            self.end = first + len(blob) // HASH_SIZE - 1
-        if self.first <= seq <= self.end:
-            offset = (seq - self.first) * HASH_SIZE
-            return self.blob[offset : offset + HASH_SIZE]
-        return None
-
-    def last_end(self) -> int:
-        """Read to the end; the last seq any tree row covers."""
-        while not self.exhausted:
-            self.leaf(self.end + 1)
-            if self.exhausted:
-                break
-        return self.end
-
-
-def _snippets(values: tuple[Any, ...], seq: int) -> tuple[bytes, ...]:
-    """Byte strings a canonical entry with these column values must contain."""
-    entry_id, event, disclosure_id, concern_id, recipient, lscp, basis, at, subjects = values
-
-    def j(value: Any) -> str:
-        return "null" if value is None else str(_json_str(value))
-
-    return (
-        f',"at":{j(at)},"concern_id":{j(concern_id)},'.encode(),
-        f',"disclosure_id":{j(disclosure_id)},"entry_id":{j(entry_id)},'
-        f'"event":{j(event)},"fields_disclosed":'.encode(),
-        f',"lawful_basis":{j(basis)},"lscp":{j(lscp)},"payload_sha256":'.encode(),
-        f',"recipient":{j(recipient)},"seq":{seq},"source":'.encode(),
-        f',"subject_pseudonyms":{subjects}}}'.encode(),
-    )
+def _stored_leaves(conn: sqlite3.Connection, problems: _Problems) -> tuple[bytes, bytes]:
+    """All stored leaf hashes (from seq 1, contiguous) and the last stored frontier."""
+    parts: list[bytes] = []
+    end = 0
+    frontier = b""
+    for first, blob, last_frontier in conn.execute(
+        "SELECT first_seq, leaves, frontier FROM tree ORDER BY first_seq"
+    ):
+        data = bytes(blob) if isinstance(blob, bytes) else b""
+        if first != end + 1 or not data or len(data) % HASH_SIZE:
+            problems.add(
+                first if isinstance(first, int) else _LAST,
+                f"tree row at entry {first} does not follow the one before it (tree rows altered)",
+            )
+            break
+        parts.append(data)
+        end += len(data) // HASH_SIZE
+        frontier = bytes(last_frontier) if isinstance(last_frontier, bytes) else b""
+    return b"".join(parts), frontier
 
 
 def _diagnose(seq: int, entry: bytes, columns: tuple[Any, ...], problems: _Problems) -> None:
-    """Explain why an entry's bytes do not fit its row (the slow path)."""
+    """Explain why an entry's bytes do not fit its row (the slow, exact path)."""
     try:
         parsed = json.loads(entry.decode("utf-8"))
         if not isinstance(parsed, dict):
             raise ValueError
     except (UnicodeDecodeError, ValueError):
-        problems.add(seq, f"entry {seq} modified: it is not a canonical audit record")
+        problems.add(seq, f"entry {seq} modified: it is not a canonical audit record", _R_COLUMNS)
         return
     claimed = parsed.get("seq")
     if claimed != seq:
-        problems.add(seq, f"entry at seq {seq} claims seq {claimed} (reordered?)")
+        problems.add(seq, f"entry at seq {seq} claims seq {claimed} (reordered?)", _R_MOVED)
     wrong = []
     for name, got in zip(INDEX_COLUMNS, columns, strict=True):
         want = parsed.get(name)
@@ -401,129 +401,176 @@ def _diagnose(seq: int, entry: bytes, columns: tuple[Any, ...], problems: _Probl
         if want != got:
             wrong.append(name)
     if wrong:
-        problems.add(seq, f"entry {seq} index columns do not match the entry: {', '.join(wrong)}")
+        problems.add(
+            seq,
+            f"entry {seq} index columns do not match the entry: {', '.join(wrong)}",
+            _R_COLUMNS,
+        )
     elif claimed == seq:
-        problems.add(seq, f"entry {seq} modified: it is not a canonical audit record")
+        try:
+            AuditRecord.from_canonical(entry)
+        except SaferError as exc:
+            problems.add(
+                seq,
+                f"entry {seq} modified: it is not a canonical audit record ({exc.message})",
+                _R_COLUMNS,
+            )
 
 
-def _entries(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
-    columns = ", ".join(INDEX_COLUMNS)
-    cursor = conn.execute(f"SELECT seq, {columns}, entry FROM entries ORDER BY seq")  # noqa: S608
-    while batch := cursor.fetchmany(2000):
-        yield from batch
+#: Rows whose entry may not carry their seq and plain columns: a fast filter in
+#: SQL (SQLite renders both sides the same way), each hit checked exactly by ``_diagnose``.
+_SUSPECTS = f"""
+SELECT seq, {", ".join(INDEX_COLUMNS)}, entry FROM entries
+WHERE json_extract(CAST(entry AS TEXT), '$.seq', '$.entry_id', '$.event', '$.disclosure_id',
+    '$.concern_id', '$.recipient', '$.lscp', '$.lawful_basis', '$.at', '$.subject_pseudonyms')
+  IS NOT json_array(seq, entry_id, event, disclosure_id, concern_id, recipient, lscp,
+    lawful_basis, at, json(subject_pseudonyms))
+ORDER BY seq
+"""  # noqa: S608
+
+
+def _ranges_differ(a: bytes, b: bytes, first_seq: int, skip: set[int]) -> Iterator[int]:
+    """Seqs whose 32-byte leaf differs between ``a`` and ``b`` (same length), chunk by chunk."""
+    step = 4096 * HASH_SIZE
+    for start in range(0, len(a), step):
+        if a[start : start + step] == b[start : start + step]:
+            continue
+        stop = min(len(a), start + step)
+        for offset in range(start, stop, HASH_SIZE):
+            seq = first_seq + offset // HASH_SIZE
+            if a[offset : offset + HASH_SIZE] != b[offset : offset + HASH_SIZE] and seq not in skip:
+                yield seq
 
 
 def _verify(
-    conn: sqlite3.Connection, key: LogKey | None, origin: str | None, anchors: Sequence[str]
+    conn: sqlite3.Connection,
+    key: LogKey | None,
+    origin: str | None,
+    anchors: Sequence[str],
+    index: bool,
 ) -> tuple[LogSummary, list[str]]:
     state = _State()
     problems = state.problems
     origin = _load_checkpoints(conn, key, origin, state)
     if key is not None:
         _load_anchors(anchors, key, origin, state)
+    stored, stored_frontier = _stored_leaves(conn, problems)
 
-    by_size: dict[int, list[_Checkpoint]] = {}
-    for cp in state.checkpoints:
-        by_size.setdefault(cp.size, []).append(cp)
-    signed = sorted(state.signed_leaves, key=lambda item: item[0])
-    signed_at = 0  # index into ``signed``
-
-    stored = _StoredLeaves(conn, problems)
-    frontier = Frontier()
-    frontier_ok = True
-
-    def check(size: int) -> None:
-        for cp in by_size.get(size, ()):
-            if not frontier_ok:
-                cp.matched = None
-            else:
-                cp.matched = frontier.root() == cp.root
-
-    check(0)
-    sha = hashlib.sha256
-    expected = 1
+    # One pass over the entries: recompute every leaf. A missing entry's place is
+    # taken by its stored leaf hash (if any), so later checkpoints can still be checked.
+    computed = bytearray()
+    suspects: list[int] = []  # entries whose claimed seq did not read back as their own
+    missing: set[int] = set()
+    unknown_from: int | None = None  # first seq with no leaf at all
     present = 0
-    no_leaf_from: int | None = None
-    for row in _entries(conn):
-        seq = row[0]
-        columns = row[1:-1]
-        entry = row[-1]
-        present += 1
-        if not isinstance(seq, int) or seq < expected:
-            problems.add(_LAST, f"row with seq {seq!r} is out of sequence")
-            continue
-        if seq > expected:
-            problems.add(expected, _missing(expected, seq - 1))
-            for gap in range(expected, seq):
-                leaf = stored.leaf(gap)
-                if leaf is None:
-                    frontier_ok = False
-                elif frontier_ok:
-                    frontier.append(leaf)
-                check(gap)
-        if not isinstance(entry, bytes):
-            problems.add(seq, f"entry {seq} modified: it is not a blob")
-            entry = str(entry).encode()
-        leaf = sha(b"\x00" + entry).digest()
-        snippets = _snippets(columns, seq)
-        if not (
-            snippets[0] in entry
-            and snippets[1] in entry
-            and snippets[2] in entry
-            and snippets[3] in entry
-            and entry.endswith(snippets[4])
-        ):
-            _diagnose(seq, entry, columns, problems)
-        stored_leaf = stored.leaf(seq)
-        if stored_leaf is None:
-            if no_leaf_from is None:
-                no_leaf_from = seq
-        elif stored_leaf != leaf:
-            problems.add(seq, f"entry {seq} modified: it does not match its stored leaf hash")
-        while (
-            signed_at < len(signed)
-            and seq >= signed[signed_at][0] + len(signed[signed_at][1]) // HASH_SIZE
-        ):
-            signed_at += 1
-        if signed_at < len(signed) and seq >= signed[signed_at][0]:
-            first, blob, cp = signed[signed_at]
-            offset = (seq - first) * HASH_SIZE
-            if blob[offset : offset + HASH_SIZE] != leaf:
-                problems.add(
-                    seq,
-                    f"entry {seq} differs from the entry signed in {cp.label} "
-                    f"(size {cp.size}): changed after it was signed",
-                )
-                if cp.first_diff is None:
-                    cp.first_diff = seq
-        frontier.append(leaf)
-        check(seq)
-        expected = seq + 1
+    expected = 1
+    sha = hashlib.sha256
+    cursor = conn.execute("SELECT seq, entry FROM entries ORDER BY seq")
+    while rows := cursor.fetchmany(4096):
+        for seq, entry in rows:
+            if seq != expected:
+                if not isinstance(seq, int) or seq < expected:
+                    problems.add(_LAST, f"row with seq {seq!r} is out of sequence")
+                    continue
+                problems.add(expected, _missing(expected, seq - 1), _R_MISSING)
+                missing.update(range(expected, seq))
+                fill = stored[(expected - 1) * HASH_SIZE : (seq - 1) * HASH_SIZE]
+                if len(fill) != (seq - expected) * HASH_SIZE:
+                    if unknown_from is None:
+                        unknown_from = expected + len(fill) // HASH_SIZE
+                    fill = fill.ljust((seq - expected) * HASH_SIZE, b"\0")
+                computed += fill
+            if type(entry) is not bytes:
+                problems.add(seq, f"entry {seq} modified: it is not a blob", _R_LEAF)
+                entry = str(entry).encode()
+            computed += sha(b"\x00" + entry).digest()
+            # The seq the entry claims: in canonical JSON ',"seq":' occurs once, near the end.
+            at = entry.rfind(b',"seq":')
+            if at < 0 or entry[at + 7 : entry.find(b",", at + 7)] != b"%d" % seq:
+                suspects.append(seq)
+            present += 1
+            expected = seq + 1
     size = expected - 1
 
-    if no_leaf_from is not None:
+    # Stored leaf hashes, and the leaf hashes signed checkpoints vouch for.
+    common = min(len(stored), len(computed))
+    leaf_mismatch = False
+    for seq in _ranges_differ(bytes(computed[:common]), stored[:common], 1, missing):
+        leaf_mismatch = True
+        problems.add(seq, f"entry {seq} modified: it does not match its stored leaf hash", _R_LEAF)
+    if len(stored) < len(computed):
+        first = len(stored) // HASH_SIZE + 1
         problems.add(
-            no_leaf_from,
-            f"entries from {no_leaf_from} have no stored leaf hashes (tree rows removed)",
+            first,
+            f"entries from {first} have no stored leaf hashes (tree rows removed)",
+            _R_LEAF,
         )
-    tree_end = stored.last_end()
+    for signed in state.signed_leaves:
+        first, blob, cp = signed.first, signed.leaves, signed.checkpoint
+        start = (first - 1) * HASH_SIZE
+        mine = bytes(computed[start : start + len(blob)])
+        differ = list(_ranges_differ(mine, blob[: len(mine)], first, missing))
+        if not differ or not signed.holds():
+            continue
+        for seq in differ:
+            problems.add(
+                seq,
+                f"entry {seq} differs from the entry signed in {cp.label} "
+                f"(size {cp.size}): changed after it was signed",
+                _R_SIGNED,
+            )
+            if cp.first_diff is None:
+                cp.first_diff = seq
+
+    # Every entry must carry its own seq and, with ``index``, the row's plain columns.
+    columns = ", ".join(INDEX_COLUMNS)
+    rows = conn.execute(_SUSPECTS).fetchall() if index else []
+    for start in range(0, min(len(suspects), MAX_PROBLEMS), 500):
+        chunk = suspects[start : start + 500]
+        rows += conn.execute(
+            f"SELECT seq, {columns}, entry FROM entries "  # noqa: S608
+            f"WHERE seq IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+    diagnosed: set[int] = set()
+    for row in sorted(rows, key=lambda r: r[0]):
+        if row[0] in diagnosed:
+            continue
+        diagnosed.add(row[0])
+        entry = row[-1] if isinstance(row[-1], bytes) else str(row[-1]).encode()
+        _diagnose(row[0], entry, tuple(row[1:-1]), problems)
+
+    # Roots at every checkpoint's size, from one tree over the recomputed leaves.
+    known = size if unknown_from is None else unknown_from - 1
+    tree = MerkleTree.from_leaf_bytes(bytes(computed[: known * HASH_SIZE]))
+    for cp in state.checkpoints:
+        if cp.size <= known:
+            cp.matched = tree.root(cp.size) == cp.root
+        elif cp.size <= size:
+            cp.matched = None
+    frontier_ok = unknown_from is None
+    gaps = bool(missing)
+
+    tree_end = len(stored) // HASH_SIZE
     if tree_end > size:
         problems.add(
             size + 1,
             f"log truncated: the tree holds leaf hashes up to entry {tree_end} but the "
             f"log ends at entry {size} (entry {size + 1} onward missing)",
+            _R_MISSING,
         )
     elif (
         tree_end == size
         and size
-        and stored.frontier
         and frontier_ok
-        and stored.frontier != frontier.to_bytes()
+        and not leaf_mismatch
+        and stored_frontier != tree.frontier(size).to_bytes()
     ):
         problems.add(_LAST, "the stored tree state does not match the entries (tree rows altered)")
 
-    consistent = _judge_checkpoints(state, size, present)
-    _check_index(conn, problems)
+    consistent = _judge_checkpoints(state, size, present) and not gaps
+    if index:
+        _check_index(conn, problems)
     present_triggers = {
         row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
     }
@@ -533,16 +580,17 @@ def _verify(
 
     stored_cps = [cp for cp in state.checkpoints if cp.stored]
     latest = stored_cps[-1] if stored_cps else None
-    root = frontier.root() if frontier_ok else EMPTY_ROOT
+    root = tree.root() if frontier_ok else EMPTY_ROOT
     summary = LogSummary(
         entries=present,
         root=root.hex(),
         checkpoints=len(stored_cps) + state.forged,
-        checkpoints_verified=sum(1 for cp in stored_cps if cp.trusted and cp.matched),
+        checkpoints_verified=sum(1 for cp in stored_cps if cp.signed and cp.matched),
         checkpoint_verified=key is not None
         and state.forged == 0
+        and not gaps
         and latest is not None
-        and latest.trusted
+        and latest.signed
         and bool(latest.matched),
         consistent=consistent,
     )
@@ -561,11 +609,14 @@ def _judge_checkpoints(state: _State, size: int, present: int) -> bool:
                 size + 1,
                 f"log truncated: {cp.label} is at size {cp.size} but the log has only "
                 f"{present} entries (entry {size + 1} onward missing)",
+                _R_MISSING,
             )
             continue
         if cp.matched is None:
             problems.add(
-                cp.size, f"{cp.label} at size {cp.size} cannot be checked: entries missing"
+                cp.size,
+                f"{cp.label} at size {cp.size} cannot be checked: entries missing",
+                _R_CHECKPOINT,
             )
             consistent = False
             continue
@@ -587,44 +638,79 @@ def _judge_checkpoints(state: _State, size: int, present: int) -> bool:
                 f"{cp.label} (size {cp.size}) is not consistent with {other.label} "
                 f"(size {other.size}): both are signed but the log they describe was "
                 f"rewritten in between ({where})",
+                _R_CHECKPOINT,
             )
         else:
             problems.add(
                 first,
                 f"{cp.label} (size {cp.size}) does not match the log: entries were changed "
                 f"after it was written ({where})",
+                _R_CHECKPOINT,
             )
     return consistent
 
 
 def _check_index(conn: sqlite3.Connection, problems: _Problems) -> None:
-    """The query index must hold exactly the entries' keys up to ``indexed_seq``."""
+    """The query index must hold exactly the entries' keys up to ``indexed_seq``.
+
+    The plain columns are copied once into an in-memory temporary table keyed
+    by seq. For each index table a quick count decides: every index row must
+    match its entry, and there must be as many as the entries give. Only when
+    the counts disagree is the exact (sorting) comparison run to say what is
+    wrong and where.
+    """
     row = conn.execute("SELECT indexed_seq FROM index_state WHERE id = 1").fetchone()
     indexed = int(row[0]) if row is not None and isinstance(row[0], int) else -1
     if indexed < 0:
         problems.add(_LAST, "query index state is missing (the store was altered)")
         return
-    for table, column, select in INDEX_TABLES:
-        glue = " AND" if " WHERE " in select else " WHERE"
-        derived = f"{select}{glue} e.seq <= ?1"
-        kept = f"SELECT {column}, seq FROM {table}"  # noqa: S608
-        missing = conn.execute(
-            f"SELECT MIN(seq), count(*) FROM ({derived} EXCEPT {kept})",  # noqa: S608
-            (indexed,),
-        ).fetchone()
-        extra = conn.execute(
-            f"SELECT MIN(seq), count(*) FROM ({kept} EXCEPT {derived})",  # noqa: S608
-            (indexed,),
-        ).fetchone()
-        if missing[1]:
-            problems.add(
-                int(missing[0]),
-                f"query index {table} lacks {missing[1]} entries from entry {missing[0]} "
-                "(trails and reports would omit them)",
-            )
-        if extra[1]:
-            problems.add(
-                _LAST,
-                f"query index {table} has {extra[1]} rows that match no entry "
-                f"(first at seq {extra[0]})",
-            )
+    conn.execute(f"CREATE TEMP TABLE plain(seq INTEGER PRIMARY KEY, {', '.join(INDEX_COLUMNS)})")
+    conn.execute(
+        f"INSERT INTO temp.plain SELECT seq, {', '.join(INDEX_COLUMNS)} "  # noqa: S608
+        "FROM main.entries WHERE seq <= ?",
+        (indexed,),
+    )
+    try:
+        for table, column, select in INDEX_TABLES:
+            if table == "ix_subject":
+                matches = f"instr(e.subject_pseudonyms, json_quote(i.{column})) > 0"
+                expected_sql = "SELECT total(json_array_length(subject_pseudonyms)) FROM temp.plain"
+            else:
+                matches = f"e.{column} = i.{column}"
+                expected_sql = f"SELECT count({column}) FROM temp.plain"  # noqa: S608
+            kept, valid = conn.execute(
+                f"SELECT count(*), count(e.seq) FROM main.{table} i "  # noqa: S608
+                f"LEFT JOIN temp.plain e ON e.seq = i.seq AND {matches}"
+            ).fetchone()
+            expected = int(conn.execute(expected_sql).fetchone()[0])
+            if kept == valid == expected:
+                continue
+            _explain_index(conn, table, column, select, problems)
+    finally:
+        conn.execute("DROP TABLE temp.plain")
+
+
+def _explain_index(
+    conn: sqlite3.Connection, table: str, column: str, select: str, problems: _Problems
+) -> None:
+    """The exact comparison of one index table with the entries it is derived from."""
+    derived = select.replace("FROM entries e", "FROM temp.plain e")
+    kept = f"SELECT {column}, seq FROM main.{table}"  # noqa: S608
+    missing = conn.execute(
+        f"SELECT MIN(seq), count(*) FROM ({derived} EXCEPT {kept})"  # noqa: S608
+    ).fetchone()
+    extra = conn.execute(
+        f"SELECT MIN(seq), count(*) FROM ({kept} EXCEPT {derived})"  # noqa: S608
+    ).fetchone()
+    if missing[1]:
+        problems.add(
+            int(missing[0]),
+            f"query index {table} lacks {missing[1]} entries from entry {missing[0]} "
+            "(trails and reports would omit them)",
+        )
+    if extra[1]:
+        problems.add(
+            _LAST,
+            f"query index {table} has {extra[1]} rows that match no entry "
+            f"(first at seq {extra[0]})",
+        )

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from consent import Directory, PolicySet, parse_directory, parse_policy
+from consent import Calendars, Directory, PolicySet, parse_calendars, parse_directory, parse_policy
 from schemas import ConfigError, ReasonCode
 
 from ._routing import PostcodeTable, parse_postcode_table
@@ -111,6 +111,8 @@ class Deployment:
     directory: Directory
     policy: PolicySet
     postcodes: PostcodeTable
+    #: School holidays and bank holidays for deadlines; None when deploy/ has none.
+    calendars: Calendars | None = None
 
 
 def _read(path: Path) -> str:
@@ -136,8 +138,13 @@ def load_deployment(deploy_dir: Path) -> Deployment:
         )
     directory_file = deploy_dir / "directory.toml"
     postcode_file = deploy_dir / "postcode_districts.toml"
+    calendar_dir = deploy_dir / "calendars"
+    calendar_files = sorted(calendar_dir.glob("*.toml")) if calendar_dir.is_dir() else []
     return Deployment(
         directory=parse_directory(_read(directory_file), str(directory_file)),
         policy=parse_policy({str(p): _read(p) for p in policy_files}),
         postcodes=parse_postcode_table(_read(postcode_file), str(postcode_file)),
+        calendars=parse_calendars({str(p): _read(p) for p in calendar_files})
+        if calendar_files
+        else None,
     )

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pydantic
 import structlog
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from audit import AuditRecord, entry_id_for
 from consent import (
+    LONDON,
     Consent,
     ConsentRecord,
     Decision,
@@ -37,6 +39,7 @@ from consent import (
     Permit,
     Recipient,
     current_consent,
+    deadline_for,
     decide,
     minimise,
     missing_minimum_dataset,
@@ -68,6 +71,7 @@ from ._topics import Headers, Topics
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
 _log = structlog.get_logger("safer.router")
+_LONDON = ZoneInfo(LONDON)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 MAX_INBOUND_BYTES = 1024 * 1024
 #: Whose consent counts for a concern: the child's own, and that of a parent or carer.
@@ -346,6 +350,26 @@ class RouterCore:
         plan.outcomes[AuditEvent.CONSENT_CHANGED.value] += 1
         return plan, record
 
+    def _deadline(
+        self, concern: ConcernModel, recipient: Recipient, outcome: str, now: datetime
+    ) -> datetime | None:
+        """The statutory clock for this disclosure (docs/TIMELINESS.md), if one applies."""
+        calendars = self._deployment.calendars
+        if calendars is None:
+            return None
+        deadline = deadline_for(
+            concern_type=concern.concern_type,
+            risk_grade=concern.risk_grade,
+            recipient_agency_type=recipient.agency_type,
+            outcome=outcome,
+            decided_at=now,
+            # The school's own partnership calendar: that is when the school is open.
+            school_calendar=calendars.school(recipient.lscp),
+            bank_holidays=calendars.bank_holidays,
+            zone=_LONDON,
+        )
+        return deadline.due if deadline is not None else None
+
     def _plan_decision(
         self,
         plan: Plan,
@@ -357,6 +381,7 @@ class RouterCore:
         now: datetime,
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
+        deadline: datetime | None = None
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None
@@ -378,6 +403,7 @@ class RouterCore:
             fields = payload.fields
             lawful_basis = decision.lawful_basis
             purpose = decision.purpose
+            deadline = self._deadline(concern, recipient, "REFER" if referral else "PERMIT", now)
             record: dict[str, Any] = {
                 "disclosure_id": disclosure_id,
                 "concern_id": concern.concern_id,
@@ -393,7 +419,7 @@ class RouterCore:
                 "reason_codes": [str(c) for c in decision.reason_codes],
                 "concern_type": concern.concern_type.value,
                 "risk_grade": concern.risk_grade.value,
-                "deadline": None,
+                "deadline": deadline,
                 "decided_at": now,
                 "payload_sha256": payload_sha256,
                 "payload": {
@@ -442,7 +468,7 @@ class RouterCore:
             policy_revision=decision.policy_revision,
             fields_disclosed=fields,
             payload_sha256=payload_sha256,
-            deadline=None,
+            deadline=deadline,
             at=now,
             actor=self._actor,
         )

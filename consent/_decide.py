@@ -219,9 +219,9 @@ def _share(facts: _Facts, match: _Match) -> _Share:
 
 def _covers_text(facts: _Facts, agreement: Agreement) -> str:
     return (
-        f"agreement '{agreement.id}' ({agreement.title}) covers {facts.source.value} to "
-        f"{facts.recipient.agency_type.value} for concern type "
-        f"{facts.concern.concern_type.value} and {agreement.age_text()}"
+        f"agreement '{agreement.id}' ({agreement.title}) covers {facts.source} to "
+        f"{facts.recipient.agency_type} for concern type "
+        f"{facts.concern.concern_type} and {agreement.age_text()}"
     )
 
 
@@ -236,8 +236,7 @@ def _permit(facts: _Facts, match: _Match, consent_reasons: Sequence[str]) -> Per
     agreement = match.agreement
     reasons = [
         _covers_text(facts, agreement),
-        f"risk grade {facts.concern.risk_grade.value} meets the minimum "
-        f"{agreement.min_risk_grade.value}",
+        f"risk grade {facts.concern.risk_grade} meets the minimum {agreement.min_risk_grade}",
         *consent_reasons,
         *_origin(facts),
         *share.notes,
@@ -333,10 +332,7 @@ def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
         return _deny(
             facts,
             ReasonCode.NO_LAWFUL_BASIS,
-            [
-                f"no data-sharing agreement lets {facts.source.value} share with "
-                f"{recipient_type.value}"
-            ],
+            [f"no data-sharing agreement lets {facts.source} share with {recipient_type}"],
         )
     concern_type = facts.concern.concern_type
     typed = [a for a in parties if a.covers(concern_type)]
@@ -346,8 +342,8 @@ def _lawful_matches(facts: _Facts) -> list[_Match] | Deny:
             facts,
             ReasonCode.NO_LAWFUL_BASIS,
             [
-                f"no agreement between {facts.source.value} and {recipient_type.value} "
-                f"covers concern type {concern_type.value} (considered {ids})"
+                f"no agreement between {facts.source} and {recipient_type} "
+                f"covers concern type {concern_type} (considered {ids})"
             ],
             parties,
         )
@@ -377,7 +373,7 @@ def _above_threshold(facts: _Facts, matches: list[_Match]) -> list[_Match] | Den
         facts,
         ReasonCode.BELOW_THRESHOLD,
         [
-            f"risk grade {grade.value} is below the minimum {m.agreement.min_risk_grade.value} "
+            f"risk grade {grade} is below the minimum {m.agreement.min_risk_grade} "
             f"of agreement '{m.agreement.id}' ({m.agreement.title})"
             for m in matches
         ],
@@ -457,7 +453,7 @@ def _consent(facts: _Facts, match: _Match) -> Decision:
             facts,
             match,
             [
-                f"{described} overridden: risk grade {grade.value} records a risk of "
+                f"{described} overridden: risk grade {grade} records a risk of "
                 f"significant harm, and {_protecting(agreement)} "
                 f"(agreement '{agreement.id}' consent rule overridable_at_risk)"
             ],
@@ -465,7 +461,7 @@ def _consent(facts: _Facts, match: _Match) -> Decision:
     why = (
         f"{described} and agreement '{agreement.id}' requires consent"
         if not overrides
-        else f"{described} and risk grade {grade.value} does not record a risk of "
+        else f"{described} and risk grade {grade} does not record a risk of "
         "significant harm, so it cannot be overridden"
     )
     return _refuse(facts, match, why)

@@ -1,110 +1,289 @@
-"""`safer audit …`: check and query the audit log."""
+"""`safer audit verify|checkpoint|prove|verify-bundle`: prove the audit log is intact."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
-from audit import AuditStore, verify_store
-from schemas import LogTamperedError
+from audit import (
+    AuditStore,
+    LogKey,
+    StoreTamperedError,
+    verify_bundle,
+    verify_store,
+)
+from schemas import AuditError, ConfigError, LogTamperedError, ReasonCode
 
 from ._cli_audit_reports import register_reports
 from ._cli_common import FORMATTER, err, out, settings_from
+from ._runtime import Runtime
 
 __all__ = ["register"]
 
+_KEY_HELP = (
+    "the log's public key: a PEM file (<data-dir>/keys/safer-audit-log/signing.pub), "
+    "a file holding the one-line verifier key, or that line itself"
+)
 
-# -- audit --------------------------------------------------------------------
+
+def _read_key(value: str) -> LogKey:
+    """A ``--key`` argument: a PEM or verifier-key file, or a verifier key itself."""
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else value
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the key file {path}: {exc.strerror}",
+            code=ReasonCode.CONFIG_INVALID,
+            hint=f"--key takes {_KEY_HELP}",
+        ) from None
+    if "+" not in text and "-----BEGIN" not in text:
+        raise ConfigError(
+            f"--key {value!r} is neither a key file nor a verifier key",
+            code=ReasonCode.CONFIG_INVALID,
+            hint=f"--key takes {_KEY_HELP}",
+        )
+    return LogKey.parse(text)
+
+
+def _data_dir_key(args: argparse.Namespace) -> LogKey | None:
+    """The log key of the data directory, if it has one."""
+    try:
+        return _signing_runtime(args).log_key()
+    except ConfigError:
+        return None
+
+
+def _signing_runtime(args: argparse.Namespace) -> Runtime:
+    return Runtime(settings_from(args), bootstrap="")
+
+
+# -- verify -------------------------------------------------------------------
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     path = settings.audit_db
+    key = _read_key(args.key) if args.key else _data_dir_key(args)
+    anchors = [Path(p).read_text(encoding="utf-8") for p in args.checkpoint]
     try:
-        summary = verify_store(path)
-    except LogTamperedError as exc:
+        summary = verify_store(path, key=key, anchors=anchors, index=not args.no_index)
+    except StoreTamperedError as exc:
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "entries": None,
-                        "root": None,
-                        "checkpoint_verified": False,
-                        "consistent": False,
-                        "problems": exc.problems,
-                    }
-                )
-            )
+            print(json.dumps(exc.summary.to_json(exc.problems)))
         else:
             err.print(f"[red]audit log FAILED verification[/] ({path}):")
             for problem in exc.problems:
                 err.print(f"  - {problem}")
             err.print(exc.hint)
         return 1
+    except LogTamperedError as exc:  # pragma: no cover - verify_store raises the subclass
+        err.print(f"[red]audit log FAILED verification[/]: {exc.message}")
+        return 1
+    if args.json:
+        print(json.dumps(summary.to_json()))
+        return 0
+    out.print(
+        f"[green]audit log verified[/]: {summary.entries} entries, root {summary.root}; "
+        f"{summary.checkpoints_verified} of {summary.checkpoints} checkpoints signed and "
+        "matching",
+        soft_wrap=True,
+    )
+    if key is None:
+        err.print(
+            "[yellow]note[/]: no log key found, so checkpoint signatures were not checked; "
+            f"pass --key ({_KEY_HELP})"
+        )
+    elif not summary.checkpoint_verified:
+        err.print(
+            "[yellow]note[/]: the newest checkpoint is not signed by the log key; "
+            "write one with `safer audit checkpoint`"
+        )
+    return 0
+
+
+# -- checkpoint ---------------------------------------------------------------
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    runtime = _signing_runtime(args)
+    signer = runtime.log_signer()
+    with AuditStore(runtime.settings.audit_db, signer=signer) as store:
+        checkpoint = store.checkpoint()
+    sys.stdout.write(checkpoint.note)
+    err.print(f"checkpoint {checkpoint.id} written: size {checkpoint.size}, signed.")
+    err.print(f"log key (give it to auditors): {signer.key.vkey()}", soft_wrap=True)
+    return 0
+
+
+# -- prove / verify-bundle -----------------------------------------------------
+
+
+def cmd_audit_prove(args: argparse.Namespace) -> int:
+    runtime = _signing_runtime(args)
+    try:
+        signer = runtime.log_signer()
+    except ConfigError:
+        signer = None  # a stored signed checkpoint may still cover the entry
+    with AuditStore(runtime.settings.audit_db, signer=signer) as store:
+        bundle = store.proof_bundle(args.seq)
+    print(json.dumps(bundle, indent=2, ensure_ascii=False))
+    err.print(
+        f"proof of entry {args.seq} against a signed checkpoint of size {bundle['tree_size']}; "
+        "check it with `safer audit verify-bundle FILE --key PUB`"
+    )
+    return 0
+
+
+def _describe(record: Any) -> str:
+    parts = [record.event.value]
+    for name in ("disclosure_id", "recipient", "lawful_basis"):
+        value = getattr(record, name)
+        if value:
+            parts.append(f"{name.replace('_', ' ')} {value}")
+    return ", ".join(parts)
+
+
+def cmd_audit_verify_bundle(args: argparse.Namespace) -> int:
+    key = _read_key(args.key)
+    source = args.bundle
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the bundle {source}: {exc.strerror}",
+            code=ReasonCode.CONFIG_INVALID,
+            hint="pass the file `safer audit prove SEQ > bundle.json` wrote, or - for stdin",
+        ) from None
+    try:
+        summary = verify_bundle(data, key)
+    except AuditError as exc:
+        if exc.code != ReasonCode.AUDIT_TAMPERED:
+            raise
+        if args.json:
+            print(json.dumps({"verified": False, "problem": exc.message}))
+        else:
+            err.print(f"[red]bundle FAILED verification[/]: {exc.message}")
+            err.print(exc.hint)
+        return 1
     if args.json:
         print(
             json.dumps(
                 {
-                    "entries": summary.entries,
-                    "root": summary.head,
-                    "checkpoint_verified": summary.checkpoints_verified > 0,
-                    "consistent": True,
-                    "problems": [],
+                    "verified": True,
+                    "seq": summary.seq,
+                    "origin": summary.origin,
+                    "tree_size": summary.tree_size,
+                    "root": summary.root.hex(),
+                    "key": summary.key_name,
+                    "entry": json.loads(summary.record.canonical_bytes()),
                 }
             )
         )
-    else:
-        out.print(
-            f"[green]audit log verified[/]: {summary.entries} entries, chain head {summary.head}"
-        )
+        return 0
+    out.print(
+        f"[green]bundle verified[/]: entry {summary.seq} ({_describe(summary.record)}, "
+        f"at {summary.record.at.isoformat()}) is in log {summary.origin} of "
+        f"{summary.tree_size} entries, root {summary.root.hex()}, checkpoint signed by "
+        f"{summary.key_name}",
+        soft_wrap=True,
+    )
     return 0
 
 
-def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    with AuditStore(settings.audit_db) as store:
-        checkpoint = store.checkpoint()
-    out.print(f"checkpoint written: {checkpoint}")
-    return 0
+# -- parser -------------------------------------------------------------------
 
 
 def register(sub: Any) -> None:
     audit = sub.add_parser(
         "audit",
-        help="check and query the audit log",
+        help="check, prove and query the audit log",
         formatter_class=FORMATTER,
-        description="Audit log commands. The log (<data-dir>/audit.db) is append-only and\n"
-        "hash-chained: every disclosure, withheld decision, referral, quarantine\n"
-        "and receipt is an entry, and no entry can change without detection.\n\n"
-        "example:\n  safer audit verify\n  safer audit checkpoint",
+        description="Audit log commands. The log (<data-dir>/audit.db) is an append-only\n"
+        "RFC 9162 Merkle log: every disclosure, withheld decision, referral,\n"
+        "quarantine and receipt is an entry, and signed checkpoints commit to its\n"
+        "size and root, so no entry can change, vanish or move without detection.\n\n"
+        "example:\n  safer audit verify\n  safer audit checkpoint > checkpoint.txt\n"
+        "  safer audit prove 42 > bundle.json\n"
+        "  safer audit verify-bundle bundle.json --key .safer/keys/safer-audit-log/signing.pub",
     )
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = audit_sub.add_parser(
         "verify",
-        help="recompute the hash chain and report tampering",
+        help="recompute the Merkle tree and report tampering",
         formatter_class=FORMATTER,
-        description="Recompute every entry's hash and the chain from the store file, read-only,\n"
-        "and report modified, deleted, reordered or truncated entries and forged\n"
-        "checkpoints, naming the first bad sequence number. Exit code 1 on problems.\n\n"
-        "example:\n  safer audit verify\n  safer --data-dir .safer/demo audit verify --json",
+        description="Recompute every entry's leaf hash and the tree from the store file,\n"
+        "read-only, check every checkpoint's signature and root, and report modified,\n"
+        "deleted, reordered or truncated entries, forged checkpoints and checkpoints\n"
+        "that contradict each other, naming the first bad sequence number.\n"
+        "Exit code 1 on problems. The log key is read from the data directory\n"
+        "unless --key is given.\n\n"
+        "example:\n  safer audit verify\n  safer --data-dir .safer/demo audit verify --json\n"
+        "  safer audit verify --key log.vkey --checkpoint checkpoint-kept-by-dpo.txt",
     )
     verify.add_argument(
         "--json",
         action="store_true",
         help='print {"entries","root","checkpoint_verified","consistent","problems"}',
     )
+    verify.add_argument("--key", help=_KEY_HELP)
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a signed checkpoint kept outside the store (repeatable); the log must "
+        "still match it, which also catches truncation",
+    )
+    verify.add_argument(
+        "--no-index",
+        action="store_true",
+        help="check the log alone (entries, order, tree, checkpoints), not the query "
+        "columns and index: several times faster on a large log",
+    )
     verify.set_defaults(func=cmd_audit_verify)
+
     checkpoint = audit_sub.add_parser(
         "checkpoint",
-        help="record the current size and chain head as a checkpoint",
+        help="sign and store a checkpoint of the log's size and root",
         formatter_class=FORMATTER,
-        description="Append a checkpoint (the log's size and chain head at this moment) to the\n"
-        "store. A later `safer audit verify` checks the log still matches every\n"
-        "checkpoint, so deleting entries from the end (truncation) is detected. Copy\n"
-        "the printed line somewhere the operator cannot edit (a ticket, an email to\n"
-        "the DPO) to make it an external anchor.\n\n"
-        "example:\n  safer audit checkpoint",
+        description="Write a checkpoint (the log's size and RFC 9162 root) signed with the\n"
+        "log key as a C2SP signed note, keep it in the store, and print it. `safer up`\n"
+        "also writes one every minute while the log grows. Keep a printed checkpoint\n"
+        "somewhere the operator cannot edit (a ticket, an email to the DPO): later,\n"
+        "`safer audit verify --checkpoint FILE` proves the log still extends it.\n\n"
+        "example:\n  safer audit checkpoint > checkpoint-2025-03-04.txt",
     )
     checkpoint.set_defaults(func=cmd_audit_checkpoint)
+
+    prove = audit_sub.add_parser(
+        "prove",
+        help="export one entry with its inclusion proof and a signed checkpoint",
+        formatter_class=FORMATTER,
+        description="Print a proof bundle (JSON) for entry SEQ: the entry's exact bytes, its\n"
+        "RFC 9162 inclusion proof and a signed checkpoint. Anyone holding the log's\n"
+        "public key can check it offline with `safer audit verify-bundle`, without\n"
+        "the store. Entries hold pseudonyms and ids only, never personal data.\n\n"
+        "example:\n  safer audit prove 42 > bundle.json",
+    )
+    prove.add_argument("seq", type=int, metavar="SEQ", help="sequence number of the entry")
+    prove.set_defaults(func=cmd_audit_prove)
+
+    verify_bundle_cmd = audit_sub.add_parser(
+        "verify-bundle",
+        help="check a proof bundle offline with the log's public key",
+        formatter_class=FORMATTER,
+        description="Verify a bundle from `safer audit prove`: the checkpoint's signature by\n"
+        "the log key, the entry's leaf hash and its inclusion proof against the signed\n"
+        "root. Needs no store and no data directory. Exit code 1 if it does not hold.\n\n"
+        "example:\n  safer audit verify-bundle bundle.json --key signing.pub\n"
+        "  safer audit verify-bundle bundle.json --key 'safer-exchange.hips/audit/v1+…'",
+    )
+    verify_bundle_cmd.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
+    verify_bundle_cmd.add_argument("--key", required=True, help=_KEY_HELP)
+    verify_bundle_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    verify_bundle_cmd.set_defaults(func=cmd_audit_verify_bundle)
     register_reports(audit_sub)

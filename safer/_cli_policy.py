@@ -116,13 +116,16 @@ def compact_fields(fields: tuple[str, ...] | list[str]) -> str:
 
 def _agreements_table(policy: PolicySet) -> Table:
     table = Table(title="Who may receive what (data-sharing agreements)", show_lines=True)
-    longest = max(len(a.id) for a in policy.agreements)
-    table.add_column("agreement\nfrom → to", no_wrap=True, min_width=longest)
+    longest = max(
+        len(text)
+        for a in policy.agreements
+        for text in (a.id, f"{a.profile} ({len(policy.profile(a.profile).fields)} fields)")
+    )
+    table.add_column("agreement\nfrom → to\nprofile", no_wrap=True, min_width=longest)
     table.add_column("concern types", overflow="fold")
     table.add_column("min grade\nages", overflow="fold")
     table.add_column("lawful bases\n(first is cited)", overflow="fold")
-    table.add_column("consent rule", overflow="fold")
-    table.add_column("profile (fields)", overflow="fold")
+    table.add_column("consent rule", no_wrap=True)
     for agreement in policy.agreements:
         profile = policy.profile(agreement.profile)
         flags = [
@@ -136,13 +139,13 @@ def _agreements_table(policy: PolicySet) -> Table:
         ]
         table.add_row(
             f"{agreement.id}\n{', '.join(t.value for t in agreement.source_agency_types)} → "
-            f"{', '.join(t.value for t in agreement.recipient_agency_types)}",
+            f"{', '.join(t.value for t in agreement.recipient_agency_types)}\n"
+            f"{profile.name} ({len(profile.fields)} fields)",
             ", ".join(str(t) for t in agreement.concern_types),
             f"{agreement.min_risk_grade.value}\n{agreement.age_text().removeprefix('a ')}"
             + "".join(f"\n{f}" for f in flags),
             "\n".join(agreement.lawful_bases),
             agreement.consent_rule,
-            f"{profile.name} ({len(profile.fields)})",
         )
     return table
 

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from adapters import Inbox, PoliceAdapter, RecipientAdapter
-from audit import AuditStore
+from audit import DEFAULT_ORIGIN, AuditStore, LogKey, LogSigner
 from broker import (
     ROUTER_ID,
     AuditFeed,
@@ -37,12 +37,16 @@ from broker import (
 from consent import Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
 
-__all__ = ["BROKER_FILE", "Runtime", "resolve_bootstrap", "write_broker_file"]
+__all__ = ["AUDIT_LOG_ID", "BROKER_FILE", "Runtime", "resolve_bootstrap", "write_broker_file"]
 
 _log = structlog.get_logger("safer")
 
 #: Where a running `safer up` / `safer broker` advertises its embedded broker.
 BROKER_FILE = "broker.json"
+
+#: Key-store identity whose Ed25519 key signs audit-log checkpoints. It is not in
+#: the keyring: nothing on Kafka is signed with it.
+AUDIT_LOG_ID = "safer-audit-log"
 
 
 def write_broker_file(data_dir: Path, bootstrap: str) -> Path:
@@ -100,12 +104,28 @@ class Runtime:
             *(r.id for r in directory.recipients),
         ]
 
+    def key_identities(self) -> list[str]:
+        """Every identity with keys: those on Kafka, and the audit log's checkpoint signer."""
+        return [*self.identities(), AUDIT_LOG_ID]
+
     def init_keys(self, *, overwrite: bool = False) -> int:
         """Create development keys for every identity; returns how many were new."""
         created = int(self.keys.init_pseudonym_secret())
-        for identity in self.identities():
+        for identity in self.key_identities():
             created += int(self.keys.init_agency(identity, overwrite=overwrite))
         return created
+
+    def log_signer(self) -> LogSigner:
+        """The audit log's checkpoint signer (C2SP signed notes)."""
+        return LogSigner(DEFAULT_ORIGIN, self.keys.signing_identity(AUDIT_LOG_ID).private_key)
+
+    def log_key(self) -> LogKey:
+        """The audit log's public key, as auditors verify checkpoints with it."""
+        return LogKey(DEFAULT_ORIGIN, self.keys.signing_public(AUDIT_LOG_ID))
+
+    def audit_store(self) -> AuditStore:
+        """The audit store of this data directory, signing checkpoints with the log key."""
+        return AuditStore(self.settings.audit_db, signer=self.log_signer())
 
     def keyring(self) -> Keyring:
         missing = [i for i in self.identities() if not self.keys.has_agency(i)]
@@ -158,7 +178,9 @@ class Runtime:
             security=self.security,
         )
 
-    def audit_feed(self, store: AuditStore) -> AuditFeed:
+    def audit_feed(
+        self, store: AuditStore, *, checkpoint_interval: float = 60.0, batch_size: int = 2000
+    ) -> AuditFeed:
         return AuditFeed(
             store=store,
             codec=self.codec,
@@ -167,6 +189,9 @@ class Runtime:
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
             security=self.security,
+            checkpoint_signer=self.log_signer(),
+            checkpoint_interval=checkpoint_interval,
+            batch_size=batch_size,
         )
 
     def recipient_topics(self, recipient: Recipient) -> list[str]:
@@ -230,7 +255,7 @@ class Runtime:
         position, so a restart neither loses nor repeats work.
         """
         own_store = store is None and feed
-        audit_store = store or (AuditStore(self.settings.audit_db) if feed else None)
+        audit_store = store or (self.audit_store() if feed else None)
         chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
         runners: list[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = []
         if feed and audit_store is not None:

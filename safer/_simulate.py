@@ -24,7 +24,14 @@ from zoneinfo import ZoneInfo
 from adapters import synthetic_concerns
 from broker import candidate_recipients, load_deployment, resolve_partnerships
 from consent import Deny, Permit, decide
-from consent._deadlines import LONDON, Calendar, Closure, deadline_for, parse_calendars
+from consent._deadlines import (
+    LONDON,
+    Calendar,
+    Calendars,
+    Closure,
+    deadline_for,
+    parse_calendars,
+)
 from consent._timeliness import DueAlert, Tracked, alerts_due, completed_at
 from schemas import AgencyType, ConcernModel
 
@@ -67,8 +74,8 @@ def _behaviour(rng: random.Random, recipient_id: str, never: set[str], down: set
     return "prompt" if roll < 0.75 else "slow" if roll < 0.95 else "late"
 
 
-def _with_injected_closure(calendars: object, lscp: str) -> Calendar | None:
-    school = calendars.school(lscp)  # type: ignore[attr-defined]
+def _with_injected_closure(calendars: Calendars, lscp: str) -> Calendar | None:
+    school = calendars.school(lscp)
     if school is None or lscp != INJECTED_CLOSURE[0]:
         return school
     closure = Closure(first=INJECTED_CLOSURE[1], last=INJECTED_CLOSURE[2], name=INJECTED_CLOSURE[3])

@@ -51,7 +51,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = Runtime(settings, bootstrap="")
     created = runtime.init_keys(overwrite=args.force)
-    total = len(runtime.identities())
+    total = len(runtime.key_identities())
     err.print(
         f"[green]keys ready[/] for {total} identities in {settings.keys_dir} "
         f"({created} created; private keys are mode 0600)"

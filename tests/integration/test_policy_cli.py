@@ -77,7 +77,8 @@ def test_policy_check_prints_who_may_receive_what(tmp_path: Path) -> None:
     assert policy.revision in text
     for agreement in policy.agreements:
         assert agreement.id in text, agreement.id  # never wrapped
-        assert f"{agreement.profile} ({len(policy.profile(agreement.profile).fields)})" in text
+        fields = len(policy.profile(agreement.profile).fields)
+        assert f"{agreement.profile} ({fields} fields)" in text
     compact = text.replace("\n", "").replace("│", "").replace(" ", "")
     for word in ("DAA2021-S49A", "CDA1998-S115", "overridable_at_risk", "not_required"):
         assert word in compact

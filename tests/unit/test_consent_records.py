@@ -355,6 +355,7 @@ def test_the_router_audits_a_consent_record_then_uses_it(
     assert after.reason_codes == ("CONSENT_REFUSED",)
     assert any(withdrawal.consent_record_id in r for r in after.reasons)
     assert after.decision_id == before.decision_id  # same concern, recipient and policy
+    assert after.policy_revision == runtime.deployment.policy.revision
 
     # An alleged perpetrator's "consent" does not count.
     view2 = runtime.consent_view()

@@ -35,6 +35,7 @@ from ._kafka import (
     verify_origin,
 )
 from ._keys import KeyStore
+from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
     Candidate,
@@ -49,6 +50,7 @@ from ._topics import HEADER_NAMES, Headers, Topics
 
 __all__ = [
     "HEADER_NAMES",
+    "RECEIPT_PREFIX",
     "ROUTER_ID",
     "AuditFeed",
     "Candidate",
@@ -67,6 +69,7 @@ __all__ = [
     "SealedPayload",
     "Settings",
     "SigningIdentity",
+    "TimelinessMonitor",
     "Topics",
     "VerifiedOrigin",
     "candidate_recipients",
@@ -93,6 +96,7 @@ __all__ = [
     "signed_record",
     "subject_key",
     "tansu_binary",
+    "tracked_from_records",
     "verify_consent_record",
     "verify_origin",
     "verify_record",

@@ -36,7 +36,8 @@ class Settings(BaseModel):
     ``SAFER_TOPIC_PREFIX`` (default ``hips``), ``KAFKA_BOOTSTRAP_SERVERS`` (unset:
     start the embedded broker), and for a real cluster ``KAFKA_SECURITY_PROTOCOL``,
     ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``,
-    ``KAFKA_SSL_CAFILE``.
+    ``KAFKA_SSL_CAFILE``; ``SAFER_DELIVERY_EXPIRY_MINUTES`` (default 240) for
+    non-delivery reports.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -50,6 +51,8 @@ class Settings(BaseModel):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    #: A disclosure not received within this many minutes gets a non-delivery report.
+    delivery_expiry_minutes: int = 240
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -66,6 +69,7 @@ class Settings(BaseModel):
             "sasl_username": env.get("KAFKA_SASL_USERNAME"),
             "sasl_password": env.get("KAFKA_SASL_PASSWORD"),
             "ssl_cafile": env.get("KAFKA_SSL_CAFILE"),
+            "delivery_expiry_minutes": int(env.get("SAFER_DELIVERY_EXPIRY_MINUTES", "240")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

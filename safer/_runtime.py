@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from broker import (
     Router,
     RouterCore,
     Settings,
+    TimelinessMonitor,
     create_topics,
     ensure_consent_topic,
     load_deployment,
@@ -143,6 +145,8 @@ class Runtime:
         wanted.update({name: 1 for name in topics.all_recipient_topics()})
         for name in (topics.quarantine, topics.audit, topics.receipts, topics.alerts):
             wanted[name] = 1
+        for publisher in self.deployment.directory.publishers:
+            wanted[f"{topics.prefix}.notices.{publisher.agency_type.value}"] = 1
         return wanted
 
     async def create_topics(self) -> None:
@@ -192,6 +196,19 @@ class Runtime:
             checkpoint_signer=self.log_signer(),
             checkpoint_interval=checkpoint_interval,
             batch_size=batch_size,
+        )
+
+    def monitor(self, store: AuditStore) -> TimelinessMonitor:
+        return TimelinessMonitor(
+            store=store,
+            state_path=self.settings.data_dir / "monitor.db",
+            directory=self.deployment.directory,
+            codec=self.codec,
+            identity=self.keys.signing_identity(ROUTER_ID),
+            topics=self.settings.topics,
+            bootstrap_servers=self.bootstrap,
+            expiry=timedelta(minutes=self.settings.delivery_expiry_minutes),
+            security=self.security,
         )
 
     def recipient_topics(self, recipient: Recipient) -> list[str]:
@@ -246,6 +263,7 @@ class Runtime:
         on_ready: Callable[[], None] | None = None,
         store: AuditStore | None = None,
         max_backoff: float = 30.0,
+        monitor: bool = True,
     ) -> None:
         """Run the chosen services until ``stop`` is set.
 
@@ -260,6 +278,8 @@ class Runtime:
         runners: list[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = []
         if feed and audit_store is not None:
             runners.append(("audit-feed", self.audit_feed(audit_store).run))
+            if monitor:
+                runners.append(("monitor", self.monitor(audit_store).run))
         runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
         if router:
             runners.append(("router", self.router().run))

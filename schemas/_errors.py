@@ -59,6 +59,7 @@ class ReasonCode(StrEnum):
     KEY_MISSING = "KEY_MISSING"
     PROCESSING_ERROR = "PROCESSING_ERROR"
     PAYLOAD_MISMATCH = "PAYLOAD_MISMATCH"
+    NOT_DELIVERED = "NOT_DELIVERED"
 
 
 class SaferError(Exception):

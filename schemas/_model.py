@@ -144,6 +144,8 @@ class AuditEvent(StrEnum):
     CONSENT_CHANGED = "CONSENT_CHANGED"
     KEY_SHREDDED = "KEY_SHREDDED"
     OTHER = "OTHER"
+    #: Issue 5: a disclosure not received within its expiry (non-delivery report sent).
+    NOT_DELIVERED = "NOT_DELIVERED"
 
 
 class Lscp(StrEnum):

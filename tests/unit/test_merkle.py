@@ -146,6 +146,60 @@ def test_a_tree_grown_in_steps_equals_one_built_at_once() -> None:
 # -- verification refuses what does not hold ------------------------------------------
 
 
+def _rfc_verify_inclusion(
+    leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes
+) -> bool:
+    """RFC 9162 §2.1.3.2, transcribed literally."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def test_inclusion_verification_accepts_exactly_what_the_rfc_text_accepts() -> None:
+    """Ours walks per level; the RFC shifts bits. Same verdict on right and wrong inputs."""
+    leaves = [leaf_hash(e) for e in _entries(70)]
+    tree = MerkleTree(leaves)
+    for n in range(1, 71):
+        root = tree.root(n)
+        for index in range(n):
+            proof = tree.inclusion_proof(index, n)
+            cases = [
+                (index, n, proof),
+                (index, n, proof[:-1]),
+                (index, n, [*proof, root]),
+                (index, n, proof[::-1]),
+                ((index + 1) % n, n, proof),
+                *((index, other, proof) for other in (n - 1, n + 1, n + 2) if other > 0),
+            ]
+            for at, size, path in cases:
+                try:
+                    verify_inclusion(leaves[index], at, size, path, root)
+                    ours = True
+                except AuditError:
+                    ours = False
+                assert ours == _rfc_verify_inclusion(leaves[index], at, size, path, root), (
+                    index,
+                    n,
+                    at,
+                    size,
+                    len(path),
+                )
+
+
 def _tree(n: int = 11) -> tuple[list[bytes], MerkleTree]:
     leaves = [leaf_hash(e) for e in _entries(n)]
     return leaves, MerkleTree(leaves)

@@ -21,7 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters import ParsedRecord, synthetic_concerns
 from audit import AuditStore, verify_store
-from broker import Headers, OutRecord, Settings, SigningIdentity, make_producer, send_all
+from broker import (
+    Headers,
+    OutRecord,
+    Settings,
+    SigningIdentity,
+    make_producer,
+    send_all,
+    tracked_from_records,
+)
+from consent import completed_at
 from schemas import AuditEvent, ConcernModel, LogTamperedError, Lscp
 
 from ._runtime import Runtime
@@ -52,6 +61,11 @@ class DemoResult:
     withheld_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    deadlines_total: int = 0
+    deadlines_met: int = 0
+    deadlines_open: int = 0
+    deadlines_missed: int = 0
+    deadline_rules: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +83,8 @@ class DemoResult:
             "audit_verified": self.audit_verified,
             "by_lscp": self.by_lscp,
             "seconds": round(self.seconds, 3),
+            "deadlines_total": self.deadlines_total,
+            "deadlines_met": self.deadlines_met,
         }
 
 
@@ -159,6 +175,26 @@ def _tally(store: AuditStore, result: DemoResult) -> tuple[set[str], set[str], s
     return decided, delivered, received
 
 
+def _tally_deadlines(store: AuditStore, runtime: Runtime, result: DemoResult) -> None:
+    """Deadlines met so far: done (received for notifications, else actioned) in time.
+
+    In a demo that lasts seconds, most deadlines are still open: nobody has had
+    time to act. They are counted as open, not as met or missed.
+    """
+    now = datetime.now(UTC)
+    for item in tracked_from_records(store.records(), runtime.deployment.directory):
+        if item.due is None:
+            continue
+        result.deadlines_total += 1
+        done = completed_at(item)
+        if done is not None and done <= item.due:
+            result.deadlines_met += 1
+        elif done is None and item.due > now:
+            result.deadlines_open += 1
+        else:
+            result.deadlines_missed += 1
+
+
 async def run_demo(
     settings: Settings,
     *,
@@ -234,6 +270,7 @@ async def run_demo(
             result.problems.append(f"a service failed: {type(exc).__name__}: {exc}")
             result.accounted = False
         _tally(store, result)
+        _tally_deadlines(store, runtime, result)
         store.close()
     try:
         verify_store(settings.audit_db)

@@ -21,6 +21,8 @@ from ._cli_audit import register as register_audit
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
+from ._cli_track import record_published
+from ._cli_track import register as register_track
 from ._demo import run_demo
 from ._logging import configure_logging
 from ._runtime import Runtime, resolve_bootstrap, write_broker_file
@@ -104,6 +106,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
             outcomes = await police.publish(producer, parsed)
         finally:
             await producer.stop()
+        record_published(
+            settings.data_dir,
+            [(r.concern.concern_id, r.concern.source_ref) for r in parsed if r.concern],
+        )
         rejected = 0
         for outcome in outcomes:
             line = f"{outcome.concern_id or '-'} {outcome.status}"
@@ -211,6 +217,12 @@ def _print_demo_summary(result: Any, data_dir: Path) -> None:
     )
     out.print(_codes_table("Quarantined (the deliberately bad records)", result.quarantine_codes))
     out.print("[dim]kept with their original bytes on hips.quarantine, replayable after a fix[/]")
+    out.print(
+        f"deadlines: {result.deadlines_total} disclosures carry a statutory clock; "
+        f"{result.deadlines_met} met (notifications received in time), "
+        f"{result.deadlines_open} still open (nobody has had time to act in a demo), "
+        f"{result.deadlines_missed} missed. Watch them with: safer overdue"
+    )
     verdict = "[green]verified[/]" if result.audit_verified else "[red]FAILED[/]"
     out.print(
         f"published {result.published} · audit records {result.audit_records} · "
@@ -396,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
-    for register in (register_audit, register_policy, register_inbox):
+    for register in (register_audit, register_policy, register_inbox, register_track):
         register(sub)
     return parser
 

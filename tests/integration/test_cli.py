@@ -33,6 +33,8 @@ SUBCOMMANDS = [
     ["inbox", "show"],
     ["inbox", "ack"],
     ["inbox", "action"],
+    ["track"],
+    ["overdue"],
 ]
 
 
@@ -97,7 +99,10 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
         "audit_verified",
         "by_lscp",
         "seconds",
+        "deadlines_met",
+        "deadlines_total",
     }
+    assert 0 < summary["deadlines_met"] <= summary["deadlines_total"]
     assert summary["published"] == 30
     assert summary["quarantined"] == 5
     assert summary["audit_verified"] is True

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,22 @@ def test_find_read_and_action_a_disclosure(tmp_path: Path) -> None:
         assert "Poppy" in shown.stdout and "Data Protection Act 2018" in shown.stdout
         assert "receipt(s) sent" in shown.stderr
 
+        # 2b. Ten days on, it is overdue for the MASH (nobody has actioned it).
+        later = (datetime.now(UTC) + timedelta(days=10)).isoformat()
+
+        def overdue_ids() -> list[str]:
+            result = _safer("overdue", "--at", later, "--json", env=env, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            return [row["disclosure_id"] for row in json.loads(result.stdout)]
+
+        _wait_for(lambda: any(i.startswith(short_id) for i in overdue_ids()))
+        tracked = _safer("track", CONCERN_ID, "--json", env=env, cwd=tmp_path)
+        rows = {r["recipient"]: r for r in json.loads(tracked.stdout)}
+        assert rows["portsmouth-csc"]["deadline"] and rows["school-116330"]["deadline"]
+        assert rows["portsmouth-yjs"]["outcome"] == "WITHHELD"
+        by_ref = _safer("track", "--source-ref", "44260481273", "--json", env=env, cwd=tmp_path)
+        assert json.loads(by_ref.stdout) == json.loads(tracked.stdout)
+
         # 3. Action it with a note for the police.
         note = "Strategy discussion booked for 10:00 with police and health"
         acted = _safer(
@@ -130,6 +147,10 @@ def test_find_read_and_action_a_disclosure(tmp_path: Path) -> None:
         _wait_for(
             lambda: _statuses(data / "audit.db", full_id) == ["ACTIONED", "OPENED", "RECEIVED"]
         )
+
+        _wait_for(lambda: not any(i.startswith(short_id) for i in overdue_ids()))
+        status = json.loads(_safer("track", CONCERN_ID, "--json", env=env, cwd=tmp_path).stdout)
+        assert {r["recipient"]: r for r in status}["portsmouth-csc"]["time_left"] == "done"
 
         # 5. The note is readable by the police only.
         receipts = asyncio.run(read_topic(bootstrap, Settings().topics.receipts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -38,8 +39,27 @@ SUBCOMMANDS = [
 ]
 
 
+def _leftover_brokers(env: dict[str, str]) -> list[int]:
+    """Tansu processes started under this test's environment that are still alive.
+
+    Other test runs on a shared machine start brokers too; only ours carry this
+    test's SAFER_TEST_MARK (brokers inherit their parent's environment).
+    """
+    mark = f"SAFER_TEST_MARK={env['SAFER_TEST_MARK']}".encode()
+    mine = []
+    for pid in running_tansu_pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if mark in environ:
+            mine.append(pid)
+    return mine
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["SAFER_TEST_MARK"] = secrets.token_hex(8)
     env["SAFER_DEPLOY_DIR"] = str(REPO / "deploy")
     env["SAFER_DATA_DIR"] = str(tmp_path / "data")
     env["COLUMNS"] = "120"
@@ -72,8 +92,8 @@ def test_every_command_has_help_with_an_example(words: list[str], tmp_path: Path
 
 @pytest.mark.kafka
 def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
-    before = set(running_tansu_pids())
     data = tmp_path / "demo"
+    env = _env(tmp_path)
     result = _safer(
         "--data-dir",
         str(data),
@@ -83,7 +103,7 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
         "--seed",
         "3",
         "--json",
-        env=_env(tmp_path),
+        env=env,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -116,7 +136,7 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
         + summary["received"]
     )
     time.sleep(0.5)
-    assert not (set(running_tansu_pids()) - before), "the demo left a broker running"
+    assert not _leftover_brokers(env), "the demo left a broker running"
 
     verify = _safer(
         "--data-dir", str(data), "audit", "verify", "--json", env=_env(tmp_path), cwd=tmp_path
@@ -128,7 +148,6 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    before = set(running_tansu_pids())
     up = subprocess.Popen(
         [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"],
         env=env,
@@ -186,7 +205,7 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
             raise
     assert up.returncode == 0, up.stderr.read() if up.stderr else ""
     time.sleep(0.5)
-    assert not (set(running_tansu_pids()) - before), "`safer up` left a broker running"
+    assert not _leftover_brokers(env), "`safer up` left a broker running"
 
 
 def test_publish_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
@@ -227,10 +246,10 @@ def test_broker_command_prints_bootstrap_and_stops_on_ctrl_c(tmp_path: Path) -> 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    before = set(running_tansu_pids())
+    env = _env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "safer", "broker", "--port", str(port)],
-        env=_env(tmp_path),
+        env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -246,4 +265,4 @@ def test_broker_command_prints_bootstrap_and_stops_on_ctrl_c(tmp_path: Path) -> 
         proc.wait(timeout=30)
     assert proc.returncode == 0
     time.sleep(0.3)
-    assert not (set(running_tansu_pids()) - before)
+    assert not _leftover_brokers(env)

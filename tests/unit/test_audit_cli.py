@@ -13,6 +13,7 @@ import structlog
 
 from audit import AuditRecord, open_checkpoint
 from safer import Runtime
+from safer import _logging as safer_logging
 from safer.cli import main
 
 from .test_audit_store import make_record
@@ -34,8 +35,13 @@ def _safer(runtime: Runtime, *args: str) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """``main`` configures logging for a process; give the next test the set-up it had."""
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``main`` configures logging for a process; give the next test the set-up it had.
+
+    ``configure_logging`` closes the file it logged to before; hide that file
+    from it, so a log file another test set up stays open for the rest of the run.
+    """
+    monkeypatch.setattr(safer_logging, "_handle", None)
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -478,13 +478,14 @@ class AuditStore:
             staged.append((writer, fresh, leaves, frontier))
             return results
 
-        try:
-            results: list[AppendResult] = self._transaction("append", write)
-        except BaseException:
-            self._writer = None  # reload from the file on the next append
-            raise
-        writer, fresh, leaves, frontier = staged[0]
-        self._commit_memory(writer, fresh, leaves, frontier)
+        with self._lock:  # the file and this process's memory move together
+            try:
+                results: list[AppendResult] = self._transaction("append", write)
+            except BaseException:
+                self._writer = None  # reload from the file on the next append
+                raise
+            writer, fresh, leaves, frontier = staged[0]
+            self._commit_memory(writer, fresh, leaves, frontier)
         return results
 
     def _stage(
@@ -643,17 +644,20 @@ class AuditStore:
         """The RFC 9162 root of the first ``size`` entries (default: all)."""
         if size is None:
             return self.head()[1]
-        return self._tree_for(size).root(size)
+        with self._lock:
+            return self._tree_for(size).root(size)
 
     def inclusion_proof(self, seq: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``seq`` in the tree of ``size`` entries."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValidationError("seq must be a positive integer", fields=("seq",))
-        return self._tree_for(size).inclusion_proof(seq - 1, size)
+        with self._lock:
+            return self._tree_for(size).inclusion_proof(seq - 1, size)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 consistency proof from the tree of ``old_size`` to ``new_size`` entries."""
-        return self._tree_for(new_size).consistency_proof(old_size, new_size)
+        with self._lock:
+            return self._tree_for(new_size).consistency_proof(old_size, new_size)
 
     def proof_bundle(self, seq: int, *, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
         """Entry ``seq``, its inclusion proof and a signed checkpoint, as one JSON object.

@@ -568,7 +568,13 @@ def _verify(
     ):
         problems.add(_LAST, "the stored tree state does not match the entries (tree rows altered)")
 
-    consistent = _judge_checkpoints(state, size, present) and not gaps
+    entry_problems = [
+        seq
+        for seq, rank, _, _ in problems.items
+        if rank in (_R_MISSING, _R_MOVED, _R_LEAF, _R_SIGNED) and seq < _LAST
+    ]
+    first_bad = min(entry_problems, default=None)
+    consistent = _judge_checkpoints(state, size, present, first_bad) and not gaps
     if index:
         _check_index(conn, problems)
     present_triggers = {
@@ -597,8 +603,13 @@ def _verify(
     return summary, problems.final()
 
 
-def _judge_checkpoints(state: _State, size: int, present: int) -> bool:
-    """Report checkpoints the log no longer matches; True when it matches them all."""
+def _judge_checkpoints(state: _State, size: int, present: int, first_bad: int | None) -> bool:
+    """Report checkpoints the log no longer matches; True when it matches them all.
+
+    The changed entry is named from the checkpoint's own signed leaves, else
+    from the first entry found bad, else as the range since the last
+    checkpoint that still matches.
+    """
     problems = state.problems
     consistent = True
     ordered = sorted(state.checkpoints, key=lambda cp: cp.size)
@@ -624,10 +635,13 @@ def _judge_checkpoints(state: _State, size: int, present: int) -> bool:
             continue
         consistent = False
         good_before = max((o.size for o in ordered if o.matched and o.size < cp.size), default=0)
-        first = cp.first_diff or good_before + 1
+        named = cp.first_diff
+        if named is None and first_bad is not None and good_before < first_bad <= cp.size:
+            named = first_bad
+        first = named or good_before + 1
         where = (
             f"entry {first} changed"
-            if cp.first_diff is not None
+            if named is not None
             else f"the first changed entry is in {good_before + 1}..{cp.size}"
         )
         later = [o for o in ordered if o.matched and o.size > cp.size and o.trusted and cp.trusted]

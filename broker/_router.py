@@ -57,6 +57,7 @@ from schemas import (
     ConcernModel,
     ReasonCode,
     SaferError,
+    Subject,
     SubjectRole,
     ValidationError,
 )
@@ -141,6 +142,8 @@ class Plan:
     outputs: list[OutRecord] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     quarantine_code: ReasonCode | None = None
+    #: The people in a routed concern (for the subject vault); empty otherwise.
+    subjects: tuple[Subject, ...] = ()
 
 
 class RouterCore:
@@ -267,7 +270,7 @@ class RouterCore:
             concern, [p for role, ids in by_subject if role in CONSENT_ROLES for p in ids]
         )
         subject = subject_key(concern, self._secret).encode()
-        plan = Plan(concern.concern_id)
+        plan = Plan(concern.concern_id, subjects=concern.subjects)
         for candidate in candidates:
             decision = decide(
                 concern,
@@ -568,8 +571,12 @@ class Router:
         batch_size: int = 500,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         security: dict[str, Any] | None = None,
+        on_delivered: Callable[[Sequence[Plan]], None] | None = None,
     ) -> None:
         self._core = core
+        #: Called with each batch's plans once every output is acknowledged
+        #: (e.g. to enrol subjects in the audit's subject vault).
+        self._on_delivered = on_delivered
         self._bootstrap = bootstrap_servers
         self._inbound = list(inbound_topics)
         self._group_id = group_id
@@ -724,6 +731,8 @@ class Router:
             # A rebalance moved the partitions: the new owner replays them, and
             # deterministic ids make the replay harmless.
             _log.warning("router.commit_failed", error=type(exc).__name__)
+        if self._on_delivered is not None:
+            self._on_delivered(plans)
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -20,7 +21,16 @@ from typing import Any
 import structlog
 
 from adapters import Inbox, PoliceAdapter, RecipientAdapter
-from audit import DEFAULT_ORIGIN, AuditStore, LogKey, LogSigner
+from audit import (
+    DEFAULT_ORIGIN,
+    AuditStore,
+    LogKey,
+    LogSigner,
+    SubjectVault,
+    derive_vault_key,
+    enrol_subjects,
+    vault_path_for,
+)
 from broker import (
     ROUTER_ID,
     AuditFeed,
@@ -28,6 +38,7 @@ from broker import (
     Deployment,
     Keyring,
     KeyStore,
+    Plan,
     Router,
     RouterCore,
     Settings,
@@ -35,6 +46,7 @@ from broker import (
     create_topics,
     ensure_consent_topic,
     load_deployment,
+    pseudonym,
 )
 from consent import Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
@@ -180,7 +192,23 @@ class Runtime:
             inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
             group_id=group_id,
             security=self.security,
+            on_delivered=self._enrol_subjects,
         )
+
+    def _enrol_subjects(self, plans: Sequence[Plan]) -> None:
+        """Keep each routed person's identifiers, encrypted per person, in the
+        subject vault next to the audit log (for `audit sar`, and `audit shred`)."""
+        subjects = [s for plan in plans for s in plan.subjects]
+        if not subjects:
+            return
+        secret = self.keys.pseudonym_secret()
+        vault = SubjectVault(
+            vault_path_for(self.settings.audit_db), vault_key=derive_vault_key(secret)
+        )
+        try:
+            enrol_subjects(vault, subjects, functools.partial(pseudonym, secret))
+        finally:
+            vault.close()
 
     def audit_feed(
         self, store: AuditStore, *, checkpoint_interval: float = 60.0, batch_size: int = 2000

@@ -430,15 +430,40 @@ def test_shred_destroys_the_key_records_it_and_the_log_still_verifies(
     assert len(demo.records(data)) == size + 1
 
 
-def test_shred_of_someone_the_vault_never_held(demo: Demo, tmp_path: Path) -> None:
+def test_routed_people_are_enrolled_and_can_be_shredded(demo: Demo, tmp_path: Path) -> None:
+    # The router enrols every routed person in the subject vault, so a real
+    # demo child can be shredded, and the log still verifies afterwards.
     data = _copy(demo, tmp_path)
+    assert vault_path_for(data / "audit.db").exists()
     result = _safer(
         data, "audit", "shred", "--subject", demo.child_ids[0], "--reason", "retention",
         "--yes", "--format", "json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["shredded"]) == 1
+    assert _safer(data, "audit", "verify").returncode == 0
+
+
+def test_shred_of_someone_the_vault_never_held(demo: Demo, tmp_path: Path) -> None:
+    data = _copy(demo, tmp_path)
+    stranger = "nhs:" + _valid_nhs("999000123")
+    result = _safer(
+        data, "audit", "shred", "--subject", stranger, "--reason", "retention",
+        "--yes", "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["shredded"] == []
-    assert not vault_path_for(data / "audit.db").exists()
+
+
+def _valid_nhs(prefix: str) -> str:
+    from adapters._synthetic import nhs_check_digit
+
+    for last in range(10):
+        nine = prefix[:8] + str(last)
+        digit = nhs_check_digit(nine)
+        if digit is not None:
+            return nine + str(digit)
+    raise AssertionError("no valid NHS number with that prefix")
 
 
 # -- mistakes ---------------------------------------------------------------------------------

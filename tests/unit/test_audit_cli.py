@@ -168,3 +168,14 @@ def test_verify_bundle_explains_a_bad_key_argument(
 ) -> None:
     assert _safer(logged, "verify-bundle", "missing.json", "--key", "nonsense") == 2
     assert "neither a key file nor a verifier key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["verify", "checkpoint", "prove", "verify-bundle"])
+def test_every_audit_action_has_help_with_an_example(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["audit", action, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: safer audit {action}" in text and "example:" in text

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -436,6 +437,26 @@ def test_two_writers_on_one_file_keep_one_log(tmp_path: Path) -> None:
         a.checkpoint()
         b.checkpoint()
     assert verify_store(path).entries == 7
+
+
+def test_threads_appending_overlapping_batches_keep_one_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with AuditStore(path) as store:
+
+        def work(offset: int) -> None:
+            for start in range(1, 200, 10):
+                store.append([make_record(i) for i in range(start + offset, start + offset + 15)])
+                store.inclusion_proof(1, 1)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ids = [r.entry_id for r in store.records()]
+        assert len(ids) == len(set(ids)) == 208  # records 1..208, each once
+        assert store.root() == MerkleTree(leaves_of(path)).root()
+    verify_store(path)
 
 
 # -- feed offsets ----------------------------------------------------------------

@@ -139,6 +139,19 @@ def test_modified_entry_is_named(log: Path) -> None:
     assert error.summary.entries == 8
 
 
+def test_the_first_problem_names_the_entry_even_with_several_checkpoints(log: Path) -> None:
+    with AuditStore(log, signer=KEY) as store:
+        store.checkpoint()  # on demand, at the same size: it keeps no leaves of its own
+        store.append([make_record(i) for i in range(9, 12)])
+        store.checkpoint()
+    forged = _entry(log, 6).replace(b'"purpose":"safeguarding"', b'"purpose":"marketing"')
+    _attack(log, ("UPDATE entries SET entry = ? WHERE seq = 6", (forged,)))
+    error = _problems(log)
+    assert error.problems[0] == "entry 6 modified: it does not match its stored leaf hash"
+    changed = [p for p in error.problems if p.startswith("checkpoint ")]
+    assert len(changed) == 3 and all(p.endswith("(entry 6 changed)") for p in changed)
+
+
 def test_modified_entry_with_every_stored_hash_recomputed_is_named_by_the_signature(
     log: Path,
 ) -> None:

@@ -35,6 +35,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
+	$(BIN)/python bench/bench_decide.py
+	$(BIN)/python bench/bench_week.py
+	$(BIN)/python bench/bench_audit.py
 
 clean:
 	rm -rf $(VENV) .safer .mypy_cache .ruff_cache .pytest_cache

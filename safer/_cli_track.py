@@ -8,6 +8,7 @@ broker.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -18,11 +19,12 @@ from zoneinfo import ZoneInfo
 from rich.table import Table
 
 from audit import AuditStore
-from broker import Settings, load_deployment, tracked_from_records
+from broker import Settings, load_deployment, read_topic, tracked_from_records
 from consent import Tracked, alert_points, completed_at
 from schemas import ConfigError, ReasonCode
 
-from ._cli_common import FORMATTER, out, settings_from
+from ._cli_common import FORMATTER, out, run_async, settings_from
+from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["PUBLISHED_DB", "record_published", "register"]
 
@@ -259,7 +261,56 @@ def cmd_overdue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notices(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    runtime = Runtime(settings, resolve_bootstrap(settings))
+    topic = f"{settings.topic_prefix}.notices.{args.agency}"
+
+    async def read(stop: asyncio.Event) -> int:
+        records = await read_topic(runtime.bootstrap, topic, **runtime.security)
+        reports: dict[str, dict[str, Any]] = {}
+        for record in records:
+            report = runtime.codec.decode(record.value, expect="delivery_report").record
+            reports.setdefault(report["report_id"], report)  # resends are deduplicated
+        rows = sorted(reports.values(), key=lambda r: r["expired_at"])
+        if args.json:
+            print(json.dumps(rows, default=str, indent=1))
+            return 0
+        if not rows:
+            out.print(f"[green]no non-delivery reports[/] on {topic}")
+            return 0
+        table = Table(title=f"Non-delivery reports for {args.agency} (UK time)")
+        for column in ("concern", "recipient", "decided", "expired", "what to do"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(
+                row["concern_id"],
+                row["recipient_id"],
+                _uk(row["decided_at"]),
+                _uk(row["expired_at"]),
+                row["detail"],
+            )
+        out.print(table)
+        return 0
+
+    return run_async(read)
+
+
 def register(sub: Any) -> None:
+    notices = sub.add_parser(
+        "notices",
+        help="non-delivery reports for your agency (MESH style)",
+        formatter_class=FORMATTER,
+        description="Read the non-delivery reports sent to your agency: disclosures that\n"
+        "a recipient had not received within the expiry (default 4 hours, env\n"
+        "SAFER_DELIVERY_EXPIRY_MINUTES). Each says what to do next. Needs a\n"
+        "broker (`safer up` running, or KAFKA_BOOTSTRAP_SERVERS).\n\n"
+        "example:\n  safer notices\n  safer notices --agency police --json",
+    )
+    notices.add_argument("--agency", default="police", help="your agency type (default police)")
+    notices.add_argument("--json", action="store_true", help="print JSON")
+    notices.set_defaults(func=cmd_notices)
+
     track = sub.add_parser(
         "track",
         help="where each recipient is with a concern you sent",

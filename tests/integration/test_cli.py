@@ -36,6 +36,7 @@ SUBCOMMANDS = [
     ["inbox", "action"],
     ["track"],
     ["overdue"],
+    ["notices"],
 ]
 
 

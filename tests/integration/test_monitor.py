@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -131,6 +135,24 @@ async def test_alerts_fire_once_and_survive_restarts(kafka_bootstrap: str, tmp_p
     assert [(r["disclosure_id"], r["reason_code"]) for r in reports] == [
         ("undelivered", "NOT_DELIVERED")
     ]
+    # ... and the police read it with `safer notices`.
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": runtime.bootstrap,
+        "SAFER_TOPIC_PREFIX": runtime.settings.topic_prefix,
+        "SAFER_DATA_DIR": str(runtime.settings.data_dir),
+        "SAFER_DEPLOY_DIR": str(runtime.settings.deploy_dir),
+    }
+    shown = subprocess.run(  # noqa: ASYNC221 (a one-off CLI call in a test)
+        [sys.executable, "-m", "safer", "notices", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert [r["disclosure_id"] for r in json.loads(shown.stdout)] == ["undelivered"]
     audits = await read_topic(runtime.bootstrap, runtime.settings.topics.audit)
     events = [runtime.codec.decode(r.value).record["event"] for r in audits]
     assert events == ["NOT_DELIVERED"]

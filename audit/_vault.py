@@ -453,30 +453,7 @@ class SubjectVault:
         the oldest one). A pseudonym of a shredded entry starts a new entry:
         new data after an erasure is new processing.
         """
-        idents = [i for i in dict.fromkeys(identifiers) if i]
-        if not idents:
-            raise ValidationError("nothing to enrol: no identifiers", fields=("identifiers",))
-        pseudonyms = {pseudonymise(i): i for i in idents}
-        for p in pseudonyms:
-            if not _HEX32.fullmatch(p):
-                raise ValidationError(
-                    "pseudonyms must be 32 lowercase hex", fields=("pseudonymise",)
-                )
-        stamp = format_time(utc_millis("at", at or datetime.now(UTC)))
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    key_id = self._enrol(conn, idents, list(pseudonyms), stamp)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _vault_error("enrol a subject", exc) from None
-        return key_id
+        return self.enrol_many([identifiers], pseudonymise, at=at)[0]
 
     def _live_entries(self, conn: sqlite3.Connection, pseudonyms: Iterable[str]) -> list[str]:
         found: dict[str, str] = {}

@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 help:
 	@echo "make demo   run the demo on the embedded broker"
 	@echo "make test   lint, type-check and run all tests"
-	@echo "make bench  run the benchmarks (prints ratios)"
+	@echo "make bench  run the benchmarks (prints ratios; the audit one writes ~1.7 GB to a temp dir)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "SAFER Exchange needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)")'

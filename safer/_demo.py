@@ -226,7 +226,7 @@ async def run_demo(
         expected.add(dict(record.headers)[Headers.CONCERN_ID].decode())
 
     result = DemoResult(published=len(good) + len(bad))
-    store = AuditStore(settings.audit_db)
+    store = runtime.audit_store()  # signs checkpoints with the log key
     stop = asyncio.Event()
     ready = asyncio.Event()
     services = asyncio.create_task(runtime.run_services(stop, store=store, on_ready=ready.set))
@@ -273,7 +273,8 @@ async def run_demo(
         _tally_deadlines(store, runtime, result)
         store.close()
     try:
-        verify_store(settings.audit_db)
+        # With the log's public key: signed checkpoints are checked too.
+        verify_store(settings.audit_db, key=runtime.log_key())
         result.audit_verified = True
     except LogTamperedError as exc:
         result.problems += exc.problems

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS disclosures (
     payload_json TEXT NOT NULL,
     wire BLOB NOT NULL,
     status TEXT NOT NULL DEFAULT 'RECEIVED',
-    outcome_code TEXT
+    outcome_code TEXT,
+    delivered_at TEXT,
+    delivery_state TEXT NOT NULL DEFAULT 'DELIVERED'
 );
 CREATE TABLE IF NOT EXISTS outbox (
     receipt_id TEXT PRIMARY KEY,
@@ -166,6 +168,13 @@ class Inbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(disclosures)")}
+        if "delivered_at" not in columns:  # an inbox from before webhook delivery
+            self._db.execute("ALTER TABLE disclosures ADD COLUMN delivered_at TEXT")
+            self._db.execute(
+                "ALTER TABLE disclosures ADD COLUMN delivery_state TEXT NOT NULL"
+                " DEFAULT 'DELIVERED'"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -181,9 +190,14 @@ class Inbox:
         items: Sequence[tuple[dict[str, Any], bytes, dict[str, Any]]],
         rejections: Sequence[Rejection],
         offsets: Mapping[tuple[str, int], int],
+        *,
+        await_delivery: bool = False,
     ) -> int:
         """Store decrypted disclosures, their RECEIVED receipts, rejections and
         positions in one transaction.
+
+        With ``await_delivery`` (webhook recipients) a disclosure is RECEIVED
+        only once the agency's endpoint accepts it: see ``mark_delivered``.
 
         ``items`` holds (Disclosure record, wire bytes, decrypted payload).
         Returns how many disclosures were new (duplicates are ignored).
@@ -196,8 +210,9 @@ class Inbox:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO disclosures (disclosure_id, concern_id, source_agency,"
                     " kind, lscp, lawful_basis, purpose, profile, concern_type, risk_grade,"
-                    " deadline, decided_at, received_at, payload_sha256, payload_json, wire)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " deadline, decided_at, received_at, payload_sha256, payload_json, wire,"
+                    " delivered_at, delivery_state)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         record["disclosure_id"],
                         record["concern_id"],
@@ -215,10 +230,14 @@ class Inbox:
                         record["payload_sha256"],
                         json.dumps(payload, sort_keys=True),
                         wire,
+                        None if await_delivery else now,
+                        "PENDING" if await_delivery else "DELIVERED",
                     ),
                 )
                 if cursor.rowcount:
                     added += 1
+                    if await_delivery:
+                        continue
                     self._queue(
                         record["disclosure_id"],
                         record["concern_id"],
@@ -309,6 +328,47 @@ class Inbox:
                 (status, outcome_code, disclosure_id),
             )
         return True
+
+    def awaiting_delivery(self, limit: int = 50) -> list[tuple[str, bytes, dict[str, Any]]]:
+        """(disclosure_id, wire bytes, payload) still to be POSTed to the agency."""
+        rows = self._db.execute(
+            "SELECT disclosure_id, wire, payload_json FROM disclosures"
+            " WHERE delivery_state = 'PENDING' ORDER BY rowid LIMIT ?",
+            (limit,),
+        )
+        return [(d, bytes(w), json.loads(p)) for d, w, p in rows]
+
+    def mark_delivered(self, disclosure_id: str, at: datetime) -> None:
+        """The agency's endpoint answered 2xx: now it is RECEIVED (receipt queued)."""
+        item = self.get(disclosure_id)
+        if item is None:
+            raise KeyError(disclosure_id)
+        stamp = at.astimezone(UTC).isoformat(timespec="milliseconds")
+        with _Tx(self._db):
+            self._db.execute(
+                "UPDATE disclosures SET delivered_at = ?, delivery_state = 'DELIVERED'"
+                " WHERE disclosure_id = ?",
+                (stamp, disclosure_id),
+            )
+            self._queue(
+                disclosure_id, item.concern_id, "RECEIVED", item.payload_sha256, None, None, stamp
+            )
+
+    def mark_undeliverable(self, disclosure_id: str, reason_code: str, detail: str) -> None:
+        """The endpoint refused it for good: keep it, stop retrying, and record why.
+
+        No RECEIVED receipt goes out, so the sender's non-delivery report and the
+        deadline alerts still fire: a person must pick it up.
+        """
+        with _Tx(self._db):
+            self._db.execute(
+                "UPDATE disclosures SET delivery_state = 'REJECTED' WHERE disclosure_id = ?",
+                (disclosure_id,),
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO rejected VALUES (?,?,?,?)",
+                (f"webhook/{disclosure_id}", reason_code, detail, _now()),
+            )
 
     def offsets(self) -> dict[tuple[str, int], int]:
         rows = self._db.execute("SELECT topic, partition, next_offset FROM offsets")

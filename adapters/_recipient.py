@@ -37,6 +37,7 @@ from consent import Recipient
 from schemas import DISCLOSURE, RECEIPT, Codec, ReasonCode, SaferError
 
 from ._inbox import Inbox, PendingReceipt, Rejection, receipt_id_for
+from ._webhook import WebhookSender
 
 __all__ = [
     "RecipientAdapter",
@@ -63,8 +64,12 @@ class RecipientAdapter:
         bootstrap_servers: str,
         router_id: str,
         security: dict[str, Any] | None = None,
+        webhook: WebhookSender | None = None,
     ) -> None:
         self.recipient = recipient
+        #: When set, each decrypted disclosure is POSTed to the agency, and it
+        #: counts as RECEIVED only once their endpoint answers 2xx.
+        self._webhook = webhook
         self.inbox = inbox
         self._codec = codec
         self._keyring = keyring
@@ -97,6 +102,8 @@ class RecipientAdapter:
                 batch = await consumer.getmany(timeout_ms=300, max_records=500)
                 if batch:
                     self.ingest(batch)
+                if self._webhook is not None:
+                    await self._deliver_webhooks()
                 # Also flushes OPENED/ACTIONED receipts queued by `safer inbox`.
                 await self._send_receipts(producer)
         finally:
@@ -147,7 +154,9 @@ class RecipientAdapter:
                     record, payload = opened
                     items.append((record, msg.value or b"", payload))
             offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
-        added = self.inbox.store(items, rejections, offsets)
+        added = self.inbox.store(
+            items, rejections, offsets, await_delivery=self._webhook is not None
+        )
         self.totals["received"] += added
         return added
 
@@ -173,6 +182,31 @@ class RecipientAdapter:
         if hashlib.sha256(plaintext).hexdigest() != record["payload_sha256"]:
             raise SaferError("payload hash mismatch", code=ReasonCode.PAYLOAD_MISMATCH)
         return record, json.loads(plaintext)
+
+    async def _deliver_webhooks(self) -> None:
+        """POST what the agency has not accepted yet; a 2xx makes it RECEIVED."""
+        assert self._webhook is not None
+        for disclosure_id, wire, payload in self.inbox.awaiting_delivery():
+            record = self._codec.decode(wire, expect=DISCLOSURE).record
+            result = await self._webhook.send(record, payload)
+            if result.delivered and result.delivered_at is not None:
+                self.inbox.mark_delivered(disclosure_id, result.delivered_at)
+                self.totals["webhook_delivered"] += 1
+            elif not result.retriable:
+                self.inbox.mark_undeliverable(
+                    disclosure_id, str(result.reason_code), result.detail or "rejected"
+                )
+                self.totals["webhook_rejected"] += 1
+                _log.warning(
+                    "recipient.webhook_rejected",
+                    recipient=self.recipient.id,
+                    disclosure_id=disclosure_id,
+                    reason_code=str(result.reason_code),
+                )
+            else:
+                # Still failing after this round's retries: try again next loop.
+                self.totals["webhook_retry"] += 1
+                break
 
     async def _send_receipts(self, producer: Any) -> None:
         sent = await publish_receipts(

@@ -17,6 +17,7 @@ HSM or a secrets manager and mounts them read-only with mode 0400/0600.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -46,6 +47,7 @@ __all__ = [
     "PSEUDONYM_SECRET",
     "SIGNING_KEY",
     "SIGNING_PUB",
+    "WEBHOOK_SECRET",
     "KeyStore",
 ]
 
@@ -58,6 +60,7 @@ SIGNING_PUB = "signing.pub"
 ENCRYPTION_KEY = "encryption.key"
 ENCRYPTION_PUB = "encryption.pub"
 PSEUDONYM_SECRET = "pseudonym.secret"  # noqa: S105 (a file name, not a secret)
+WEBHOOK_SECRET = "webhook.secret"  # noqa: S105 (a file name, not a secret)
 _AGENCY_FILES = (SIGNING_KEY, SIGNING_PUB, ENCRYPTION_KEY, ENCRYPTION_PUB)
 
 _PRIVATE_MODE = 0o600
@@ -232,6 +235,26 @@ class KeyStore:
         return True
 
     # ------------------------------------------------------------------ queries
+
+    def webhook_secret(self, agency_id: str) -> bytes:
+        """The HMAC secret for webhooks to this recipient (32 bytes, mode 0600).
+
+        Created on first use; share it with the receiving agency out of band so
+        their endpoint can check each request (``adapters.verify_webhook``).
+        """
+        directory = self._agency_dir(agency_id)
+        path = directory / WEBHOOK_SECRET
+        if not path.exists():
+            self._ensure_dir(directory)
+            # If another process creates it first, read theirs.
+            with contextlib.suppress(FileExistsError):
+                _write_file(
+                    path,
+                    secrets.token_bytes(PSEUDONYM_SECRET_MIN_BYTES),
+                    _PRIVATE_MODE,
+                    replace=False,
+                )
+        return self._read(path, private=True)
 
     def has_agency(self, agency_id: str) -> bool:
         """True when all four key files of ``agency_id`` exist."""

@@ -36,6 +36,8 @@ class Recipient:
     contact: str = ""
     front_door: bool = False
     school_urn: str | None = None
+    #: With ``delivery = "webhook"``: where each decrypted disclosure is POSTed.
+    webhook_url: str | None = None
 
     @property
     def is_front_door(self) -> bool:
@@ -131,9 +133,12 @@ class _RecipientEntry(BaseModel):
     contact: str = ""
     front_door: bool = False
     school_urn: str | None = Field(default=None, pattern=r"^\d{6,7}$")
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s@]+$")
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> _RecipientEntry:
+        if self.delivery == "webhook" and not self.webhook_url:
+            raise ValueError("delivery 'webhook' needs webhook_url (https://...)")
         if self.front_door and self.agency_type is not AgencyType.CHILDRENS_SOCIAL_CARE:
             raise ValueError("front_door is only for a social-care recipient")
         if self.agency_type is AgencyType.EDUCATION and not self.school_urn:
@@ -241,6 +246,7 @@ def parse_directory(text: str, source_name: str) -> Directory:
                 contact=rec.contact,
                 front_door=rec.front_door,
                 school_urn=rec.school_urn,
+                webhook_url=rec.webhook_url,
             )
         )
 

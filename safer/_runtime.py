@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from adapters import Inbox, PoliceAdapter, RecipientAdapter
+from adapters import Inbox, PoliceAdapter, RecipientAdapter, RetryPolicy, WebhookSender
 from audit import (
     DEFAULT_ORIGIN,
     AuditStore,
@@ -262,6 +262,18 @@ class Runtime:
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
             security=self.security,
+            webhook=self._webhook_for(recipient),
+        )
+
+    def _webhook_for(self, recipient: Recipient) -> WebhookSender | None:
+        if recipient.delivery != "webhook" or not recipient.webhook_url:
+            return None
+        return WebhookSender(
+            recipient.webhook_url,
+            self.keys.webhook_secret(recipient.id),
+            recipient_id=recipient.id,
+            # Short rounds: the adapter retries on its next loop instead of blocking.
+            retry=RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=5.0, max_elapsed=20.0),
         )
 
     def police_adapter(self, agency: str = "police") -> PoliceAdapter:

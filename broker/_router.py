@@ -574,8 +574,9 @@ class Router:
         on_delivered: Callable[[Sequence[Plan]], None] | None = None,
     ) -> None:
         self._core = core
-        #: Called with each batch's plans once every output is acknowledged
-        #: (e.g. to enrol subjects in the audit's subject vault).
+        #: Called with each batch's plans once every output is acknowledged and
+        #: before the offsets are committed (e.g. to enrol subjects in the
+        #: audit's subject vault); it must be idempotent.
         self._on_delivered = on_delivered
         self._bootstrap = bootstrap_servers
         self._inbound = list(inbound_topics)
@@ -725,14 +726,15 @@ class Router:
             return
         if not await self._send_with_retry(producer, outputs, stop):
             return
+        if self._on_delivered is not None:
+            # Before the commit: if this fails, the batch is replayed (idempotently).
+            self._on_delivered(plans)
         try:
             await consumer.commit(commit)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance moved the partitions: the new owner replays them, and
             # deterministic ids make the replay harmless.
             _log.warning("router.commit_failed", error=type(exc).__name__)
-        if self._on_delivered is not None:
-            self._on_delivered(plans)
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)

@@ -190,23 +190,41 @@ class RouterCore:
     ) -> Plan:
         try:
             return self._plan_concern(key, value or b"", headers, now)
-        except SaferError as exc:
+        except Exception as exc:  # a bug must not stop routing either; keep the record
+            return self._quarantine_failure(
+                exc, "router.internal_error", topic, partition, offset, key, value, headers, now
+            )
+
+    def _quarantine_failure(
+        self,
+        exc: Exception,
+        log_event: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+    ) -> Plan:
+        """Quarantine a record whose processing failed: a SaferError with its own
+        code, anything else (a bug) as PROCESSING_ERROR with only the type name."""
+        if isinstance(exc, SaferError):
             return self._quarantine(
                 exc.code, exc.message, topic, partition, offset, key, value, headers, now
             )
-        except Exception as exc:  # a bug must not stop routing; keep the record
-            _log.error("router.internal_error", error=type(exc).__name__, topic=topic)
-            return self._quarantine(
-                ReasonCode.PROCESSING_ERROR,
-                f"internal error ({type(exc).__name__}); report it and replay after the fix",
-                topic,
-                partition,
-                offset,
-                key,
-                value,
-                headers,
-                now,
-            )
+        _log.error(log_event, error=type(exc).__name__, topic=topic)
+        return self._quarantine(
+            ReasonCode.PROCESSING_ERROR,
+            f"internal error ({type(exc).__name__}); report it and replay after the fix",
+            topic,
+            partition,
+            offset,
+            key,
+            value,
+            headers,
+            now,
+        )
 
     # -- the pipeline -----------------------------------------------------------
 
@@ -316,15 +334,10 @@ class RouterCore:
                 value=value,
                 headers=headers,
             )
-        except SaferError as exc:
-            return self._quarantine(
-                exc.code, exc.message, topic, partition, offset, key, value, headers, now
-            ), None
-        except Exception as exc:  # a bug must not stop the consent view
-            _log.error("router.consent_internal_error", error=type(exc).__name__)
-            return self._quarantine(
-                ReasonCode.PROCESSING_ERROR,
-                f"internal error ({type(exc).__name__}); report it and replay after the fix",
+        except Exception as exc:  # a bug must not stop the consent view either
+            return self._quarantine_failure(
+                exc,
+                "router.consent_internal_error",
                 topic,
                 partition,
                 offset,

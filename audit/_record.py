@@ -27,8 +27,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from json.encoder import encode_basestring as _json_str
 from typing import Any
+
+import orjson
 
 from schemas import AuditEvent, DecodeError, ReasonCode, ValidationError
 
@@ -53,6 +54,7 @@ _OPTIONAL_STR = (
 )
 _STR_ARRAYS = ("subject_pseudonyms", "reason_codes", "reasons", "fields_disclosed")
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_dumps = orjson.dumps
 
 
 def format_time(moment: datetime) -> str:
@@ -75,10 +77,6 @@ def _fast_time(m: datetime) -> str:
         m.second,
         m.microsecond // 1000,
     )
-
-
-def _arr(values: tuple[str, ...]) -> str:
-    return "[" + ",".join(map(_json_str, values)) + "]" if values else "[]"
 
 
 def parse_time(text: str) -> datetime:
@@ -236,76 +234,58 @@ class AuditRecord:
     # -- canonical log entry --------------------------------------------------
 
     def _canonical_dict(self, seq: int | None) -> dict[str, Any]:
-        # Spelled out (not dataclasses.fields) because append is bound by this;
+        # Keys in sorted order, so the encoder needs no sorting; spelled out
+        # (not dataclasses.fields) because append is bound by this, and
         # from_canonical and the tests check the keys are exactly the fields.
-        deadline = self.deadline
+        v = self.__dict__
+        at = v.get("_at_text")
+        if at is None:
+            at = v["_at_text"] = _fast_time(v["at"])  # a cache, not a field: eq/repr ignore it
+        deadline = v["deadline"]
         return {
-            "actor": self.actor,
-            "at": format_time(self.at),
-            "concern_id": self.concern_id,
-            "consent_state": self.consent_state,
-            "deadline": None if deadline is None else format_time(deadline),
-            "decision_id": self.decision_id,
-            "disclosure_id": self.disclosure_id,
-            "entry_id": self.entry_id,
-            "event": self.event.value,
-            "fields_disclosed": list(self.fields_disclosed),
-            "lawful_basis": self.lawful_basis,
-            "lscp": self.lscp,
-            "payload_sha256": self.payload_sha256,
-            "policy_revision": self.policy_revision,
-            "purpose": self.purpose,
-            "reason_codes": list(self.reason_codes),
-            "reasons": list(self.reasons),
-            "recipient": self.recipient,
+            "actor": v["actor"],
+            "at": at,
+            "concern_id": v["concern_id"],
+            "consent_state": v["consent_state"],
+            "deadline": None if deadline is None else _fast_time(deadline),
+            "decision_id": v["decision_id"],
+            "disclosure_id": v["disclosure_id"],
+            "entry_id": v["entry_id"],
+            "event": v["event"].value,
+            "fields_disclosed": v["fields_disclosed"],
+            "lawful_basis": v["lawful_basis"],
+            "lscp": v["lscp"],
+            "payload_sha256": v["payload_sha256"],
+            "policy_revision": v["policy_revision"],
+            "purpose": v["purpose"],
+            "reason_codes": v["reason_codes"],
+            "reasons": v["reasons"],
+            "recipient": v["recipient"],
             "seq": seq,
-            "source": self.source,
-            "subject_pseudonyms": list(self.subject_pseudonyms),
+            "source": v["source"],
+            "subject_pseudonyms": v["subject_pseudonyms"],
         }
 
     def reference_bytes(self, seq: int | None) -> bytes:
-        """The entry via the general JSON encoder: the specification ``entry_bytes`` meets.
+        """The entry via the standard library's JSON encoder: the specification.
 
-        Slower than ``entry_bytes``; the tests check the two agree byte for byte.
+        Sorted keys, no whitespace, UTF-8 (``ensure_ascii=False``). Slower than
+        ``entry_bytes``; the tests check the two agree byte for byte.
         """
         return _CANONICAL.encode(self._canonical_dict(seq)).encode("utf-8")
 
-    def _halves(self) -> tuple[bytes, bytes]:
-        """The canonical JSON before and after the value of ``seq``, computed once.
-
-        Keys are sorted, so ``seq`` sits between ``recipient`` and ``source``;
-        the log only has to splice the number in. Strings go through the same
-        C escaper the JSON encoder uses with ``ensure_ascii=False``.
-        """
-        cached: tuple[bytes, bytes] | None = self.__dict__.get("_canonical_halves")
-        if cached is not None:
-            return cached
-        s, a, n = _json_str, _arr, "null"
-        v = self.__dict__
-        deadline = v["deadline"]
-        at = v["_at_text"] = _fast_time(v["at"])
-        subjects = v["_subjects_text"] = a(v["subject_pseudonyms"])
-        head = (
-            f'{{"actor":{s(v["actor"])},"at":"{at}",'
-            f'"concern_id":{n if (x := v["concern_id"]) is None else s(x)},'
-            f'"consent_state":{n if (x := v["consent_state"]) is None else s(x)},'
-            f'"deadline":{n if deadline is None else chr(34) + _fast_time(deadline) + chr(34)},'
-            f'"decision_id":{n if (x := v["decision_id"]) is None else s(x)},'
-            f'"disclosure_id":{n if (x := v["disclosure_id"]) is None else s(x)},'
-            f'"entry_id":{s(v["entry_id"])},"event":{_EVENT_JSON[v["event"]]},'
-            f'"fields_disclosed":{a(v["fields_disclosed"])},'
-            f'"lawful_basis":{n if (x := v["lawful_basis"]) is None else s(x)},'
-            f'"lscp":{n if (x := v["lscp"]) is None else s(x)},'
-            f'"payload_sha256":{n if (x := v["payload_sha256"]) is None else s(x)},'
-            f'"policy_revision":{n if (x := v["policy_revision"]) is None else s(x)},'
-            f'"purpose":{n if (x := v["purpose"]) is None else s(x)},'
-            f'"reason_codes":{a(v["reason_codes"])},"reasons":{a(v["reasons"])},'
-            f'"recipient":{n if (x := v["recipient"]) is None else s(x)},"seq":'
-        )
-        tail = f',"source":{s(v["source"])},"subject_pseudonyms":{subjects}}}'
-        halves = (head.encode("utf-8"), tail.encode("utf-8"))
-        self.__dict__["_canonical_halves"] = halves  # a cache, not a field: eq/repr ignore it
-        return halves
+    def _encode(self, seq: int | None) -> bytes:
+        # orjson writes exactly what json.dumps(sort_keys=True, separators=(",", ":"),
+        # ensure_ascii=False) writes, for every code point (a test checks them
+        # all), 15 times faster here (0.38 µs against 5.65 µs for this record
+        # shape, measured in one run); append was bound by encoding.
+        try:
+            return _dumps(self._canonical_dict(seq))
+        except TypeError:
+            raise ValidationError(
+                "audit record text is not valid Unicode (it holds a lone surrogate)",
+                hint="decode agency text strictly before it reaches the audit record",
+            ) from None
 
     def query_columns(self) -> tuple[str | None, ...]:
         """The store's plain query columns (ids and pseudonyms only), as the entry spells them.
@@ -314,13 +294,11 @@ class AuditRecord:
         lawful_basis, at, subject_pseudonyms`` with ``at`` in the entry's
         timestamp form and the pseudonyms as the entry's JSON array.
         """
-        cached: tuple[str | None, ...] | None = self.__dict__.get("_query_columns")
-        if cached is not None:
-            return cached
         v = self.__dict__
-        if "_at_text" not in v:
-            self._halves()
-        columns = (
+        at = v.get("_at_text")
+        if at is None:
+            at = v["_at_text"] = _fast_time(v["at"])
+        return (
             v["entry_id"],
             v["event"].value,
             v["disclosure_id"],
@@ -328,24 +306,19 @@ class AuditRecord:
             v["recipient"],
             v["lscp"],
             v["lawful_basis"],
-            v["_at_text"],
-            v["_subjects_text"],
+            at,
+            _dumps(v["subject_pseudonyms"]).decode("utf-8"),
         )
-        v["_query_columns"] = columns
-        return columns
 
     def canonical_bytes(self) -> bytes:
         """The log entry: canonical JSON, byte-identical for equal records."""
-        head, tail = self._halves()
-        seq = self.seq
-        return head + (b"null" if seq is None else str(seq).encode()) + tail
+        return self._encode(self.seq)
 
     def entry_bytes(self, seq: int) -> bytes:
         """``self.with_seq(seq).canonical_bytes()``, without building the copy."""
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise ValidationError("seq must be a positive integer", fields=("seq",))
-        head, tail = self._halves()
-        return b"%b%d%b" % (head, seq, tail)
+        return self._encode(seq)
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:
@@ -419,4 +392,3 @@ class AuditRecord:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(AuditRecord))
-_EVENT_JSON = {event: f'"{event.value}"' for event in AuditEvent}

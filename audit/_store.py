@@ -40,7 +40,6 @@ from schemas import AuditError, AuditEvent, ReasonCode, ValidationError
 
 from ._bundle import make_bundle
 from ._format import APPLICATION_ID, FORMAT_VERSION, INDEX_COLUMNS, INDEX_TABLES, SCHEMA
-from ._format import index_values as _index_values
 from ._merkle import HASH_SIZE, Frontier, MerkleTree
 from ._note import DEFAULT_ORIGIN, LogKey, LogSigner, format_body, parse_note
 from ._record import AuditRecord, as_event, format_time, parse_time, utc_millis
@@ -182,6 +181,25 @@ def _check_offsets(offsets: Mapping[tuple[str, int], int]) -> list[tuple[str, in
             )
         rows.append((key[0], key[1], value))
     return rows
+
+
+def _check_records(records: Sequence[AuditRecord]) -> list[AuditRecord]:
+    batch = list(records)
+    for record in batch:
+        if not isinstance(record, AuditRecord):
+            raise ValidationError("append takes AuditRecord instances", fields=("records",))
+    return batch
+
+
+class _Staged(NamedTuple):
+    """A batch ready to write: what ``_prepare`` computed, before the file or memory move."""
+
+    results: list[AppendResult]
+    fresh: dict[str, int]  # entry_id -> seq of the new entries
+    rows: list[tuple[object, ...]]  # (seq, query columns..., entry)
+    leaves: list[bytes]
+    first_seq: int
+    frontier: Frontier  # after the batch
 
 
 class _Writer:
@@ -463,35 +481,33 @@ class AuditStore:
         stored in the same transaction. All or nothing: on error nothing is
         written and ``AuditError`` is raised.
         """
-        batch = list(records)
-        for record in batch:
-            if not isinstance(record, AuditRecord):
-                raise ValidationError("append takes AuditRecord instances", fields=("records",))
+        batch = _check_records(records)
         offset_rows = _check_offsets(offsets or {})
-        staged: list[tuple[_Writer, dict[str, int], list[bytes], Frontier]] = []
+        prepared: list[tuple[_Writer, _Staged]] = []
 
-        def write(conn: sqlite3.Connection) -> list[AppendResult]:
+        def write(conn: sqlite3.Connection) -> None:
             writer = self._writer_for(conn)
-            results, fresh, leaves, frontier = self._stage(conn, writer, batch)
-            if offset_rows:
-                conn.executemany(_UPSERT_OFFSET, offset_rows)
-            staged.append((writer, fresh, leaves, frontier))
-            return results
+            staged = self._prepare(conn, writer, batch)
+            self._write(conn, staged, offset_rows)
+            prepared.append((writer, staged))
 
         with self._lock:  # the file and this process's memory move together
             try:
-                results: list[AppendResult] = self._transaction("append", write)
+                self._transaction("append", write)
             except BaseException:
                 self._writer = None  # reload from the file on the next append
                 raise
-            writer, fresh, leaves, frontier = staged[0]
-            self._commit_memory(writer, fresh, leaves, frontier)
-        return results
+            writer, staged = prepared[0]
+            self._commit_memory(writer, staged)
+        return staged.results
 
-    def _stage(
-        self, conn: sqlite3.Connection, writer: _Writer, batch: list[AuditRecord]
-    ) -> tuple[list[AppendResult], dict[str, int], list[bytes], Frontier]:
-        """Encode, hash and insert the new entries; the writer's memory is not touched yet."""
+    def _prepare(
+        self,
+        conn: sqlite3.Connection,
+        writer: _Writer,
+        batch: list[AuditRecord],
+    ) -> _Staged:
+        """Dedup, encode and hash a batch; neither the file nor the writer's memory changes."""
         results: list[AppendResult] = []
         rows: list[tuple[object, ...]] = []
         leaves: list[bytes] = []
@@ -499,7 +515,6 @@ class AuditStore:
         ids = writer.ids
         fingerprint = self._fingerprint
         sha = hashlib.sha256
-        index_values = _index_values
         seq = writer.size
         for record in batch:
             entry_id = record.entry_id
@@ -512,23 +527,31 @@ class AuditStore:
             seq += 1
             fresh[entry_id] = seq
             entry = record.entry_bytes(seq)
+            rows.append((seq, *record.query_columns(), entry))
             leaves.append(sha(b"\x00" + entry).digest())
-            rows.append((seq, *index_values(record), entry))
             results.append(AppendResult(entry_id, seq, False))
         frontier = writer.frontier
         if rows:
             frontier = frontier.copy()
             frontier.extend(leaves)
-            conn.executemany(_INSERT, rows)
+        return _Staged(results, fresh, rows, leaves, writer.size + 1, frontier)
+
+    @staticmethod
+    def _write(
+        conn: sqlite3.Connection, staged: _Staged, offset_rows: list[tuple[str, int, int]]
+    ) -> None:
+        """Insert a prepared batch and the feed positions (inside a transaction)."""
+        if staged.rows:
+            conn.executemany(_INSERT, staged.rows)
             conn.execute(
                 "INSERT INTO tree(first_seq, leaves, frontier) VALUES (?, ?, ?)",
-                (writer.size + 1, b"".join(leaves), frontier.to_bytes()),
+                (staged.first_seq, b"".join(staged.leaves), staged.frontier.to_bytes()),
             )
-        return results, fresh, leaves, frontier
+        if offset_rows:
+            conn.executemany(_UPSERT_OFFSET, offset_rows)
 
-    def _commit_memory(
-        self, writer: _Writer, fresh: dict[str, int], leaves: list[bytes], frontier: Frontier
-    ) -> None:
+    def _commit_memory(self, writer: _Writer, staged: _Staged) -> None:
+        fresh = staged.fresh
         if not fresh:
             return
         ids = writer.ids
@@ -540,9 +563,10 @@ class AuditStore:
             else:
                 ids[key] = seq
         writer.size += len(fresh)
-        writer.frontier = frontier
-        if self._tree is not None and self._tree.size == writer.size - len(fresh):
-            self._tree.extend_bytes(b"".join(leaves))
+        writer.frontier = staged.frontier
+        tree = self._tree
+        if tree is not None and tree.size == writer.size - len(fresh):
+            tree.extend_bytes(b"".join(staged.leaves))
 
     def checkpoint(
         self, *, at: datetime | None = None, signer: LogSigner | None = None

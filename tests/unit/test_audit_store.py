@@ -198,6 +198,30 @@ def test_the_fast_encoder_matches_the_json_encoder_byte_for_byte() -> None:
         assert AuditRecord.from_log(record.entry_bytes(seq)) == record.with_seq(seq)
 
 
+def test_the_encoder_matches_the_json_encoder_for_every_unicode_scalar_value() -> None:
+    """orjson (the fast path) and json.dumps (the specification) agree on every code point."""
+    scalars = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(scalars), 8192):
+        text = "".join(map(chr, scalars[start : start + 8192]))
+        record = make_record(start, purpose=text, reasons=(text[:100], "x"), source=text)
+        assert record.entry_bytes(start + 1) == record.reference_bytes(start + 1)
+        assert AuditRecord.from_canonical(record.entry_bytes(start + 1)) == record.with_seq(
+            start + 1
+        )
+
+
+def test_text_that_is_not_unicode_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    lone = make_record(1, purpose="half of a pair \ud83e")
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        lone.entry_bytes(1)
+    with AuditStore(tmp_path / "audit.db") as store:
+        with pytest.raises(ValidationError, match="lone surrogate"):
+            store.append([make_record(2), lone])
+        assert store.count() == 0
+        assert [r.duplicate for r in store.append([make_record(2)])] == [False]
+        assert store.verify().entries == 1
+
+
 def test_canonical_bytes_keep_unicode_and_reject_other_forms() -> None:
     record = make_record(1, reasons=("référé à l'équipe",))
     raw = record.canonical_bytes()

@@ -1,11 +1,22 @@
-"""On-disk format of the audit store (v2), shared by the writer and the verifier.
+"""On-disk format of the audit store (v3), shared by the writer and the verifier.
 
-One SQLite file in WAL mode. ``docs/AUDIT_LOG.md`` explains the choice.
+The log is one SQLite file in WAL mode (say ``audit.db``) and, next to it, a
+folder of **segment files** (``audit.db-segments/``) that hold the entries.
+``docs/AUDIT_LOG.md`` explains the choice.
 
-- ``entries``: one row per log entry. ``entry`` holds the canonical bytes
-  (the RFC 9162 leaf is ``SHA-256(0x00 ‖ entry)``); the other columns are
-  plain copies of ids and pseudonyms taken from the entry, for queries. They
-  carry no index, so an append costs one short row each.
+Segment files (``entries-00000001.jsonl``, ...) are JSON Lines: each entry's
+canonical bytes followed by ``\\n``. The RFC 9162 leaf is ``SHA-256(0x00 ‖
+entry)``, without the newline. Canonical JSON never holds a raw newline, so a
+segment is readable with standard tools (``jq``, ``grep``). A segment is only
+ever appended to; the writer starts a new one when it passes
+``SEGMENT_LIMIT`` bytes, and a batch never spans two segments.
+
+SQLite tables:
+
+- ``batches``: one row per appended batch: where its entries are (segment
+  number, byte offset, and the end of each entry relative to that offset, as
+  little-endian uint64, each end just after the entry's newline) and the
+  batch's entry ids (a JSON array; the writer's dedup map is loaded from it).
 - ``tree``: one row per appended batch: the batch's 32-byte leaf hashes,
   concatenated, and the tree's frontier after it. Loading a million leaves is
   reading 32 MB, not a million rows.
@@ -14,17 +25,28 @@ One SQLite file in WAL mode. ``docs/AUDIT_LOG.md`` explains the choice.
   signed root, so a verifier can trust them as far as the signature goes and
   name the exact entry that changed after signing.
 - ``feed_offsets``: the audit feed's Kafka positions, written in the same
-  transaction as the entries they produced.
-- ``ix_*`` and ``index_state``: the query index. It is derived from the plain
-  columns in bulk, by SQL, before a query needs it (random-key B-tree inserts
-  are what made per-row indexing slow), and the verifier checks it.
+  transaction as the batch they produced.
+- ``entry_columns``, ``ix_*`` and ``index_state``: the query index, derived
+  in bulk from the entries before a query needs it: ``entry_columns`` holds
+  each entry's plain ids and pseudonyms (``INDEX_COLUMNS``), and each ``ix_*``
+  table one key column of it. The verifier checks them against the entries.
 
-Triggers refuse UPDATE and DELETE of entries, tree rows and checkpoints, an
-entry that is not the next seq, a tree row that does not start where the last
-one ended, and a checkpoint beyond the log or behind an earlier one.
+An append writes its entries to the segment and fdatasyncs it, then commits
+the ``batches`` and ``tree`` rows (and feed positions) in one transaction.
+Bytes past the last committed batch are a batch whose commit never happened
+(a crash): no row points at them, readers never see them, and the next
+writer cuts them off.
+
+Triggers refuse UPDATE and DELETE of batches, tree rows, entry columns and
+checkpoints, a batch or tree row that does not start where the last one
+ended, and a checkpoint beyond the log or behind an earlier one.
 """
 
 from __future__ import annotations
+
+import sys
+from array import array
+from pathlib import Path
 
 from ._record import AuditRecord
 
@@ -35,21 +57,28 @@ __all__ = [
     "INDEX_COLUMNS",
     "INDEX_TABLES",
     "SCHEMA",
+    "SEGMENT_LIMIT",
     "TABLES",
     "TRIGGERS",
     "index_values",
+    "pack_ends",
+    "segment_path",
+    "segments_dir",
+    "unpack_ends",
 ]
 
 #: ``PRAGMA application_id`` of a SAFER audit store ("SAFA" in ASCII).
 APPLICATION_ID = 0x53414641
 #: ``PRAGMA user_version``: the on-disk format this build writes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: A new segment file is started once the current one holds this many bytes.
+SEGMENT_LIMIT = 256 * 1024 * 1024
 
 APPEND_ONLY = "audit log is append-only"
 
-TABLES = ("entries", "tree", "checkpoints", "feed_offsets", "index_state")
+TABLES = ("batches", "tree", "checkpoints", "feed_offsets", "index_state", "entry_columns")
 
-#: Plain (queryable) columns of ``entries`` derived from the entry itself.
+#: Plain (queryable) columns of ``entry_columns``, derived from the entry itself.
 INDEX_COLUMNS = (
     "entry_id",
     "event",
@@ -62,39 +91,42 @@ INDEX_COLUMNS = (
     "subject_pseudonyms",
 )
 
-#: Query-index tables: (table, key column, SELECT producing (key, seq) from entries).
+#: Query-index tables: (table, key column, SELECT producing (key, seq) from entry_columns).
 INDEX_TABLES: tuple[tuple[str, str, str], ...] = (
-    ("ix_entry", "entry_id", "SELECT entry_id, seq FROM entries e"),
+    ("ix_entry", "entry_id", "SELECT entry_id, seq FROM entry_columns e"),
     (
         "ix_disclosure",
         "disclosure_id",
-        "SELECT disclosure_id, seq FROM entries e WHERE disclosure_id IS NOT NULL",
+        "SELECT disclosure_id, seq FROM entry_columns e WHERE disclosure_id IS NOT NULL",
     ),
     (
         "ix_concern",
         "concern_id",
-        "SELECT concern_id, seq FROM entries e WHERE concern_id IS NOT NULL",
+        "SELECT concern_id, seq FROM entry_columns e WHERE concern_id IS NOT NULL",
     ),
     (
         "ix_recipient",
         "recipient",
-        "SELECT recipient, seq FROM entries e WHERE recipient IS NOT NULL",
+        "SELECT recipient, seq FROM entry_columns e WHERE recipient IS NOT NULL",
     ),
     (
         "ix_subject",
         "pseudonym",
-        "SELECT DISTINCT j.value, e.seq FROM entries e, json_each(e.subject_pseudonyms) j",
+        "SELECT DISTINCT j.value, e.seq FROM entry_columns e, json_each(e.subject_pseudonyms) j",
     ),
-    ("ix_at", "at", "SELECT at, seq FROM entries e"),
+    ("ix_at", "at", "SELECT at, seq FROM entry_columns e"),
 )
 
 TRIGGERS = (
-    "entries_append_only_update",
-    "entries_append_only_delete",
-    "entries_contiguous_seq",
+    "batches_append_only_update",
+    "batches_append_only_delete",
+    "batches_contiguous",
     "tree_append_only_update",
     "tree_append_only_delete",
     "tree_contiguous",
+    "entry_columns_append_only_update",
+    "entry_columns_append_only_delete",
+    "entry_columns_contiguous_seq",
     "checkpoints_append_only_update",
     "checkpoints_append_only_delete",
     "checkpoints_in_order",
@@ -106,29 +138,31 @@ _INDEX_DDL = "\n".join(
     for table, column, _ in INDEX_TABLES
 )
 
+# The size of the log: where the last batch ends (0 when empty).
+_LOG_SIZE = (
+    "(SELECT COALESCE(MAX(first_seq + length(ends) / 8 - 1), 0) FROM batches "
+    "WHERE first_seq = (SELECT MAX(first_seq) FROM batches))"
+)
+
 # Only module constants are interpolated: no input reaches this SQL.
 SCHEMA = f"""
 BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS entries(
-    seq INTEGER PRIMARY KEY,
-    entry_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    disclosure_id TEXT,
-    concern_id TEXT,
-    recipient TEXT,
-    lscp TEXT,
-    lawful_basis TEXT,
-    at TEXT NOT NULL,
-    subject_pseudonyms TEXT NOT NULL,
-    entry BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS batches(
+    first_seq INTEGER PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    ends BLOB NOT NULL,
+    entry_ids TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS entries_append_only_update BEFORE UPDATE ON entries
+CREATE TRIGGER IF NOT EXISTS batches_append_only_update BEFORE UPDATE ON batches
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS entries_append_only_delete BEFORE DELETE ON entries
+CREATE TRIGGER IF NOT EXISTS batches_append_only_delete BEFORE DELETE ON batches
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS entries_contiguous_seq BEFORE INSERT ON entries
-WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries)
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}: seq must be the next one'); END;
+CREATE TRIGGER IF NOT EXISTS batches_contiguous BEFORE INSERT ON batches
+WHEN NEW.first_seq IS NOT {_LOG_SIZE} + 1
+  OR length(NEW.ends) % 8 != 0 OR length(NEW.ends) = 0 OR NEW.segment < 1 OR NEW.offset < 0
+  OR NEW.segment < (SELECT COALESCE(MAX(segment), 1) FROM batches)
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}: batches must follow each other'); END;
 
 CREATE TABLE IF NOT EXISTS tree(
     first_seq INTEGER PRIMARY KEY,
@@ -145,6 +179,27 @@ WHEN NEW.first_seq IS NOT COALESCE(
 ) OR length(NEW.leaves) % 32 != 0 OR length(NEW.leaves) = 0
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}: tree rows must follow each other'); END;
 
+CREATE TABLE IF NOT EXISTS entry_columns(
+    seq INTEGER PRIMARY KEY,
+    entry_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    disclosure_id TEXT,
+    concern_id TEXT,
+    recipient TEXT,
+    lscp TEXT,
+    lawful_basis TEXT,
+    at TEXT NOT NULL,
+    subject_pseudonyms TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS entry_columns_append_only_update BEFORE UPDATE ON entry_columns
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+CREATE TRIGGER IF NOT EXISTS entry_columns_append_only_delete BEFORE DELETE ON entry_columns
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+CREATE TRIGGER IF NOT EXISTS entry_columns_contiguous_seq BEFORE INSERT ON entry_columns
+WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM entry_columns)
+  OR NEW.seq > {_LOG_SIZE}
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}: seq must be the next one'); END;
+
 CREATE TABLE IF NOT EXISTS checkpoints(
     id INTEGER PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -159,7 +214,7 @@ BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_delete BEFORE DELETE ON checkpoints
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_in_order BEFORE INSERT ON checkpoints
-WHEN NEW.size > (SELECT COALESCE(MAX(seq), 0) FROM entries)
+WHEN NEW.size > {_LOG_SIZE}
   OR NEW.size < (SELECT COALESCE(MAX(size), 0) FROM checkpoints)
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}: a checkpoint must not pass the log or go back'); END;
 
@@ -179,6 +234,34 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {FORMAT_VERSION};
 COMMIT;
 """  # noqa: S608
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def pack_ends(ends: array[int]) -> bytes:
+    """A batch's entry ends (``array('Q')``) as stored: little-endian uint64."""
+    if _BIG_ENDIAN:
+        ends = array("Q", ends)
+        ends.byteswap()
+    return ends.tobytes()
+
+
+def unpack_ends(data: bytes) -> array[int]:
+    """Inverse of ``pack_ends``; ``ValueError`` if ``data`` is not whole uint64s."""
+    ends = array("Q")
+    ends.frombytes(data)
+    if _BIG_ENDIAN:
+        ends.byteswap()
+    return ends
+
+
+def segments_dir(store: Path) -> Path:
+    """The folder of segment files that belongs to the SQLite file ``store``."""
+    return store.with_name(store.name + "-segments")
+
+
+def segment_path(folder: Path, number: int) -> Path:
+    return folder / f"entries-{number:08d}.jsonl"
 
 
 def index_values(record: AuditRecord) -> tuple[str | None, ...]:

@@ -93,7 +93,7 @@ def _record(n: int) -> AuditRecord:
         policy_revision="sha256:" + "f3" * 32,
         fields_disclosed=("concern_id", "concern_type", "risk_grade", "subjects", "narrative"),
         payload_sha256=hashlib.sha256(b"%d" % n).hexdigest(),
-        deadline=T0 + timedelta(hours=24),
+        deadline=T0 + timedelta(hours=24, milliseconds=1500 * (n // 6)),  # per concern
         at=T0 + timedelta(milliseconds=250 * n),
         actor="safer-router",
     )

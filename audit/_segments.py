@@ -1,0 +1,150 @@
+"""Segment files: where the audit log's entries live (format in ``_format``).
+
+Plain file I/O, no SQLite: ``SegmentReader`` reads byte ranges of committed
+batches; ``SegmentAppender`` writes a batch at the committed end of the
+current segment and makes it durable before the batch's rows are committed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from schemas import AuditError, ReasonCode
+
+from ._format import segment_path
+
+__all__ = ["SegmentAppender", "SegmentReader", "sync_directory"]
+
+# fdatasync skips the inode's timestamps, which the log never needs back;
+# where the platform lacks it (macOS), fsync does the same job.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _io_error(action: str, path: Path, exc: OSError) -> AuditError:
+    return AuditError(
+        f"audit store could not {action} {path.name}: {exc.strerror or exc}",
+        code=ReasonCode.PROCESSING_ERROR,
+        retriable=False,
+        hint="check the disk (space, permissions) of the data directory",
+    )
+
+
+def sync_directory(folder: Path) -> None:
+    """fsync a folder, so a file just created in it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentReader:
+    """Reads byte ranges of segment files; keeps them open. Not thread-safe by itself."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: dict[int, int] = {}
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``; fewer (or none) if the file is short or gone."""
+        fd = self._files.get(segment)
+        if fd is None:
+            try:
+                fd = os.open(segment_path(self.folder, segment), os.O_RDONLY)
+            except FileNotFoundError:
+                return b""
+            except OSError as exc:
+                raise _io_error("open", segment_path(self.folder, segment), exc) from None
+            self._files[segment] = fd
+        parts: list[bytes] = []
+        while length > 0:
+            try:
+                chunk = os.pread(fd, min(length, 1 << 30), offset)
+            except OSError as exc:
+                raise _io_error("read", segment_path(self.folder, segment), exc) from None
+            if not chunk:
+                break
+            parts.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def forget(self) -> None:
+        """Close every file (a segment may have been replaced underneath)."""
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    close = forget
+
+
+class SegmentAppender:
+    """Writes batches at the committed end of the newest segment.
+
+    Created by the writer inside its write transaction. Bytes past the
+    committed end are a batch whose commit never happened; they are cut off
+    here, so the segment holds only what the ``batches`` rows describe.
+    """
+
+    def __init__(self, folder: Path, segment: int, end: int) -> None:
+        self.folder = folder
+        self.segment = segment
+        self.end = end
+        self._fd = -1
+        created = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if created:
+                sync_directory(folder.parent)
+            self._open(segment, truncate=False)
+            if os.fstat(self._fd).st_size > end:
+                os.ftruncate(self._fd, end)
+                _datasync(self._fd)
+        except OSError as exc:
+            self.close()
+            raise _io_error("open", segment_path(folder, segment), exc) from None
+
+    def _open(self, segment: int, *, truncate: bool) -> None:
+        path = segment_path(self.folder, segment)
+        existed = path.exists()
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+        fd = os.open(path, flags, 0o640)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        if not existed:
+            sync_directory(self.folder)
+
+    def place(self, length: int, limit: int) -> tuple[int, int]:
+        """(segment, offset) for the next batch of ``length`` bytes; starts a new file if due."""
+        if self.end and self.end + length > limit:
+            try:
+                # Nothing committed is in the next segment: any file there is a crashed batch.
+                self._open(self.segment + 1, truncate=True)
+            except OSError as exc:
+                path = segment_path(self.folder, self.segment + 1)
+                raise _io_error("create", path, exc) from None
+            self.segment += 1
+            self.end = 0
+        return self.segment, self.end
+
+    def write(self, offset: int, data: bytes | bytearray) -> None:
+        """Write ``data`` at ``offset`` of the current segment and make it durable."""
+        try:
+            with memoryview(data) as view:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], offset + done)
+            _datasync(self._fd)
+        except OSError as exc:
+            raise _io_error("write", segment_path(self.folder, self.segment), exc) from None
+
+    def committed(self, end: int) -> None:
+        """The batch just written is committed and ends at ``end``."""
+        self.end = end
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -91,6 +91,8 @@ _BATCH_OF = (
     "ORDER BY first_seq DESC LIMIT 1"
 )
 _tuple_new = tuple.__new__
+#: Bytes of a batch handed to the segment writer thread at a time.
+_CHUNK = 256 * 1024
 _PAGE = 1000
 _IN_CHUNK = 500  # seqs per IN (...) (well under SQLite's variable limit)
 _VERIFY_HINT = "run `safer audit verify` and keep the store files as evidence"
@@ -229,8 +231,8 @@ class _Staged(NamedTuple):
 
     results: list[AppendResult]
     fresh: dict[str, int]  # entry_id -> seq of the new entries
-    data: bytearray  # the new entries, each followed by a newline (the segment bytes)
-    ends: array[int]  # end of each entry in ``data``, just after its newline
+    rest: bytearray  # the last new entries, not yet handed to the segment appender
+    ends: array[int]  # end of each new entry in the batch's bytes, just after its newline
     leaves: list[bytes]
     first_seq: int
     frontier: Frontier  # after the batch
@@ -574,8 +576,9 @@ class AuditStore:
 
         def write(conn: sqlite3.Connection) -> None:
             writer = self._writer_for(conn)
-            staged = self._prepare(conn, writer, batch)
-            self._write(conn, writer, staged, offset_rows)
+            appender = self._appender_for(conn, writer)
+            staged = self._prepare(conn, writer, appender, batch)
+            self._write(conn, appender, staged, offset_rows)
             prepared.append((writer, staged))
 
         with self._lock:  # the files and this process's memory move together
@@ -592,13 +595,16 @@ class AuditStore:
         self,
         conn: sqlite3.Connection,
         writer: _Writer,
+        appender: SegmentAppender,
         batch: list[AuditRecord],
     ) -> _Staged:
-        """Dedup, encode and hash a batch; neither the files nor the writer's memory change.
+        """Dedup, encode and hash a batch, streaming full chunks past the segment's end.
 
+        Nothing committed changes: bytes past the committed end stay invisible
+        until the batch's rows commit, and the writer's memory moves only then.
         This loop is what bounds the append rate (docs/AUDIT_LOG.md), so each
-        step is spelled out rather than called. Each entry is copied into one
-        growing buffer and dropped at once; keeping a batch's entries alive as
+        step is spelled out rather than called. Each entry is copied into a
+        chunk buffer and dropped at once; keeping a batch's entries alive as
         separate objects measured several times slower (fresh memory faults in).
         """
         results: list[AppendResult] = []
@@ -610,6 +616,8 @@ class AuditStore:
         sha = hashlib.sha256
         new = _tuple_new
         data = bytearray()
+        streamed = 0  # bytes of this batch already handed to the appender
+        limit = self.segment_limit
         seq = writer.size
         for record in batch:
             entry_id = record.entry_id
@@ -624,7 +632,11 @@ class AuditStore:
             entry = record._encode(seq)
             data += entry
             data += b"\n"
-            ends.append(len(data))
+            ends.append(streamed + len(data))
+            if len(data) >= _CHUNK:
+                appender.stream(data, limit)
+                streamed += len(data)
+                data = bytearray()
             leaves.append(sha(b"\x00" + entry).digest())
             results.append(new(AppendResult, (entry_id, seq, False)))
         frontier = writer.frontier
@@ -636,19 +648,17 @@ class AuditStore:
     def _write(
         self,
         conn: sqlite3.Connection,
-        writer: _Writer,
+        appender: SegmentAppender,
         staged: _Staged,
         offset_rows: list[tuple[str, int, int]],
     ) -> None:
-        """Write a prepared batch to its segment, then its rows (inside a transaction).
+        """Finish the batch's segment bytes, then write its rows (inside a transaction).
 
         The segment is durable before the rows are committed, so a committed
         row never points at bytes a crash could lose.
         """
         if staged.leaves:
-            appender = self._appender_for(conn, writer)
-            segment, offset = appender.place(len(staged.data), self.segment_limit)
-            appender.write(offset, staged.data)
+            segment, offset = appender.finish(staged.rest, self.segment_limit)
             conn.execute(
                 "INSERT INTO batches(first_seq, segment, offset, ends, entry_ids) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -681,8 +691,8 @@ class AuditStore:
                 ids[key] = seq
         writer.size += len(fresh)
         writer.frontier = staged.frontier
-        if writer.appender is not None:  # place() left ``end`` at this batch's offset
-            writer.appender.committed(writer.appender.end + staged.ends[-1])
+        if writer.appender is not None:
+            writer.appender.committed()
         tree = self._tree
         if tree is not None and tree.size == writer.size - len(fresh):
             tree.extend_bytes(b"".join(staged.leaves))

@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from audit import AuditStore
 from broker import running_tansu_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,13 +188,8 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "RECEIVED" not in events:
             if db.exists():
-                with sqlite3.connect(db) as conn:
-                    events = {
-                        r[0]
-                        for r in conn.execute(
-                            "SELECT event FROM entries WHERE concern_id = ?", (concern_id,)
-                        )
-                    }
+                with AuditStore(db) as store:
+                    events = {r.event.value for r in store.records(concern_id=concern_id)}
             time.sleep(0.3)
         assert {"DISCLOSED", "RECEIVED"} <= events, events
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from safer import Runtime
 from safer import _logging as safer_logging
 from safer.cli import main
 
+from .audit_files import attack, rewrite_entries, stored_entries
 from .test_audit_store import make_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,15 +77,9 @@ def test_verify_json_names_the_first_bad_entry(
     logged: Runtime, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = logged.settings.audit_db
-    conn = sqlite3.connect(db)
-    conn.execute("DROP TRIGGER entries_append_only_update")
-    entry = conn.execute("SELECT entry FROM entries WHERE seq = 7").fetchone()[0]
-    conn.execute(
-        "UPDATE entries SET entry = ? WHERE seq = 7",
-        (bytes(entry).replace(b"safeguarding", b"marketing"),),
-    )
-    conn.commit()
-    conn.close()
+    entries = stored_entries(db)
+    entries[7] = entries[7].replace(b"safeguarding", b"marketing")
+    rewrite_entries(db, entries)
     assert _safer(logged, "verify", "--json") == 1
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"entries", "root", "checkpoint_verified", "consistent", "problems"}
@@ -144,13 +138,10 @@ def test_verify_with_a_kept_checkpoint_catches_a_quiet_truncation(
     assert _safer(logged, "checkpoint") == 0
     kept = tmp_path / "kept.txt"
     kept.write_text(capsys.readouterr().out)
-    conn = sqlite3.connect(logged.settings.audit_db)
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-        conn.execute(f'DROP TRIGGER "{name}"')
-    conn.execute("DELETE FROM entries WHERE seq > 10")
-    conn.execute("DELETE FROM checkpoints")
-    conn.commit()
-    conn.close()
+    db = logged.settings.audit_db
+    entries = stored_entries(db)
+    rewrite_entries(db, {seq: entry for seq, entry in entries.items() if seq <= 10})
+    attack(db, ("DELETE FROM checkpoints", ()))
     assert _safer(logged, "verify", "--json", "--checkpoint", str(kept)) == 1
     problems = json.loads(capsys.readouterr().out)["problems"]
     assert problems[0] == (

@@ -50,6 +50,8 @@ from schemas import (
     latest,
 )
 
+from .audit_files import stored_entries
+
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 4, 8, 30, 0, 123000, tzinfo=UTC)
 
@@ -101,14 +103,8 @@ def fill(
 
 
 def leaves_of(path: Path) -> list[bytes]:
-    conn = sqlite3.connect(path)
-    try:
-        return [
-            leaf_hash(bytes(row[0]))
-            for row in conn.execute("SELECT entry FROM entries ORDER BY seq")
-        ]
-    finally:
-        conn.close()
+    entries = stored_entries(path)
+    return [leaf_hash(entries[seq]) for seq in sorted(entries)]
 
 
 # -- the record ----------------------------------------------------------------
@@ -524,16 +520,141 @@ def test_a_failed_batch_writes_neither_entries_nor_offsets(tmp_path: Path) -> No
     verify_store(path)
 
 
+# -- segment files ---------------------------------------------------------------
+
+
+def _segment_files(path: Path) -> list[Path]:
+    return sorted((path.parent / f"{path.name}-segments").glob("entries-*.jsonl"))
+
+
+def test_entries_live_in_json_lines_segments_and_nowhere_else(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    records = [make_record(i) for i in range(1, 8)]
+    with AuditStore(path) as store:
+        store.append(records[:3])
+        store.append(records[3:])
+        assert store.segments == tmp_path / "audit.db-segments"
+    (segment,) = _segment_files(path)
+    assert segment.name == "entries-00000001.jsonl"
+    lines = segment.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every entry ends with a newline
+    assert lines[:-1] == [r.entry_bytes(seq) for seq, r in enumerate(records, 1)]
+    assert [json.loads(line)["seq"] for line in lines[:-1]] == list(range(1, 8))
+    for payload in (r.payload_sha256 or "" for r in records):
+        assert payload.encode() not in path.read_bytes()  # the SQLite file keeps no entries
+
+
+def test_segments_roll_over_and_read_back_across_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.db"
+    monkeypatch.setattr(AuditStore, "segment_limit", 3000)  # about three entries per file
+    with AuditStore(path) as store:
+        for start in range(1, 40, 2):
+            store.append([make_record(start), make_record(start + 1)])
+        assert [r.seq for r in store.records(concern_id="concern-2")] == list(range(2, 41, 3))
+        assert store.get(40) == make_record(40).with_seq(40)
+    files = _segment_files(path)
+    batch_bytes = max(len(make_record(i).entry_bytes(i)) + 1 for i in range(1, 41)) * 2
+    # A file takes batches until it holds the limit: it ends at most one batch past it.
+    assert len(files) >= 5 and all(f.stat().st_size < 3000 + batch_bytes for f in files)
+    assert all(f.stat().st_size >= 3000 for f in files[:-1])
+    with AuditStore(path) as store:  # a new writer continues in the newest file
+        store.append([make_record(41)])
+        assert store.get(41) == make_record(41).with_seq(41)
+    assert verify_store(path).entries == 41
+    assert b"".join(f.read_bytes() for f in _segment_files(path)) == b"".join(
+        make_record(i).entry_bytes(i) + b"\n" for i in range(1, 42)
+    )
+
+
+def test_a_batch_whose_commit_never_happened_is_invisible_then_cut_off(tmp_path: Path) -> None:
+    """A crash between the segment write and the commit leaves bytes no row points at."""
+    path = tmp_path / "audit.db"
+    fill(path, 4, checkpoint=True)
+    (segment,) = _segment_files(path)
+    committed = segment.read_bytes()
+    with segment.open("ab") as file:  # what the crashed writer left behind
+        file.write(make_record(5).entry_bytes(5) + b"\n" + b'{"half an ent')
+    summary = verify_store(path)
+    assert summary.entries == 4 and summary.consistent
+    with AuditStore(path) as store:
+        assert store.count() == 4 and not store.has_entry(make_record(5).entry_id)
+        results = store.append([make_record(6)])
+        assert [(r.seq, r.duplicate) for r in results] == [(5, False)]
+    assert segment.read_bytes() == committed + make_record(6).entry_bytes(5) + b"\n"
+    assert verify_store(path).entries == 5
+
+
+def test_a_batch_streamed_in_chunks_is_whole_or_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks go to the segment while the batch is encoded; a failure leaves nothing visible."""
+    import audit._store
+
+    monkeypatch.setattr(audit._store, "_CHUNK", 2500)  # a chunk every two or three entries
+    path = tmp_path / "audit.db"
+    with AuditStore(path) as store:
+        store.append([make_record(i) for i in range(1, 31)])
+        bad = [make_record(i) for i in range(31, 61)]
+        bad[25] = make_record(56, purpose="lone \udc80 surrogate")
+        with pytest.raises(ValidationError):
+            store.append(bad)  # about ten chunks were already written past the end
+        assert store.count() == 30
+        store.append([make_record(i) for i in range(61, 71)])
+        assert [r.seq for r in store.records(recipient="recipient-1")] == list(range(1, 40, 2))
+    entries = stored_entries(path)
+    assert entries == {
+        seq: make_record(n).entry_bytes(seq)
+        for seq, n in enumerate([*range(1, 31), *range(61, 71)], 1)
+    }
+    # The failed batch's chunks were cut off before the next batch was written.
+    assert sum(f.stat().st_size for f in _segment_files(path)) == sum(
+        len(entry) + 1 for entry in entries.values()
+    )
+    assert verify_store(path).entries == 40
+
+
+def test_the_instance_dict_holds_exactly_the_fields() -> None:
+    """``_encode`` serialises the instance dict; nothing else may live there."""
+    names = {f.name for f in dataclasses.fields(AuditRecord)}
+    record = make_record(3)
+    record.query_columns()
+    record.entry_bytes(9)
+    for made in (
+        record,
+        AuditRecord.from_avro(record.to_avro()),
+        AuditRecord.from_canonical(record.entry_bytes(9)),
+        AuditRecord.from_log(record.entry_bytes(9)),
+        record.with_seq(4),
+    ):
+        assert set(made.__dict__) == names
+
+
+def test_runs_of_equal_timestamps_encode_like_distinct_ones() -> None:
+    """The encoder remembers the last timestamp it formatted; that must never leak."""
+    moments = [T0, T0, T0 + timedelta(milliseconds=1), T0, T0 + timedelta(days=400), T0]
+    records = [
+        make_record(i, at=moment, deadline=moments[-1 - i]) for i, moment in enumerate(moments)
+    ]
+    for seq, record in enumerate(records + records[::-1], 1):
+        assert record.entry_bytes(seq) == record.reference_bytes(seq)
+
+
 # -- append-only -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "sql",
     [
-        "UPDATE entries SET recipient = 'someone-else' WHERE seq = 1",
-        "UPDATE entries SET entry = x'00' WHERE seq = 2",
-        "DELETE FROM entries WHERE seq = 2",
-        "DELETE FROM entries",
+        "UPDATE batches SET offset = 5 WHERE first_seq = 1",
+        "UPDATE batches SET entry_ids = '[]'",
+        "DELETE FROM batches",
+        "UPDATE entry_columns SET recipient = 'someone-else' WHERE seq = 1",
+        "DELETE FROM entry_columns WHERE seq = 2",
+        "INSERT INTO entry_columns SELECT seq + 5, entry_id, event, disclosure_id, "
+        "concern_id, recipient, lscp, lawful_basis, at, subject_pseudonyms "
+        "FROM entry_columns WHERE seq = 3",
         "UPDATE tree SET leaves = zeroblob(96)",
         "DELETE FROM tree",
         "UPDATE checkpoints SET size = 1",
@@ -548,6 +669,8 @@ def test_a_failed_batch_writes_neither_entries_nor_offsets(tmp_path: Path) -> No
 def test_update_and_delete_are_refused_by_the_database(tmp_path: Path, sql: str) -> None:
     path = tmp_path / "audit.db"
     fill(path, 3, checkpoint=True)
+    with AuditStore(path) as store:
+        list(store.records(recipient="recipient-0"))  # fills entry_columns
     conn = sqlite3.connect(path)
     try:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -564,9 +687,8 @@ def test_an_insert_out_of_sequence_is_refused(tmp_path: Path) -> None:
     try:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute(
-                "INSERT INTO entries SELECT seq + 5, entry_id, event, disclosure_id, concern_id, "
-                "recipient, lscp, lawful_basis, at, subject_pseudonyms, entry "
-                "FROM entries WHERE seq = 1"
+                "INSERT INTO batches SELECT first_seq + 5, segment, offset, ends, entry_ids "
+                "FROM batches WHERE first_seq = 1"
             )
     finally:
         conn.close()
@@ -590,7 +712,7 @@ def test_a_v1_hash_chain_store_is_refused_with_a_way_forward(tmp_path: Path) -> 
     conn.close()
     with pytest.raises(AuditError, match="format v1") as caught:
         AuditStore(path)
-    assert "move the file away" in caught.value.hint
+    assert "move it away" in caught.value.hint and "rebuild" in caught.value.hint
     with pytest.raises(AuditError, match="format v1"):
         verify_store(path)
 
@@ -656,8 +778,10 @@ def test_verify_never_writes(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     fill(path, 5, checkpoint=True)
     before = path.read_bytes()
+    segments = [(f, f.read_bytes()) for f in _segment_files(path)]
     verify_store(path)
     assert path.read_bytes() == before
+    assert segments and all(f.read_bytes() == data for f, data in segments)
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
 
 

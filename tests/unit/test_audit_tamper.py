@@ -1,9 +1,10 @@
 """Tamper detection on real store files: every case names the first bad seq.
 
-Each attack is done the way someone holding the file would do it: a raw
-sqlite3 connection that drops the append-only triggers, then edits rows. The
-thorough attacks also recompute every hash the store keeps (leaf hashes and
-tree state), so only the signed checkpoints can give them away.
+Each attack is done the way someone holding the files would do it: a raw
+sqlite3 connection that drops the append-only triggers and edits rows, and
+plain file writes to the segment files (see ``audit_files``). The thorough
+attacks also recompute every hash the store keeps (leaf hashes and tree
+state), so only the signed checkpoints can give them away.
 """
 
 from __future__ import annotations
@@ -18,35 +19,22 @@ from audit import (
     DEFAULT_ORIGIN,
     AuditRecord,
     AuditStore,
-    Frontier,
     MerkleTree,
     StoreTamperedError,
     leaf_hash,
     verify_consistency,
     verify_store,
 )
-from audit._format import INDEX_COLUMNS, index_values
 from audit._note import format_body
 from schemas import AuditError, LogTamperedError, ReasonCode
 
+from .audit_files import attack, rehash_tree, rewrite_entries, stored_entries
 from .test_audit_store import T0, fill, make_record, signer
 
 KEY = signer()
 
 
-def _attack(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
-    """Edit the file as an attacker would: drop the triggers, then write."""
-    conn = sqlite3.connect(path)
-    try:
-        for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
-        ).fetchall():
-            conn.execute(f'DROP TRIGGER "{name}"')
-        for sql, params in statements:
-            conn.execute(sql, params)
-        conn.commit()
-    finally:
-        conn.close()
+_attack = attack
 
 
 def _restore_triggers(path: Path) -> None:
@@ -56,43 +44,31 @@ def _restore_triggers(path: Path) -> None:
 
 
 def _entry(path: Path, seq: int) -> bytes:
-    conn = sqlite3.connect(path)
-    try:
-        return bytes(conn.execute("SELECT entry FROM entries WHERE seq = ?", (seq,)).fetchone()[0])
-    finally:
-        conn.close()
+    return stored_entries(path)[seq]
 
 
-def _rehash_tree(path: Path) -> None:
-    """Recompute the stored leaf hashes and tree state from the (altered) entries."""
-    conn = sqlite3.connect(path)
-    leaves = [
-        leaf_hash(bytes(e)) for (e,) in conn.execute("SELECT entry FROM entries ORDER BY seq")
-    ]
-    conn.close()
-    frontier = Frontier()
-    frontier.extend(leaves)
-    _attack(
-        path,
-        ("DELETE FROM tree", ()),
-        (
-            "INSERT INTO tree(first_seq, leaves, frontier) VALUES (1, ?, ?)",
-            (b"".join(leaves), frontier.to_bytes()),
-        ),
-    )
+def _edit(path: Path, seq: int, old: bytes, new: bytes) -> None:
+    """Change bytes inside entry ``seq`` in its segment file (and nothing else)."""
+    entries = stored_entries(path)
+    assert old in entries[seq]
+    entries[seq] = entries[seq].replace(old, new)
+    rewrite_entries(path, entries)
 
 
 def _rewrite(path: Path, seq: int, record: AuditRecord, *, new_seq: int | None = None) -> None:
-    """Replace entry ``seq`` with ``record`` (plain columns too), optionally renumbering it."""
+    """Replace entry ``seq`` with ``record``, optionally renumbering it."""
     target = seq if new_seq is None else new_seq
-    columns = ", ".join(f"{name} = ?" for name in INDEX_COLUMNS)
-    _attack(
-        path,
-        (
-            f"UPDATE entries SET seq = ?, entry = ?, {columns} WHERE seq = ?",
-            (target, record.entry_bytes(target), *index_values(record), seq),
-        ),
-    )
+    entries = stored_entries(path)
+    del entries[seq]
+    entries[target] = record.entry_bytes(target)
+    rewrite_entries(path, entries)
+
+
+def _remove(path: Path, *seqs: int) -> None:
+    entries = stored_entries(path)
+    for seq in seqs:
+        del entries[seq]
+    rewrite_entries(path, entries)
 
 
 def _changed(path: Path, seq: int, **changes: object) -> AuditRecord:
@@ -121,10 +97,7 @@ def log(tmp_path: Path) -> Path:
 
 
 def test_modified_entry_is_named(log: Path) -> None:
-    forged = _entry(log, 3).replace(b'"recipient":"recipient-1"', b'"recipient":"recipient-0"')
-    _attack(
-        log, ("UPDATE entries SET entry = ?, recipient = 'recipient-0' WHERE seq = 3", (forged,))
-    )
+    _edit(log, 3, b'"recipient":"recipient-1"', b'"recipient":"recipient-0"')
     error = _problems(log)
     assert error.problems[0] == "entry 3 modified: it does not match its stored leaf hash"
     assert (
@@ -144,8 +117,7 @@ def test_the_first_problem_names_the_entry_even_with_several_checkpoints(log: Pa
         store.checkpoint()  # on demand, at the same size: it keeps no leaves of its own
         store.append([make_record(i) for i in range(9, 12)])
         store.checkpoint()
-    forged = _entry(log, 6).replace(b'"purpose":"safeguarding"', b'"purpose":"marketing"')
-    _attack(log, ("UPDATE entries SET entry = ? WHERE seq = 6", (forged,)))
+    _edit(log, 6, b'"purpose":"safeguarding"', b'"purpose":"marketing"')
     error = _problems(log)
     assert error.problems[0] == "entry 6 modified: it does not match its stored leaf hash"
     changed = [p for p in error.problems if p.startswith("checkpoint ")]
@@ -156,7 +128,7 @@ def test_modified_entry_with_every_stored_hash_recomputed_is_named_by_the_signat
     log: Path,
 ) -> None:
     _rewrite(log, 5, _changed(log, 5, lawful_basis="NONE"))
-    _rehash_tree(log)
+    rehash_tree(log)
     _restore_triggers(log)
     error = _problems(log)
     assert error.problems[0] == (
@@ -167,7 +139,9 @@ def test_modified_entry_with_every_stored_hash_recomputed_is_named_by_the_signat
 
 
 def test_a_modified_plain_column_is_detected(log: Path) -> None:
-    _attack(log, ("UPDATE entries SET recipient = 'recipient-9' WHERE seq = 2", ()))
+    with AuditStore(log) as store:
+        list(store.records(recipient="recipient-0"))  # builds the index
+    _attack(log, ("UPDATE entry_columns SET recipient = 'recipient-9' WHERE seq = 2", ()))
     error = _problems(log)
     assert error.problems[0] == "entry 2 index columns do not match the entry: recipient"
 
@@ -176,7 +150,7 @@ def test_a_modified_plain_column_is_detected(log: Path) -> None:
 
 
 def test_deleted_entries_are_named_without_cascading(log: Path) -> None:
-    _attack(log, ("DELETE FROM entries WHERE seq IN (3, 4)", ()))
+    _remove(log, 3, 4)
     error = _problems(log)
     assert error.problems[0] == "entries 3..4 missing (deleted?)"
     assert not any("entry 5" in p or "entry 6" in p for p in error.problems)
@@ -185,11 +159,13 @@ def test_deleted_entries_are_named_without_cascading(log: Path) -> None:
 
 def test_deleted_entry_with_the_log_renumbered_and_rehashed_is_named(log: Path) -> None:
     """Entry 3 removed, later entries moved down and re-encoded: the signed leaves give it away."""
-    records = [AuditRecord.from_canonical(_entry(log, seq)) for seq in range(4, 9)]
-    _attack(log, ("DELETE FROM entries WHERE seq = 3", ()))
+    entries = stored_entries(log)
+    records = [AuditRecord.from_canonical(entries[seq]) for seq in range(4, 9)]
+    del entries[8]
     for seq, record in zip(range(4, 9), records, strict=True):
-        _rewrite(log, seq, record, new_seq=seq - 1)
-    _rehash_tree(log)
+        entries[seq - 1] = record.entry_bytes(seq - 1)
+    rewrite_entries(log, entries)
+    rehash_tree(log)
     _restore_triggers(log)
     error = _problems(log)
     assert error.problems[0] == (
@@ -206,21 +182,10 @@ def test_deleted_entry_with_the_log_renumbered_and_rehashed_is_named(log: Path) 
 
 
 def test_swapped_entries_are_detected_as_reordered(log: Path) -> None:
-    conn = sqlite3.connect(log)
-    rows = {
-        seq: row
-        for seq, *row in conn.execute(
-            "SELECT seq, entry, entry_id, disclosure_id, concern_id, recipient, lawful_basis, at, "
-            "subject_pseudonyms, lscp FROM entries WHERE seq IN (2, 4)"
-        )
-    }
-    conn.close()
-    update = (
-        "UPDATE entries SET entry = ?, entry_id = ?, disclosure_id = ?, concern_id = ?, "
-        "recipient = ?, lawful_basis = ?, at = ?, subject_pseudonyms = ?, lscp = ? WHERE seq = ?"
-    )
-    _attack(log, (update, (*rows[4], 2)), (update, (*rows[2], 4)))
-    _rehash_tree(log)  # the stored leaves follow the swap too
+    entries = stored_entries(log)
+    entries[2], entries[4] = entries[4], entries[2]
+    rewrite_entries(log, entries)
+    rehash_tree(log)  # the stored leaves follow the swap too
     error = _problems(log)
     assert error.problems[0] == "entry at seq 2 claims seq 4 (reordered?)"
     assert "entry at seq 4 claims seq 2 (reordered?)" in error.problems
@@ -231,7 +196,7 @@ def test_reordered_entries_renumbered_to_fit_are_named_by_the_signature(log: Pat
     fourth = AuditRecord.from_canonical(_entry(log, 4))
     _rewrite(log, 2, fourth)
     _rewrite(log, 4, second)
-    _rehash_tree(log)
+    rehash_tree(log)
     _restore_triggers(log)
     error = _problems(log)
     assert error.problems[0].startswith("entry 2 differs from the entry signed in checkpoint 1")
@@ -241,7 +206,7 @@ def test_reordered_entries_renumbered_to_fit_are_named_by_the_signature(log: Pat
 
 
 def test_truncation_is_detected_by_the_checkpoint_and_the_tree(log: Path) -> None:
-    _attack(log, ("DELETE FROM entries WHERE seq > 5", ()))
+    _remove(log, 6, 7, 8)
     error = _problems(log)
     assert error.problems[0] == (
         "log truncated: the tree holds leaf hashes up to entry 8 but the log ends at entry 5 "
@@ -258,8 +223,9 @@ def test_truncation_that_also_removes_the_checkpoints_needs_a_kept_checkpoint(
 ) -> None:
     kept = AuditStore(log, signer=KEY).latest_checkpoint(signed=True)
     assert kept is not None
-    _attack(log, ("DELETE FROM entries WHERE seq > 5", ()), ("DELETE FROM checkpoints", ()))
-    _rehash_tree(log)
+    _remove(log, 6, 7, 8)
+    _attack(log, ("DELETE FROM checkpoints", ()))
+    rehash_tree(log)
     _restore_triggers(log)
     verify_store(log, key=KEY.key)  # nothing in the file gives it away any more...
     error = _problems(log, anchors=[kept.note])  # ...but the checkpoint the DPO kept does
@@ -315,7 +281,7 @@ def test_a_checkpoint_inconsistent_with_a_later_one_is_named(tmp_path: Path) -> 
         store.checkpoint(at=T0)
         store.append([make_record(i) for i in range(6, 9)])
     _rewrite(path, 3, _changed(path, 3, recipient="recipient-7"))
-    _rehash_tree(path)
+    rehash_tree(path)
     _restore_triggers(path)
     with AuditStore(path, signer=KEY) as store:
         resigned = store.checkpoint(at=T0)  # a valid signature over the rewritten log
@@ -340,7 +306,7 @@ def test_without_the_key_a_rewrite_still_breaks_the_older_checkpoint(tmp_path: P
     path = tmp_path / "audit.db"
     fill(path, 6, key=KEY, checkpoint=True)
     _rewrite(path, 2, _changed(path, 2, purpose="marketing"))
-    _rehash_tree(path)
+    rehash_tree(path)
     _restore_triggers(path)
     with pytest.raises(StoreTamperedError) as caught:
         verify_store(path)
@@ -399,12 +365,15 @@ def test_dropped_triggers_alone_fail_verification(log: Path) -> None:
 _TRIGGER_PROBLEMS = [
     f"append-only trigger {name} is missing (the store was altered)"
     for name in (
-        "entries_append_only_update",
-        "entries_append_only_delete",
-        "entries_contiguous_seq",
+        "batches_append_only_update",
+        "batches_append_only_delete",
+        "batches_contiguous",
         "tree_append_only_update",
         "tree_append_only_delete",
         "tree_contiguous",
+        "entry_columns_append_only_update",
+        "entry_columns_append_only_delete",
+        "entry_columns_contiguous_seq",
         "checkpoints_append_only_update",
         "checkpoints_append_only_delete",
         "checkpoints_in_order",

@@ -1,7 +1,8 @@
-"""Offline verification of an audit store file.
+"""Offline verification of an audit store: the SQLite file and its segment files.
 
-``verify_store`` opens the SQLite file read-only and trusts nothing stored but
-what a signature covers. In one pass, in seq order, it:
+``verify_store`` opens the SQLite file read-only, reads each batch's entries
+from the segment files where its ``batches`` row says they are, and trusts
+nothing stored but what a signature covers. In one pass, in seq order, it:
 
 - recomputes every leaf hash from the entry bytes and the RFC 9162 root at
   every checkpoint's size;
@@ -10,32 +11,54 @@ what a signature covers. In one pass, in seq order, it:
   checkpoint and every checkpoint the caller kept elsewhere (``anchors``);
 - names the exact entry that changed after a checkpoint was signed, using the
   leaf hashes the checkpoint row keeps (they are bound to the signed root);
-- checks the stored leaf hashes, the sequence numbers the entries claim, the
-  plain query columns and the query index against the entries, and that the
-  append-only triggers are still there.
+- checks that the batches follow each other through the segment files, each
+  entry ends with its newline, the batches' entry id lists, the stored leaf
+  hashes, the sequence numbers the entries claim, the query columns and the
+  query index against the entries, and that the append-only triggers are
+  still there.
+
+Bytes in a segment past the last batch are a batch whose commit never
+happened (a crash); they are not part of the log and are ignored.
 
 Problems are reported in log order, so the first one names the first bad
-sequence number. It never writes, so an auditor can run it on a copy or on the
-live file.
+sequence number. It never writes, so an auditor can run it on a copy (the
+SQLite file and its segments folder) or on the live store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
+import os
 import sqlite3
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from json.encoder import encode_basestring as _json_str
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from schemas import AuditError, LogTamperedError, ReasonCode, SaferError
 
-from ._format import APPLICATION_ID, FORMAT_VERSION, INDEX_COLUMNS, INDEX_TABLES, TABLES, TRIGGERS
+from ._format import (
+    APPLICATION_ID,
+    FORMAT_VERSION,
+    INDEX_COLUMNS,
+    INDEX_TABLES,
+    TABLES,
+    TRIGGERS,
+    segment_path,
+    segments_dir,
+    unpack_ends,
+)
 from ._merkle import EMPTY_ROOT, HASH_SIZE, Frontier, MerkleTree
 from ._note import LogKey, open_checkpoint, parse_body, parse_note
 from ._record import AuditRecord
+from ._segments import SegmentReader
 
 __all__ = ["MAX_PROBLEMS", "LogSummary", "StoreTamperedError", "verify_store"]
 
@@ -235,8 +258,14 @@ def verify_store(
     entries, their order, the tree and the checkpoints) is checked, which is
     what the signatures cover and several times faster.
 
-    Raises ``AuditError`` if ``path`` is not a SAFER audit store, or if
-    ``anchors`` are given without a ``key``.
+    ``path`` is the SQLite file; the entries are read from the segments
+    folder next to it (``audit.db-segments`` for ``audit.db``), so a copy
+    for an auditor must include both. A missing or short segment shows as
+    missing entries.
+
+    Raises ``AuditError`` if ``path`` is not a SAFER audit store, if a segment
+    file exists but cannot be read, or if ``anchors`` are given without a
+    ``key``.
     """
     if anchors and key is None:
         raise AuditError(
@@ -247,8 +276,10 @@ def verify_store(
     path = Path(path)
     conn = _open_read_only(path)
     try:
-        conn.execute("BEGIN")  # one read snapshot for every table
-        summary, problems = _verify(conn, key, origin, anchors, index)
+        # One read snapshot for every table. A live writer only appends to segments,
+        # past the batches this snapshot holds, and those bytes are never read.
+        conn.execute("BEGIN")
+        summary, problems = _verify(conn, segments_dir(path), key, origin, anchors, index)
     except sqlite3.DatabaseError as exc:
         raise AuditError(
             f"audit store {path} could not be read ({exc})",
@@ -377,8 +408,24 @@ def _stored_leaves(conn: sqlite3.Connection, problems: _Problems) -> tuple[bytes
     return b"".join(parts), frontier
 
 
-def _diagnose(seq: int, entry: bytes, columns: tuple[Any, ...], problems: _Problems) -> None:
-    """Explain why an entry's bytes do not fit its row (the slow, exact path)."""
+# The plain columns in the order they are read from entry_columns: the text
+# ones first (compared with the parsed entry in one C call), the pseudonyms last.
+_TEXT_COLUMNS = tuple(name for name in INDEX_COLUMNS if name != "subject_pseudonyms")
+_ROW_COLUMNS = (*_TEXT_COLUMNS, "subject_pseudonyms")
+_text_values = operator.itemgetter(*_TEXT_COLUMNS)
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+_ID_KEY = b'"entry_id":'
+_NEWLINE = 0x0A
+
+
+def _diagnose(seq: int, entry: bytes, columns: Sequence[Any] | None, problems: _Problems) -> None:
+    """Explain why an entry does not claim its seq or fit its index columns (the slow, exact path).
+
+    ``columns`` is its ``entry_columns`` row in ``_ROW_COLUMNS`` order, or None
+    when the columns are not in question.
+    """
     try:
         parsed = json.loads(entry.decode("utf-8"))
         if not isinstance(parsed, dict):
@@ -387,19 +434,28 @@ def _diagnose(seq: int, entry: bytes, columns: tuple[Any, ...], problems: _Probl
         problems.add(seq, f"entry {seq} modified: it is not a canonical audit record", _R_COLUMNS)
         return
     claimed = parsed.get("seq")
-    if claimed != seq:
+    if type(claimed) is not int:
+        # Say nothing of what is there instead: it could be anything the attacker wrote.
+        problems.add(
+            seq,
+            f"entry {seq} modified: it is not a canonical audit record (its seq is not a number)",
+            _R_MOVED,
+        )
+    elif claimed != seq:
         problems.add(seq, f"entry at seq {seq} claims seq {claimed} (reordered?)", _R_MOVED)
     wrong = []
-    for name, got in zip(INDEX_COLUMNS, columns, strict=True):
-        want = parsed.get(name)
-        if name == "subject_pseudonyms":
-            want = (
-                "[" + ",".join(map(_json_str, want)) + "]"
-                if isinstance(want, list) and all(isinstance(v, str) for v in want)
-                else want
-            )
-        if want != got:
-            wrong.append(name)
+    if columns is not None:
+        kept = dict(zip(_ROW_COLUMNS, columns, strict=True))
+        for name in INDEX_COLUMNS:
+            want = parsed.get(name)
+            if name == "subject_pseudonyms":
+                want = (
+                    "[" + ",".join(map(_json_str, want)) + "]"
+                    if isinstance(want, list) and all(isinstance(v, str) for v in want)
+                    else want
+                )
+            if want != kept[name]:
+                wrong.append(name)
     if wrong:
         problems.add(
             seq,
@@ -417,16 +473,257 @@ def _diagnose(seq: int, entry: bytes, columns: tuple[Any, ...], problems: _Probl
             )
 
 
-#: Rows whose entry may not carry their seq and plain columns: a fast filter in
-#: SQL (SQLite renders both sides the same way), each hit checked exactly by ``_diagnose``.
-_SUSPECTS = f"""
-SELECT seq, {", ".join(INDEX_COLUMNS)}, entry FROM entries
-WHERE json_extract(CAST(entry AS TEXT), '$.seq', '$.entry_id', '$.event', '$.disclosure_id',
-    '$.concern_id', '$.recipient', '$.lscp', '$.lawful_basis', '$.at', '$.subject_pseudonyms')
-  IS NOT json_array(seq, entry_id, event, disclosure_id, concern_id, recipient, lscp,
-    lawful_basis, at, json(subject_pseudonyms))
-ORDER BY seq
-"""  # noqa: S608
+def _columns_match(entry: bytes, row: tuple[Any, ...]) -> bool:
+    """The fast screen: does ``row`` (seq, then ``_ROW_COLUMNS``) hold the entry's values?
+
+    The pseudonyms column is the JSON text of the entry's list, as orjson
+    writes it (json.dumps without ASCII escapes writes the same).
+    """
+    try:
+        parsed = _loads(entry)
+        return bool(
+            row[1:-1] == _text_values(parsed)
+            and row[-1] == _dumps(parsed["subject_pseudonyms"]).decode()
+        )
+    except (TypeError, ValueError, KeyError):  # not JSON, not an object, a key missing
+        return False
+
+
+class _Runs:
+    """Seqs noted in increasing order, reported as runs (``entries 3..9``), not one by one."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[int]] = []
+
+    def add(self, seq: int) -> None:
+        if self.runs and self.runs[-1][1] + 1 == seq:
+            self.runs[-1][1] = seq
+        else:
+            self.runs.append([seq, seq])
+
+    def report(self, problems: _Problems, one: str, many: str) -> None:
+        for first, last in self.runs:
+            text = one.format(first) if first == last else many.format(first, last)
+            problems.add(first, text, _R_COLUMNS)
+
+
+def _positions(blob: object) -> array[int] | None:
+    """A batch's entry ends, or None unless they are whole uint64s, at least one, rising from 1."""
+    if type(blob) is not bytes or not blob or len(blob) % 8:
+        return None
+    ends = unpack_ends(blob)
+    if ends[0] < 1 or not all(map(operator.lt, ends, islice(ends, 1, None))):
+        return None
+    return ends
+
+
+def _entry_ids(text: object, count: int) -> list[str] | None:
+    """A batch's entry id list, or None unless it is a JSON list of ``count`` strings."""
+    if not isinstance(text, str | bytes):
+        return None
+    try:
+        ids = _loads(text)
+    except ValueError:
+        return None
+    if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
+        return None
+    return ids
+
+
+class _Batches:
+    """The entries, batch by batch in seq order, from where the ``batches`` rows put them.
+
+    Iterating yields (first seq, entries). An entry the segment does not hold
+    in full is left out, as if deleted, so the caller reports it missing (or
+    the log truncated). Overlapping batches are skipped, so each first seq is
+    past every entry yielded before. Problems with the rows themselves are
+    reported here. ``end`` is the last seq the (well-formed) rows list.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, reader: SegmentReader, problems: _Problems
+    ) -> None:
+        self.conn = conn
+        self.reader = reader
+        self.problems = problems
+        self.rows = 0
+        self.end = 0
+        self._sizes: dict[int, int] = {}
+
+    def __iter__(self) -> Iterator[tuple[int, list[bytes]]]:
+        problems = self.problems
+        place: tuple[int, int] | None = (1, 0)  # (segment, offset) where the next batch starts
+        taken = 0  # the highest seq a batch row has claimed so far
+        dumps = _dumps
+        for first, segment, offset, blob, id_list in self.conn.execute(
+            "SELECT first_seq, segment, offset, ends, entry_ids FROM batches ORDER BY first_seq"
+        ):
+            self.rows += 1
+            if first <= taken:
+                problems.add(
+                    first,
+                    f"batch at entry {first} overlaps the one before it (batches altered)",
+                    _R_LEAF,
+                )
+                continue
+            ends = _positions(blob)
+            if ends is None:
+                problems.add(
+                    first,
+                    f"batch at entry {first} has malformed entry positions (batches altered)",
+                    _R_MISSING,
+                )
+                taken = first
+                place = None  # its length is unknown, and so where the next one starts
+                continue
+            taken = self.end = first + len(ends) - 1
+            valid = type(segment) is int and type(offset) is int and segment >= 1 and offset >= 0
+            if not valid or (
+                place is not None
+                and not (
+                    (segment == place[0] and offset == place[1])
+                    or (segment > place[0] and offset == 0)
+                )
+            ):
+                problems.add(
+                    first,
+                    f"batch at entry {first} does not start where the one before it ended "
+                    "(segments altered)",
+                    _R_MISSING,  # before what follows from it: entries missing or garbled
+                )
+            if not valid:
+                place = None
+                continue
+            if place is not None and segment != place[0]:
+                self.reader.forget()  # segments only go forward: keep one file open, not all
+            place = (segment, offset + ends[-1])
+            data = self._read(segment, offset, ends[-1])
+            ids = _entry_ids(id_list, len(ends))
+            if ids is None:
+                problems.add(
+                    first,
+                    f"batch at entry {first} has a malformed entry id list (batches altered)",
+                    _R_COLUMNS,
+                )
+            entries: list[bytes] = []
+            have = len(data)
+            start = 0
+            for i, end in enumerate(ends):
+                if end > have:
+                    break  # the segment is short: this entry and the rest are absent
+                entry = data[start : end - 1]
+                if data[end - 1] != _NEWLINE:
+                    problems.add(
+                        first + i,
+                        f"entry {first + i} modified: its bytes in the segment do not end where "
+                        "the batch says (segment altered)",
+                        _R_LEAF,
+                    )
+                # Canonical JSON has no whitespace, and a quote inside a string is escaped,
+                # so '"entry_id":' occurs only as the key: a byte search is exact.
+                if ids is not None and _ID_KEY + dumps(ids[i]) not in entry:
+                    problems.add(
+                        first + i,
+                        f"entry {first + i}: the batch's entry id list does not match the entry "
+                        "(batches altered; duplicates could slip in)",
+                        _R_COLUMNS,
+                    )
+                entries.append(entry)
+                start = end
+            if entries:
+                yield first, entries
+
+    def _read(self, segment: int, offset: int, length: int) -> bytes:
+        """The batch's bytes: fewer if the segment is short, none if it is gone."""
+        size = self._sizes.get(segment)
+        if size is None:
+            try:
+                size = os.stat(segment_path(self.reader.folder, segment)).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                size = 0
+            except OSError:
+                size = offset + length  # the reader will say what is wrong
+            self._sizes[segment] = size
+        # Capped at the file's size, so a forged end cannot make the read allocate gigabytes.
+        length = min(length, size - offset)
+        return self.reader.read(segment, offset, length) if length > 0 else b""
+
+
+class _Columns:
+    """``entry_columns`` rows, read in seq order alongside the entries (a merge by seq).
+
+    Every entry up to ``indexed`` must have its row, holding its values;
+    every row must belong to such an entry. Memory stays bounded: rows are
+    fetched in chunks and passed over once.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, indexed: int) -> None:
+        self.indexed = indexed
+        self.lacking = _Runs()  # entries up to ``indexed`` with no row
+        self.orphans = _Runs()  # rows of entries that are not in the log
+        self._rows = self._fetch(conn)
+        self._row = next(self._rows, None)
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+        cursor = conn.execute(
+            f"SELECT seq, {', '.join(_ROW_COLUMNS)} FROM entry_columns ORDER BY seq"  # noqa: S608
+        )
+        while rows := cursor.fetchmany(4096):
+            yield from rows
+
+    def row(self, seq: int) -> tuple[Any, ...] | None:
+        """The row of entry ``seq`` (asked in increasing order, up to ``indexed``)."""
+        row = self._row
+        while row is not None and row[0] < seq:
+            self.orphans.add(row[0])  # an entry missing from the log
+            row = next(self._rows, None)
+        if row is None or row[0] != seq:
+            self._row = row
+            self.lacking.add(seq)
+            return None
+        self._row = next(self._rows, None)
+        return row
+
+    def finish(self, size: int, problems: _Problems) -> None:
+        """Report the rows left over, and the entries that had none."""
+        beyond = _Runs()  # rows of entries past ``indexed``: the index state was set back
+        row = self._row
+        while row is not None:
+            (beyond if self.indexed < row[0] <= size else self.orphans).add(row[0])
+            row = next(self._rows, None)
+        self._row = None
+        self.lacking.report(
+            problems,
+            "entry {} has no index columns (the query index was altered)",
+            "entries {}..{} have no index columns (the query index was altered)",
+        )
+        self.orphans.report(
+            problems,
+            "index columns for entry {} match no entry",
+            "index columns for entries {}..{} match no entry",
+        )
+        beyond.report(
+            problems,
+            "entry {} has index columns beyond the indexed part of the log "
+            "(the query index was altered)",
+            "entries {}..{} have index columns beyond the indexed part of the log "
+            "(the query index was altered)",
+        )
+        if self.indexed > size:
+            problems.add(
+                _LAST,
+                f"the query index covers entries up to {self.indexed} but the log ends at "
+                f"entry {size} (entries removed?)",
+            )
+
+
+def _indexed_seq(conn: sqlite3.Connection, problems: _Problems) -> int | None:
+    row = conn.execute("SELECT indexed_seq FROM index_state WHERE id = 1").fetchone()
+    if row is None or type(row[0]) is not int or row[0] < 0:
+        problems.add(_LAST, "query index state is missing (the store was altered)")
+        return None
+    return int(row[0])
 
 
 def _ranges_differ(a: bytes, b: bytes, first_seq: int, skip: set[int]) -> Iterator[int]:
@@ -444,6 +741,7 @@ def _ranges_differ(a: bytes, b: bytes, first_seq: int, skip: set[int]) -> Iterat
 
 def _verify(
     conn: sqlite3.Connection,
+    folder: Path,
     key: LogKey | None,
     origin: str | None,
     anchors: Sequence[str],
@@ -455,42 +753,56 @@ def _verify(
     if key is not None:
         _load_anchors(anchors, key, origin, state)
     stored, stored_frontier = _stored_leaves(conn, problems)
+    indexed = _indexed_seq(conn, problems) if index else None
+    columns = _Columns(conn, indexed) if indexed is not None else None
 
     # One pass over the entries: recompute every leaf. A missing entry's place is
     # taken by its stored leaf hash (if any), so later checkpoints can still be checked.
     computed = bytearray()
-    suspects: list[int] = []  # entries whose claimed seq did not read back as their own
     missing: set[int] = set()
     unknown_from: int | None = None  # first seq with no leaf at all
     present = 0
     expected = 1
+    diagnosed = 0
     sha = hashlib.sha256
-    cursor = conn.execute("SELECT seq, entry FROM entries ORDER BY seq")
-    while rows := cursor.fetchmany(4096):
-        for seq, entry in rows:
-            if seq != expected:
-                if not isinstance(seq, int) or seq < expected:
-                    problems.add(_LAST, f"row with seq {seq!r} is out of sequence")
-                    continue
-                problems.add(expected, _missing(expected, seq - 1), _R_MISSING)
-                missing.update(range(expected, seq))
-                fill = stored[(expected - 1) * HASH_SIZE : (seq - 1) * HASH_SIZE]
-                if len(fill) != (seq - expected) * HASH_SIZE:
+    reader = SegmentReader(folder)
+    batches = _Batches(conn, reader, problems)
+    try:
+        for first, entries in batches:
+            if first != expected:  # never lower: _Batches skips overlapping batches
+                problems.add(expected, _missing(expected, first - 1), _R_MISSING)
+                missing.update(range(expected, first))
+                fill = stored[(expected - 1) * HASH_SIZE : (first - 1) * HASH_SIZE]
+                if len(fill) != (first - expected) * HASH_SIZE:
                     if unknown_from is None:
                         unknown_from = expected + len(fill) // HASH_SIZE
-                    fill = fill.ljust((seq - expected) * HASH_SIZE, b"\0")
+                    fill = fill.ljust((first - expected) * HASH_SIZE, b"\0")
                 computed += fill
-            if type(entry) is not bytes:
-                problems.add(seq, f"entry {seq} modified: it is not a blob", _R_LEAF)
-                entry = str(entry).encode()
-            computed += sha(b"\x00" + entry).digest()
-            # The seq the entry claims: in canonical JSON ',"seq":' occurs once, near the end.
-            at = entry.rfind(b',"seq":')
-            if at < 0 or entry[at + 7 : entry.find(b",", at + 7)] != b"%d" % seq:
-                suspects.append(seq)
-            present += 1
-            expected = seq + 1
+            suspects: dict[int, tuple[Any, ...] | None] = {}  # seq -> its row, if in question
+            for seq, entry in enumerate(entries, first):
+                computed += sha(b"\x00" + entry).digest()
+                # The seq the entry claims: in canonical JSON ',"seq":' occurs once, near the end.
+                at = entry.rfind(b',"seq":')
+                if at < 0 or entry[at + 7 : entry.find(b",", at + 7)] != b"%d" % seq:
+                    suspects[seq] = None
+            if columns is not None and first <= columns.indexed:
+                # Only here is each entry parsed: the plain columns are not signed, so
+                # ``index=False`` (the log alone) skips this.
+                for seq, entry in enumerate(entries[: columns.indexed - first + 1], first):
+                    row = columns.row(seq)
+                    if row is not None and not _columns_match(entry, row):
+                        suspects[seq] = row[1:]
+            for seq in sorted(suspects):
+                if diagnosed < MAX_PROBLEMS:  # beyond that the list is cut anyway
+                    diagnosed += 1
+                    _diagnose(seq, entries[seq - first], suspects[seq], problems)
+            present += len(entries)
+            expected = first + len(entries)
+    finally:
+        reader.close()
     size = expected - 1
+    if batches.rows and not folder.is_dir():
+        problems.add(_LAST, f"the segments folder {folder.name} is missing: no entry can be read")
 
     # Stored leaf hashes, and the leaf hashes signed checkpoints vouch for.
     common = min(len(stored), len(computed))
@@ -522,24 +834,6 @@ def _verify(
             if cp.first_diff is None:
                 cp.first_diff = seq
 
-    # Every entry must carry its own seq and, with ``index``, the row's plain columns.
-    columns = ", ".join(INDEX_COLUMNS)
-    rows = conn.execute(_SUSPECTS).fetchall() if index else []
-    for start in range(0, min(len(suspects), MAX_PROBLEMS), 500):
-        chunk = suspects[start : start + 500]
-        rows += conn.execute(
-            f"SELECT seq, {columns}, entry FROM entries "  # noqa: S608
-            f"WHERE seq IN ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall()
-    diagnosed: set[int] = set()
-    for row in sorted(rows, key=lambda r: r[0]):
-        if row[0] in diagnosed:
-            continue
-        diagnosed.add(row[0])
-        entry = row[-1] if isinstance(row[-1], bytes) else str(row[-1]).encode()
-        _diagnose(row[0], entry, tuple(row[1:-1]), problems)
-
     # Roots at every checkpoint's size, from one tree over the recomputed leaves.
     known = size if unknown_from is None else unknown_from - 1
     tree = MerkleTree.from_leaf_bytes(bytes(computed[: known * HASH_SIZE]))
@@ -549,7 +843,8 @@ def _verify(
         elif cp.size <= size:
             cp.matched = None
     frontier_ok = unknown_from is None
-    gaps = bool(missing)
+    # Entries the batch rows list but the segments do not hold are missing too.
+    gaps = bool(missing) or batches.end > size
 
     tree_end = len(stored) // HASH_SIZE
     if tree_end > size:
@@ -567,6 +862,13 @@ def _verify(
         and stored_frontier != tree.frontier(size).to_bytes()
     ):
         problems.add(_LAST, "the stored tree state does not match the entries (tree rows altered)")
+    if batches.end > size:
+        problems.add(
+            size + 1,
+            f"log truncated: the batches list entries up to entry {batches.end} but the "
+            f"segment files hold only up to entry {size} (entry {size + 1} onward missing)",
+            _R_MISSING,
+        )
 
     entry_problems = [
         seq
@@ -575,8 +877,9 @@ def _verify(
     ]
     first_bad = min(entry_problems, default=None)
     consistent = _judge_checkpoints(state, size, present, first_bad) and not gaps
-    if index:
-        _check_index(conn, problems)
+    if columns is not None:
+        columns.finish(size, problems)
+        _check_index(conn, columns.indexed, problems)
     present_triggers = {
         row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
     }
@@ -664,57 +967,59 @@ def _judge_checkpoints(state: _State, size: int, present: int, first_bad: int | 
     return consistent
 
 
-def _check_index(conn: sqlite3.Connection, problems: _Problems) -> None:
-    """The query index must hold exactly the entries' keys up to ``indexed_seq``.
+def _check_index(conn: sqlite3.Connection, indexed: int, problems: _Problems) -> None:
+    """The query index must hold exactly the keys of ``entry_columns`` up to ``indexed_seq``.
 
-    The plain columns are copied once into an in-memory temporary table keyed
-    by seq. For each index table a quick count decides: every index row must
-    match its entry, and there must be as many as the entries give. Only when
-    the counts disagree is the exact (sorting) comparison run to say what is
-    wrong and where.
+    ``entry_columns`` itself was checked against the entries in the pass. For
+    each index table a quick count decides: every index row must match its
+    entry's columns (a primary-key lookup), and there must be as many as the
+    columns give. Only when the counts disagree is the exact (sorting)
+    comparison run to say what is wrong and where.
     """
-    row = conn.execute("SELECT indexed_seq FROM index_state WHERE id = 1").fetchone()
-    indexed = int(row[0]) if row is not None and isinstance(row[0], int) else -1
-    if indexed < 0:
-        problems.add(_LAST, "query index state is missing (the store was altered)")
-        return
-    conn.execute(f"CREATE TEMP TABLE plain(seq INTEGER PRIMARY KEY, {', '.join(INDEX_COLUMNS)})")
-    conn.execute(
-        f"INSERT INTO temp.plain SELECT seq, {', '.join(INDEX_COLUMNS)} "  # noqa: S608
-        "FROM main.entries WHERE seq <= ?",
-        (indexed,),
-    )
-    try:
-        for table, column, select in INDEX_TABLES:
-            if table == "ix_subject":
-                matches = f"instr(e.subject_pseudonyms, json_quote(i.{column})) > 0"
-                expected_sql = "SELECT total(json_array_length(subject_pseudonyms)) FROM temp.plain"
-            else:
-                matches = f"e.{column} = i.{column}"
-                expected_sql = f"SELECT count({column}) FROM temp.plain"  # noqa: S608
+    for table, column, select in INDEX_TABLES:
+        if table == "ix_subject":
+            matches = f"instr(e.subject_pseudonyms, json_quote(i.{column})) > 0"
+            expected_sql = (
+                "SELECT total(json_array_length(subject_pseudonyms)) FROM main.entry_columns "
+                "WHERE seq <= ?"
+            )
+        else:
+            matches = f"e.{column} = i.{column}"
+            expected_sql = f"SELECT count({column}) FROM main.entry_columns WHERE seq <= ?"  # noqa: S608
+        try:
             kept, valid = conn.execute(
                 f"SELECT count(*), count(e.seq) FROM main.{table} i "  # noqa: S608
-                f"LEFT JOIN temp.plain e ON e.seq = i.seq AND {matches}"
+                f"LEFT JOIN main.entry_columns e ON e.seq = i.seq AND e.seq <= ? AND {matches}",
+                (indexed,),
             ).fetchone()
-            expected = int(conn.execute(expected_sql).fetchone()[0])
+            expected = int(conn.execute(expected_sql, (indexed,)).fetchone()[0])
             if kept == valid == expected:
                 continue
-            _explain_index(conn, table, column, select, problems)
-    finally:
-        conn.execute("DROP TABLE temp.plain")
+            _explain_index(conn, table, column, select, indexed, problems)
+        except sqlite3.OperationalError as exc:
+            # An index table dropped, or a pseudonym column that is no longer JSON
+            # (that row is already reported): say so rather than stop verifying.
+            problems.add(_LAST, f"query index {table} could not be checked ({exc})")
 
 
 def _explain_index(
-    conn: sqlite3.Connection, table: str, column: str, select: str, problems: _Problems
+    conn: sqlite3.Connection,
+    table: str,
+    column: str,
+    select: str,
+    indexed: int,
+    problems: _Problems,
 ) -> None:
-    """The exact comparison of one index table with the entries it is derived from."""
-    derived = select.replace("FROM entries e", "FROM temp.plain e")
+    """The exact comparison of one index table with the columns it is derived from."""
+    derived = f"SELECT * FROM ({select}) WHERE seq <= ?"  # noqa: S608
     kept = f"SELECT {column}, seq FROM main.{table}"  # noqa: S608
     missing = conn.execute(
-        f"SELECT MIN(seq), count(*) FROM ({derived} EXCEPT {kept})"  # noqa: S608
+        f"SELECT MIN(seq), count(*) FROM ({derived} EXCEPT {kept})",  # noqa: S608
+        (indexed,),
     ).fetchone()
     extra = conn.execute(
-        f"SELECT MIN(seq), count(*) FROM ({kept} EXCEPT {derived})"  # noqa: S608
+        f"SELECT MIN(seq), count(*) FROM ({kept} EXCEPT {derived})",  # noqa: S608
+        (indexed,),
     ).fetchone()
     if missing[1]:
         problems.add(

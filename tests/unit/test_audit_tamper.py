@@ -379,3 +379,78 @@ _TRIGGER_PROBLEMS = [
         "checkpoints_in_order",
     )
 ]
+
+
+# -- segment files and batch rows ----------------------------------------------------------
+
+
+def _segment(path: Path) -> Path:
+    (segment,) = sorted(Path(f"{path}-segments").glob("*.jsonl"))
+    return segment
+
+
+def test_an_entry_edited_in_its_segment_file_is_named(log: Path) -> None:
+    """A text editor on the JSON Lines file, same length, nothing else touched."""
+    segment = _segment(log)
+    data = segment.read_bytes()
+    lines = data.split(b"\n")
+    lines[4] = lines[4].replace(b'"purpose":"safeguarding"', b'"purpose":"safeguardinX"')
+    segment.write_bytes(b"\n".join(lines))
+    assert segment.read_bytes() != data and len(segment.read_bytes()) == len(data)
+    error = _problems(log)
+    assert error.problems[0] == "entry 5 modified: it does not match its stored leaf hash"
+
+
+def test_an_entry_made_longer_in_its_segment_file_breaks_the_framing(log: Path) -> None:
+    segment = _segment(log)
+    data = segment.read_bytes()
+    first = data.index(b"\n")
+    segment.write_bytes(data[: first - 1] + b" }" + data[first:])
+    error = _problems(log)
+    assert error.problems[0] == (
+        "entry 1 modified: its bytes in the segment do not end where the batch says "
+        "(segment altered)"
+    )
+    assert "entry 1 modified: it does not match its stored leaf hash" in error.problems
+
+
+def test_a_segment_file_cut_short_is_truncation(log: Path) -> None:
+    segment = _segment(log)
+    ends = [i + 1 for i, byte in enumerate(segment.read_bytes()) if byte == 0x0A]
+    with segment.open("r+b") as file:
+        file.truncate(ends[5] - 3)  # entry 6 loses its last bytes
+    error = _problems(log)
+    assert error.problems[0] == (
+        "log truncated: the tree holds leaf hashes up to entry 8 but the log ends at entry 5 "
+        "(entry 6 onward missing)"
+    )
+    assert (
+        "log truncated: the batches list entries up to entry 8 but the segment files hold only "
+        "up to entry 5 (entry 6 onward missing)" in error.problems
+    )
+    assert not error.summary.consistent and error.summary.entries == 5
+
+
+def test_a_removed_segments_folder_is_reported(log: Path) -> None:
+    for file in Path(f"{log}-segments").iterdir():
+        file.unlink()
+    Path(f"{log}-segments").rmdir()
+    error = _problems(log)
+    assert "the segments folder audit.db-segments is missing: no entry can be read" in (
+        error.problems
+    )
+    assert error.summary.entries == 0 and not error.summary.consistent
+
+
+def test_a_rewritten_entry_id_list_is_named(log: Path) -> None:
+    """The list that loads the dedup map: altered, a replay could be logged twice."""
+    conn = sqlite3.connect(log)
+    (ids,) = conn.execute("SELECT entry_ids FROM batches WHERE first_seq = 5").fetchone()
+    conn.close()
+    altered = ids.replace(make_record(6).entry_id, "0" * 32)
+    _attack(log, ("UPDATE batches SET entry_ids = ? WHERE first_seq = 5", (altered,)))
+    error = _problems(log)
+    assert error.problems[0] == (
+        "entry 6: the batch's entry id list does not match the entry "
+        "(batches altered; duplicates could slip in)"
+    )

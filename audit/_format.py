@@ -48,8 +48,6 @@ import sys
 from array import array
 from pathlib import Path
 
-from ._record import AuditRecord
-
 __all__ = [
     "APPEND_ONLY",
     "APPLICATION_ID",
@@ -60,7 +58,6 @@ __all__ = [
     "SEGMENT_LIMIT",
     "TABLES",
     "TRIGGERS",
-    "index_values",
     "pack_ends",
     "segment_path",
     "segments_dir",
@@ -262,8 +259,3 @@ def segments_dir(store: Path) -> Path:
 
 def segment_path(folder: Path, number: int) -> Path:
     return folder / f"entries-{number:08d}.jsonl"
-
-
-def index_values(record: AuditRecord) -> tuple[str | None, ...]:
-    """Values of ``INDEX_COLUMNS`` for a record (pseudonyms and ids only)."""
-    return record.query_columns()

@@ -320,26 +320,6 @@ class AuditRecord:
                 hint="decode agency text strictly before it reaches the audit record",
             ) from None
 
-    def query_columns(self) -> tuple[str | None, ...]:
-        """The store's plain query columns (ids and pseudonyms only), as the entry spells them.
-
-        ``entry_id, event, disclosure_id, concern_id, recipient, lscp,
-        lawful_basis, at, subject_pseudonyms`` with ``at`` in the entry's
-        timestamp form and the pseudonyms as the entry's JSON array.
-        """
-        v = self.__dict__
-        return (
-            v["entry_id"],
-            v["event"].value,
-            v["disclosure_id"],
-            v["concern_id"],
-            v["recipient"],
-            v["lscp"],
-            v["lawful_basis"],
-            _fast_time(v["at"]),
-            _dumps(v["subject_pseudonyms"]).decode("utf-8"),
-        )
-
     def canonical_bytes(self) -> bytes:
         """The log entry: canonical JSON, byte-identical for equal records."""
         return self._encode(self.seq)

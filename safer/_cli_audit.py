@@ -202,10 +202,12 @@ def register(sub: Any) -> None:
         "audit",
         help="check, prove and query the audit log",
         formatter_class=FORMATTER,
-        description="Audit log commands. The log (<data-dir>/audit.db) is an append-only\n"
-        "RFC 9162 Merkle log: every disclosure, withheld decision, referral,\n"
-        "quarantine and receipt is an entry, and signed checkpoints commit to its\n"
-        "size and root, so no entry can change, vanish or move without detection.\n\n"
+        description="Audit log commands. The log is an append-only RFC 9162 Merkle log:\n"
+        "every disclosure, withheld decision, referral, quarantine and receipt is an\n"
+        "entry, and signed checkpoints commit to its size and root, so no entry can\n"
+        "change, vanish or move without detection. The entries are JSON Lines in\n"
+        "<data-dir>/audit.db-segments/; <data-dir>/audit.db holds where they are,\n"
+        "their hashes, the checkpoints and the query index. Copy both for an auditor.\n\n"
         "example:\n  safer audit verify\n  safer audit checkpoint > checkpoint.txt\n"
         "  safer audit prove 42 > bundle.json\n"
         "  safer audit verify-bundle bundle.json --key .safer/keys/safer-audit-log/signing.pub",

@@ -135,6 +135,20 @@ _INDEX_DDL = "\n".join(
     for table, column, _ in INDEX_TABLES
 )
 
+
+def _refuse_update_and_delete(table: str) -> str:
+    return "\n".join(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{action.lower()} "
+        f"BEFORE {action} ON {table}\nBEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;"
+        for action in ("UPDATE", "DELETE")
+    )
+
+
+_APPEND_ONLY_BATCHES = _refuse_update_and_delete("batches")
+_APPEND_ONLY_TREE = _refuse_update_and_delete("tree")
+_APPEND_ONLY_ENTRY_COLUMNS = _refuse_update_and_delete("entry_columns")
+_APPEND_ONLY_CHECKPOINTS = _refuse_update_and_delete("checkpoints")
+
 # The size of the log: where the last batch ends (0 when empty).
 _LOG_SIZE = (
     "(SELECT COALESCE(MAX(first_seq + length(ends) / 8 - 1), 0) FROM batches "
@@ -151,10 +165,7 @@ CREATE TABLE IF NOT EXISTS batches(
     ends BLOB NOT NULL,
     entry_ids TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS batches_append_only_update BEFORE UPDATE ON batches
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS batches_append_only_delete BEFORE DELETE ON batches
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+{_APPEND_ONLY_BATCHES}
 CREATE TRIGGER IF NOT EXISTS batches_contiguous BEFORE INSERT ON batches
 WHEN NEW.first_seq IS NOT {_LOG_SIZE} + 1
   OR length(NEW.ends) % 8 != 0 OR length(NEW.ends) = 0 OR NEW.segment < 1 OR NEW.offset < 0
@@ -166,10 +177,7 @@ CREATE TABLE IF NOT EXISTS tree(
     leaves BLOB NOT NULL,
     frontier BLOB NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS tree_append_only_update BEFORE UPDATE ON tree
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS tree_append_only_delete BEFORE DELETE ON tree
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+{_APPEND_ONLY_TREE}
 CREATE TRIGGER IF NOT EXISTS tree_contiguous BEFORE INSERT ON tree
 WHEN NEW.first_seq IS NOT COALESCE(
     (SELECT first_seq + length(leaves) / 32 FROM tree ORDER BY first_seq DESC LIMIT 1), 1
@@ -188,10 +196,7 @@ CREATE TABLE IF NOT EXISTS entry_columns(
     at TEXT NOT NULL,
     subject_pseudonyms TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS entry_columns_append_only_update BEFORE UPDATE ON entry_columns
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS entry_columns_append_only_delete BEFORE DELETE ON entry_columns
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+{_APPEND_ONLY_ENTRY_COLUMNS}
 CREATE TRIGGER IF NOT EXISTS entry_columns_contiguous_seq BEFORE INSERT ON entry_columns
 WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM entry_columns)
   OR NEW.seq > {_LOG_SIZE}
@@ -206,10 +211,7 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     leaves BLOB NOT NULL,
     at TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_update BEFORE UPDATE ON checkpoints
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_delete BEFORE DELETE ON checkpoints
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+{_APPEND_ONLY_CHECKPOINTS}
 CREATE TRIGGER IF NOT EXISTS checkpoints_in_order BEFORE INSERT ON checkpoints
 WHEN NEW.size > {_LOG_SIZE}
   OR NEW.size < (SELECT COALESCE(MAX(size), 0) FROM checkpoints)

@@ -23,6 +23,7 @@ from ._crypto import (
 )
 from ._embedded import EmbeddedBroker, kafka_cluster, running_tansu_pids, tansu_binary
 from ._feed import AuditFeed
+from ._gaps import OffsetGapGuard
 from ._kafka import (
     OutRecord,
     VerifiedOrigin,
@@ -60,6 +61,7 @@ __all__ = [
     "Headers",
     "KeyStore",
     "Keyring",
+    "OffsetGapGuard",
     "OutRecord",
     "Plan",
     "PostcodeTable",

@@ -17,6 +17,9 @@ needs no group rejoin. Entries are also deduplicated on their deterministic
   entry has not been read yet is held back (its partition rewinds) while
   ``hips.audit`` still has unread records, so a receipt is logged after its
   disclosure.
+- **No skipped offsets.** A fetch that skips an offset is read again from the
+  gap (``OffsetGapGuard``): Tansu can leave out a record it has already given
+  an offset, and the stored position would otherwise pass it for good.
 
 Every record is verified: audit records must be signed by the router, receipts
 by the recipient they name. A record that fails is not dropped: the log gets a
@@ -40,6 +43,7 @@ from audit import AuditRecord, AuditStore, LogSigner, entry_id_for
 from schemas import AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
 
 from ._crypto import Keyring
+from ._gaps import OffsetGapGuard
 from ._kafka import verify_origin
 from ._topics import Headers, Topics
 
@@ -72,6 +76,7 @@ class AuditFeed:
         linger_ms: int = 5,
         checkpoint_signer: LogSigner | None = None,
         checkpoint_interval: float = 60.0,
+        gap_wait: float = 5.0,
     ) -> None:
         self._store = store
         self._codec = codec
@@ -87,6 +92,7 @@ class AuditFeed:
         self._last_checkpoint_at = time.monotonic()
         self._recent: OrderedDict[str, AuditRecord] = OrderedDict()
         self._rewind: dict[TopicPartition, int] = {}
+        self._gaps = OffsetGapGuard(gap_wait=gap_wait)
         self.totals: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -111,10 +117,13 @@ class AuditFeed:
                     self.ingest(batch, audit_pending=pending)
                     for tp, offset in self._rewind.items():
                         consumer.seek(tp, offset)
+                        self._gaps.expect(tp, offset)
                 self._maybe_checkpoint()
             self._maybe_checkpoint(final=True)
         finally:
             await consumer.stop()
+            self.totals["gap_rereads"] = self._gaps.rereads
+            self.totals["offset_gaps"] = self._gaps.accepted
             _log.info("audit_feed.stopped", **dict(self.totals))
 
     async def _gather(
@@ -132,8 +141,8 @@ class AuditFeed:
                 if remaining <= 0:
                     break
                 timeout_ms = max(1, int(remaining * 1000))
-            fetched = await consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self._batch_size - count
+            fetched = await self._gaps.getmany(
+                consumer, timeout_ms=timeout_ms, max_records=self._batch_size - count
             )
             if not fetched:
                 if deadline is None:
@@ -170,8 +179,10 @@ class AuditFeed:
             position = stored.get((tp.topic, tp.partition))
             if position is None:
                 await consumer.seek_to_beginning(tp)
+                position = await consumer.position(tp)
             else:
                 consumer.seek(tp, position)
+            self._gaps.expect(tp, position)
         return tps
 
     def _maybe_checkpoint(self, *, final: bool = False) -> None:

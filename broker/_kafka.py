@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from schemas import BrokerError, Codec, ReasonCode, SignatureError, split_wire
 
 from ._crypto import Keyring, SigningIdentity, sign_record
+from ._gaps import OffsetGapGuard
 from ._topics import HEADER_NAMES, Headers
 
 __all__ = [
@@ -200,10 +201,13 @@ async def read_topic(
             return records
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        gaps = OffsetGapGuard()
+        for tp in tps:
+            gaps.expect(tp, await consumer.position(tp))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            batch = await consumer.getmany(*tps, timeout_ms=200)
+            batch = await gaps.getmany(consumer, *tps, timeout_ms=200)
             for tp_records in batch.values():
                 records.extend(tp_records)
             done = True

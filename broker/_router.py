@@ -65,6 +65,7 @@ from schemas import (
 from ._config import Deployment
 from ._consent_view import ConsentView, verify_consent_record
 from ._crypto import Keyring, SigningIdentity, pseudonym, seal
+from ._gaps import OffsetGapGuard
 from ._kafka import OutRecord, header, make_producer, send_all, signed_record, verify_origin
 from ._routing import candidate_recipients, resolve_partnerships
 from ._topics import Headers, Topics
@@ -597,6 +598,9 @@ class Router:
         self._batch_size = batch_size
         self._clock = clock
         self._security = security or {}
+        # A record the broker skipped would be committed past and lost (broker/_gaps.py).
+        # After a rebalance a stale position only re-reads records (idempotent downstream).
+        self._gaps = OffsetGapGuard()
         self.totals: Counter[str] = Counter()
         #: Monotonic times of the first fetched and the last committed batch (for metrics).
         self.first_batch_at: float | None = None
@@ -632,7 +636,9 @@ class Router:
                     raise BrokerError(
                         "the consent view stopped", hint="the router restarts and rebuilds it"
                     )
-                batch = await consumer.getmany(timeout_ms=250, max_records=self._batch_size)
+                batch = await self._gaps.getmany(
+                    consumer, timeout_ms=250, max_records=self._batch_size
+                )
                 if not batch:
                     continue
                 await self._handle(batch, producer, consumer, stop)

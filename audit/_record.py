@@ -85,7 +85,7 @@ def _recent_formatter() -> Callable[[datetime], str]:
 
     Consecutive records often share a timestamp (every decision on a concern
     carries the concern's deadline; the router stamps a poll's decisions with
-    one ``now``), and formatting was a third of encoding an entry. The memory
+    one ``now``), and formatting was about half of encoding an entry. The memory
     is one (datetime, text) tuple, replaced whole, so threads may share it.
     """
     recent = (_EPOCH, _fast_time(_EPOCH))

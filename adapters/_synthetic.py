@@ -30,6 +30,7 @@ so that tests can scan logs, Kafka keys and headers for leaks.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -649,6 +650,9 @@ class _Generator:
         self.rng = rng
         self.now = now
         self.schools = schools
+        # Adults' phone numbers come from a counter, not the random stream, so
+        # adding them left every other generated value as it was.
+        self._phones = itertools.count()
 
     # -- identifiers
 
@@ -708,6 +712,7 @@ class _Generator:
         nhs: bool,
         police: bool,
         address: dict[str, Any] | None,
+        phone: bool = False,
     ) -> dict[str, Any]:
         return {
             "subject_ref": ref,
@@ -717,6 +722,8 @@ class _Generator:
             "date_of_birth": dob,
             "nhs_number": self.nhs_number() if nhs else None,
             "police_person_id": self.police_person_id() if police else None,
+            # Ofcom's range for drama (07700 900000-900999): never a real number.
+            "phone": f"07700 900{next(self._phones) % 1000:03d}" if phone else None,
             "address": dict(address) if address is not None else None,
             "school_urn": None,
             "looked_after": False,
@@ -828,6 +835,7 @@ class _Generator:
                         nhs=rng.random() < 0.4,
                         police=rng.random() < 0.6,
                         address=home.address,
+                        phone=True,
                     )
                 )
                 subjects.append(carers[-1])
@@ -849,6 +857,7 @@ class _Generator:
                 nhs=rng.random() < 0.3,
                 police=rng.random() < 0.95,
                 address=perp_address,
+                phone=True,
             )
             subjects.append(perp)
         extra = rng.random()
@@ -915,6 +924,10 @@ class _Generator:
         narrative = " ".join(_sentence(s.format(**words)) for s in sentences)
 
         voice = self.voice(ctype, ages, words)
+        if voice is not None and voice["said"] and perp is not None:
+            # Children name people: the words that once leaked a perpetrator's name
+            # to a school (issue 11). Minimisation must cut it for such recipients.
+            voice["said"] = f"{voice['said']} {perp['given_name']} was there."
         third_party: list[str] = []
         if rng.random() < P_THIRD_PARTY:
             adults = [s for s in subjects if s["role"] != SubjectRole.CHILD.value]
@@ -1042,7 +1055,7 @@ def synthetic_people(concerns: Iterable[Mapping[str, Any]]) -> dict[str, set[str
 
     Keys: ``names`` (given and family names, separately), ``dates_of_birth``
     (ISO), ``nhs_numbers``, ``postcodes`` (subjects' addresses and incident
-    locations) and ``police_person_ids``, each as written in the concerns. The
+    locations), ``police_person_ids`` and ``phones``, each as written in the concerns. The
     officer is not a subject and is not included.
     """
     people: dict[str, set[str]] = {
@@ -1051,6 +1064,7 @@ def synthetic_people(concerns: Iterable[Mapping[str, Any]]) -> dict[str, set[str
         "nhs_numbers": set(),
         "postcodes": set(),
         "police_person_ids": set(),
+        "phones": set(),
     }
 
     def add(kind: str, value: object) -> None:
@@ -1064,6 +1078,7 @@ def synthetic_people(concerns: Iterable[Mapping[str, Any]]) -> dict[str, set[str
             add("dates_of_birth", subject.get("date_of_birth"))
             add("nhs_numbers", subject.get("nhs_number"))
             add("police_person_ids", subject.get("police_person_id"))
+            add("phones", subject.get("phone"))
             address = subject.get("address") or {}
             add("postcodes", address.get("postcode"))
         location = concern.get("incident_location") or {}

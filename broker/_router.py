@@ -399,6 +399,7 @@ class RouterCore:
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
+        reasons = decision.reasons
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None
@@ -407,6 +408,8 @@ class RouterCore:
             purpose = None
         else:
             payload = minimise(concern, decision.profile, decision.withheld_subject_refs)
+            # What minimisation cut from the free text is part of why this is lawful.
+            reasons = (*decision.reasons, *payload.redaction_reasons)
             plaintext = payload.canonical_bytes()
             sealed = seal(
                 plaintext,
@@ -481,7 +484,7 @@ class RouterCore:
             purpose=purpose,
             consent_state=decision.consent_state.value,
             reason_codes=tuple(str(c) for c in decision.reason_codes),
-            reasons=decision.reasons,
+            reasons=reasons,
             policy_revision=decision.policy_revision,
             fields_disclosed=fields,
             payload_sha256=payload_sha256,

@@ -14,7 +14,7 @@ Public surface:
 * ``Consent`` (consent as a state with reasons), ``current_consent`` and
   ``ConsentRecord`` (the ``hips.consent`` record);
 * ``decide`` → ``Decision`` (``Permit`` | ``Deny`` | ``Refer``);
-* ``minimise`` → ``MinimisedPayload``;
+* ``minimise`` → ``MinimisedPayload`` (with the ``Redaction`` of free text it made);
 * ``missing_minimum_dataset`` → the fields a concern lacks to be routable.
 """
 
@@ -40,7 +40,7 @@ from ._deadlines import (
 )
 from ._decide import AT_RISK, decide, effective_consent
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
-from ._minimise import WITHHELD_REASON, MinimisedPayload, minimise
+from ._minimise import FREE_TEXT_PATHS, WITHHELD_REASON, MinimisedPayload, Redaction, minimise
 from ._policy import (
     LAWFUL_BASES,
     Agreement,
@@ -76,6 +76,7 @@ __all__ = [
     "AT_RISK",
     "DEFAULT_ENCOMPASS_NOTICE",
     "ENCOMPASS_TIME",
+    "FREE_TEXT_PATHS",
     "LAWFUL_BASES",
     "LONDON",
     "NOT_SOUGHT_CITATIONS",
@@ -108,6 +109,7 @@ __all__ = [
     "Profile",
     "Publisher",
     "Recipient",
+    "Redaction",
     "Refer",
     "SubjectAges",
     "Tracked",

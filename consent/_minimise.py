@@ -3,32 +3,40 @@
 ``minimise`` keeps exactly the profile's fields of the concern's JSON form,
 drops subjects whose role the profile does not cover, and replaces withheld
 subjects (third-party protection) by a stub that says only that someone was
-withheld. Free-text fields that survive are scrubbed of the withheld
-subjects' names, identifiers and address, so a narrative cannot undo the
-stub.
+withheld. Free-text fields that survive are scrubbed, per recipient, of the
+names and identifiers of everyone that recipient may not see, so prose cannot
+undo the projection (issue 11: an alleged perpetrator's name once reached a
+school through the child's own words).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from schemas import ConcernModel, Subject
 
 from ._policy import Profile
 
-__all__ = ["FREE_TEXT_PATHS", "REDACTED", "WITHHELD_REASON", "MinimisedPayload", "minimise"]
+__all__ = [
+    "FREE_TEXT_PATHS",
+    "REDACTED",
+    "WITHHELD_REASON",
+    "MinimisedPayload",
+    "Redaction",
+    "minimise",
+]
 
 #: The marker a withheld subject's stub carries.
 WITHHELD_REASON = "third-party protection"
 #: What replaces a withheld subject's name or identifier in free text.
 REDACTED = "[withheld]"
-#: Free-text fields (officer-written prose) that are scrubbed of withheld subjects.
+#: Free-text fields (officer-written prose) that are scrubbed per recipient.
 FREE_TEXT_PATHS: tuple[tuple[str, ...], ...] = (
     ("narrative",),
     ("immediate_actions",),
@@ -52,6 +60,13 @@ class MinimisedPayload:
 
     data: dict[str, Any]
     fields: tuple[str, ...]
+    #: What was cut out of the shared free text, and why (no values).
+    redactions: tuple[Redaction, ...] = ()
+
+    @property
+    def redaction_reasons(self) -> tuple[str, ...]:
+        """One line per redacted person, for the decision's recorded reasons."""
+        return tuple(r.describe() for r in self.redactions)
 
     def canonical_bytes(self) -> bytes:
         """Sorted-key, compact JSON in UTF-8."""
@@ -65,7 +80,7 @@ class MinimisedPayload:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
-@lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def _tree(fields: tuple[str, ...]) -> _Tree:
     root: _Tree = {}
     for path in ("concern_id", *fields):
@@ -96,48 +111,241 @@ def _project(value: Any, tree: _Tree, path: str, present: set[str]) -> Any:
     return None  # a scalar where the profile expects structure: nothing to keep
 
 
-@lru_cache(maxsize=1024)
-def _needles(subject: Subject) -> list[re.Pattern[str]]:
-    """Patterns that find a withheld subject in prose.
+#: What each kind of identifying text is called in a redaction reason (never the value).
+_KIND_TEXT = {
+    "full_name": "full name",
+    "family_name": "family name",
+    "given_name": "given name",
+    "nhs_number": "NHS number",
+    "police_person_id": "police person id",
+    "phone": "phone number",
+    "address_line": "address line",
+    "postcode": "postcode",
+}
+#: Which profile path lets a recipient see each kind of a person's identifying text.
+_KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "full_name": ("subjects.given_name", "subjects.family_name"),
+    "family_name": ("subjects.family_name",),
+    "given_name": ("subjects.given_name",),
+    "nhs_number": ("subjects.nhs_number",),
+    "police_person_id": ("subjects.police_person_id",),
+    "phone": ("subjects.phone",),
+    "address_line": ("subjects.address.line1", "subjects.address.line2"),
+    "postcode": ("subjects.address.postcode",),
+}
+_LOOSE_IDENTIFIERS = frozenset({"nhs_number", "police_person_id", "phone", "postcode"})
 
-    Memoised: one concern is minimised for several recipients, and compiling
-    these patterns is most of minimisation's cost. Subjects are frozen and
-    hashable, so the cache cannot return another person's patterns.
+
+@dataclass(frozen=True)
+class Redaction:
+    """Identifying text of one person removed from the free text one recipient sees.
+
+    It names the person only by ``subject_ref`` and role, and the text only by its
+    kind ("family name", "NHS number"): a redaction record never holds a value.
     """
-    words: list[str] = [subject.given_name, subject.family_name]
-    words.insert(0, f"{subject.given_name} {subject.family_name}")
-    patterns = [
-        re.compile(rf"(?<!\w){re.escape(w)}(?!\w)", re.IGNORECASE)
-        for w in words
-        if len(w.strip()) >= 2
-    ]
-    digits = [subject.nhs_number, subject.police_person_id]
-    if subject.address is not None:
-        digits.append(subject.address.postcode)
-        patterns.append(
-            re.compile(rf"(?<!\w){re.escape(subject.address.line1)}(?!\w)", re.IGNORECASE)
+
+    subject_ref: str
+    role: str
+    why: str
+    kinds: tuple[str, ...]
+    paths: tuple[str, ...]
+    count: int
+
+    def describe(self) -> str:
+        kinds = ", ".join(_KIND_TEXT[k] for k in self.kinds)
+        return (
+            f"free text: {self.count} mention(s) of {self.role} subject {self.subject_ref} "
+            f"({self.why}) redacted from {', '.join(self.paths)}: {kinds}"
         )
-    for ident in digits:
-        if ident and len(ident.strip()) >= 2:
-            compact = "".join(ident.split())
-            loose = r"\s*".join(re.escape(ch) for ch in compact)
-            patterns.append(re.compile(rf"(?<!\w){loose}(?!\w)", re.IGNORECASE))
-    return patterns
 
 
-def _scrub(data: dict[str, Any], withheld: list[Subject]) -> None:
-    patterns = [p for s in withheld for p in _needles(s)]
+def _sees(profile_fields: frozenset[str], kind: str) -> bool:
+    """Whether a visible subject's ``kind`` of text is shared by the profile."""
+    if "subjects" in profile_fields:
+        return True
+    wanted = _KIND_FIELDS[kind]
+    if kind in ("address_line", "postcode") and "subjects.address" in profile_fields:
+        return True
+    # A full name is visible only when both of its parts are.
+    if kind == "full_name":
+        return all(f in profile_fields for f in wanted)
+    return any(f in profile_fields for f in wanted)
+
+
+def _texts(subject: Subject) -> list[tuple[str, str]]:
+    """(kind, text) of every piece of identifying text a subject has."""
+    found = [
+        ("full_name", f"{subject.given_name} {subject.family_name}"),
+        ("family_name", subject.family_name),
+        ("given_name", subject.given_name),
+    ]
+    for kind, value in (
+        ("nhs_number", subject.nhs_number),
+        ("police_person_id", subject.police_person_id),
+        ("phone", subject.phone),
+    ):
+        if value:
+            found.append((kind, value))
+    if subject.address is not None:
+        found.append(("address_line", subject.address.line1))
+        if subject.address.line2:
+            found.append(("address_line", subject.address.line2))
+        found.append(("postcode", subject.address.postcode))
+    return [(kind, text) for kind, text in found if len(text.strip()) >= 2]
+
+
+def _pattern_text(kind: str, text: str) -> str:
+    """A regex for ``text`` as it may be written in prose.
+
+    Identifiers may be spaced or punctuated differently (``943 476 5919``,
+    ``SO16 4QQ``, ``07700-900123``); words may be spaced differently.
+    """
+    if kind in _LOOSE_IDENTIFIERS:
+        compact = "".join(ch for ch in text if ch.isalnum())
+        return r"[\s\-./]*".join(re.escape(ch) for ch in compact)
+    return r"\s+".join(re.escape(word) for word in text.split())
+
+
+#: One alternative of the scrubbing pattern: what it matches, and whose text it is
+#: (None: a visible person's full name, kept as written).
+_Alternative = tuple[str, str | None, str]
+
+
+@functools.lru_cache(maxsize=256)
+def _scrubber(alternatives: tuple[_Alternative, ...]) -> re.Pattern[str]:
+    """One compiled pattern per set of people to hide and to keep.
+
+    Memoised: a concern is minimised for several recipients, most of which share
+    a visibility, and compiling is most of minimisation's cost.
+    """
+    groups = "|".join(f"({pattern})" for pattern, _, _ in alternatives)
+    return re.compile(rf"(?<!\w)(?:{groups})(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Hidden:
+    subject: Subject
+    why: str
+    kinds: frozenset[str]
+
+
+def _normal(kind: str, text: str) -> str:
+    """How two spellings of the same text compare (case, spacing, punctuation)."""
+    if kind in _LOOSE_IDENTIFIERS:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+    return " ".join(text.lower().split())
+
+
+def _hidden_texts(
+    concern: ConcernModel, profile: Profile, withheld: set[str]
+) -> tuple[list[_Hidden], set[tuple[str, str]]]:
+    """Who must not be findable in this recipient's free text, and what it sees anyway.
+
+    Returns the hidden people with the kinds of their text to hide, and the
+    (kind, normalised text) pairs the recipient sees of the people it may see.
+    Those stay: a visible full name is kept whole (a hidden person's family name
+    is not cut out of a visible child's name), a given name is hidden alone only
+    where unambiguous (no visible person has it too), and an identifier a visible
+    person shares (the home address of a child and a protected parent) is the
+    visible person's too. A lone family name is always hidden (issue 11).
+    """
+    roles = {role.value for role in profile.subject_roles}
+    fields = frozenset(profile.fields)
+    shares_subjects = "subjects" in fields or any(f.startswith("subjects.") for f in fields)
+    hidden: list[_Hidden] = []
+    kept: set[tuple[str, str]] = set()
+    for subject in concern.subjects:
+        kinds_all = {kind for kind, _ in _texts(subject)}
+        if subject.subject_ref in withheld:
+            hidden.append(
+                _Hidden(subject, "withheld for third-party protection", frozenset(kinds_all))
+            )
+            continue
+        if subject.role.value not in roles or not shares_subjects:
+            hidden.append(
+                _Hidden(
+                    subject, f"profile {profile.name} leaves this person out", frozenset(kinds_all)
+                )
+            )
+            continue
+        unseen = frozenset(kind for kind in kinds_all if not _sees(fields, kind))
+        if unseen:
+            hidden.append(_Hidden(subject, f"profile {profile.name} does not share it", unseen))
+        kept.update(
+            (kind, _normal(kind, text))
+            for kind, text in _texts(subject)
+            if kind not in unseen and kind != "family_name"
+        )
+    return hidden, kept
+
+
+def _scrub(
+    data: dict[str, Any], concern: ConcernModel, profile: Profile, withheld: set[str]
+) -> tuple[Redaction, ...]:
+    """Redact, from every shared free-text field, the identifying text of every person
+    (or part of a person) this recipient's profile leaves out; report what was redacted."""
+    texts: list[tuple[tuple[str, ...], dict[str, Any], str]] = []
     for path in FREE_TEXT_PATHS:
         parent: Any = data
         for part in path[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
-        if not isinstance(parent, dict):
-            continue
-        text = parent.get(path[-1])
-        if isinstance(text, str):
-            for pattern in patterns:
-                text = pattern.sub(REDACTED, text)
-            parent[path[-1]] = text
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            texts.append((path, parent, parent[path[-1]]))
+    if not texts:
+        return ()
+    hidden, kept = _hidden_texts(concern, profile, withheld)
+    if not hidden:
+        return ()
+    alternatives: list[_Alternative] = []
+    owners: list[tuple[int, str] | None] = []
+    for kind, normal in sorted(kept):
+        if kind == "full_name":
+            alternatives.append((_pattern_text(kind, normal), None, normal))
+            owners.append(None)
+    seen: set[tuple[str, str]] = set()
+    for index, person in enumerate(hidden):
+        for kind, text in _texts(person.subject):
+            normal = _normal(kind, text)
+            if kind not in person.kinds or (kind, normal) in kept or (kind, normal) in seen:
+                continue
+            seen.add((kind, normal))
+            alternatives.append((_pattern_text(kind, text), kind, normal))
+            owners.append((index, kind))
+    # Longest first: at any position the fullest match wins ("Dean Kessler" before "Dean").
+    order = sorted(range(len(alternatives)), key=lambda i: -len(alternatives[i][2]))
+    ordered = tuple(alternatives[i] for i in order)
+    ordered_owners = [owners[i] for i in order]
+    if all(owner is None for owner in ordered_owners):
+        return ()
+    pattern = _scrubber(ordered)
+    counts: dict[int, dict[str, int]] = {}
+    where: dict[int, list[str]] = {}
+
+    def replace(match: re.Match[str], dotted: str) -> str:
+        owner = ordered_owners[(match.lastindex or 1) - 1]
+        if owner is None:
+            return match.group(0)
+        index, kind = owner
+        by_kind = counts.setdefault(index, {})
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        paths = where.setdefault(index, [])
+        if dotted not in paths:
+            paths.append(dotted)
+        return REDACTED
+
+    for path, parent, text in texts:
+        parent[path[-1]] = pattern.sub(functools.partial(replace, dotted=".".join(path)), text)
+    return tuple(
+        Redaction(
+            subject_ref=hidden[index].subject.subject_ref,
+            role=hidden[index].subject.role.value,
+            why=hidden[index].why,
+            kinds=tuple(k for k in _KIND_TEXT if k in counts[index]),
+            paths=tuple(where[index]),
+            count=sum(counts[index].values()),
+        )
+        for index in sorted(counts)
+    )
 
 
 def minimise(
@@ -151,9 +359,16 @@ def minimise(
     * Subjects whose role is not in ``profile.subject_roles`` are left out.
     * A withheld subject (whose role is covered) becomes
       ``{"subject_ref", "role", "withheld": "third-party protection"}``.
-    * Kept free text (narrative, voice of the child, ...) has every withheld
-      subject's names, identifiers, postcode and first address line replaced
-      by ``[withheld]``.
+    * Kept free text (narrative, voice of the child, immediate actions, the
+      incident description, the consent reason) is scrubbed, for *this*
+      recipient, of the identifying text of every person it may not see:
+      withheld subjects, subjects whose role the profile leaves out, and the
+      parts of a visible subject that the profile does not share (a school sees
+      the child's name but not the NHS number). Full names, family names alone,
+      given names alone (unless a visible person has the same one), NHS
+      numbers, police person ids, phone numbers, address lines and postcodes,
+      each as written with any spacing or case, become ``[withheld]``.
+      ``redactions`` says who and what kind, never the value.
     """
     withheld = set(withheld_subject_refs)
     doc = concern.model_dump(mode="json")
@@ -189,8 +404,6 @@ def minimise(
         if subjects:
             data["subjects"] = subjects
 
-    hidden = [s for s in concern.subjects if s.subject_ref in withheld]
-    if hidden:
-        _scrub(data, hidden)
+    redactions = _scrub(data, concern, profile, withheld)
     fields = tuple(dict.fromkeys(p for p in ("concern_id", *profile.fields) if p in present))
-    return MinimisedPayload(data=data, fields=fields)
+    return MinimisedPayload(data=data, fields=fields, redactions=redactions)

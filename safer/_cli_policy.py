@@ -274,11 +274,13 @@ def explain_concern(
             source_agency_type=publisher.agency_type,
         )
         fields: list[str] = []
+        redactions: tuple[str, ...] = ()
         lawful_basis: str | None = None
         extra: dict[str, Any] = {"why_candidate": list(candidate.why), "name": recipient.name}
         if not isinstance(decision, Deny):
             payload = minimise(concern, decision.profile, decision.withheld_subject_refs)
             fields = list(payload.fields)
+            redactions = payload.redaction_reasons
             lawful_basis = decision.lawful_basis
             shared = payload.data.get("subjects", [])
             kept = {s["subject_ref"] for s in shared}
@@ -305,7 +307,7 @@ def explain_concern(
                 "decision": decision.kind,
                 "lawful_basis": lawful_basis,
                 "reason_codes": [c.value for c in decision.reason_codes],
-                "reasons": list(decision.reasons),
+                "reasons": [*decision.reasons, *redactions],
                 "fields": fields,
             }
         )

@@ -204,6 +204,7 @@ class Subject(BaseModel):
     date_of_birth: date | None = None
     nhs_number: str | None = None
     police_person_id: str | None = None
+    phone: str | None = None
     address: Address | None = None
     school_urn: str | None = None
     looked_after: bool = False

@@ -20,6 +20,7 @@ import pytest
 from adapters import Inbox, synthetic_people
 from audit import AuditStore, verify_store
 from broker import Headers, SealedPayload, open_sealed
+from consent import FREE_TEXT_PATHS
 from safer import Runtime
 from safer._demo import bad_records
 from safer._logging import configure_logging
@@ -208,3 +209,87 @@ def test_inbound_values_do_carry_the_data_the_scan_looks_for(spine: SpineRun) ->
     )
     needles = _needles(spine)
     assert sum(1 for n in needles if n in inbound) > len(needles) // 2
+
+
+def _free_text(concern: ConcernModel) -> str:
+    doc = concern.model_dump(mode="json")
+    parts = []
+    for path in FREE_TEXT_PATHS:
+        node: Any = doc
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            parts.append(node)
+    return " ".join(parts).lower()
+
+
+def test_no_inbox_names_a_person_its_profile_leaves_out(spine: SpineRun) -> None:
+    """Issue 11: free text is minimised for every recipient, end to end.
+
+    For every disclosure in every inbox, the decrypted payload must not hold the
+    names or identifiers of a person the recipient's profile leaves out (a role it
+    does not cover, or third-party protection), wherever in the payload they
+    would appear (the synthetic children's words name the alleged perpetrator).
+    """
+    policy = spine.runtime.deployment.policy
+    by_id = {c.concern_id: c for c in spine.concerns}
+    checked = mentioned = 0
+    for recipient in spine.runtime.deployment.directory.recipients:
+        with Inbox(spine.runtime.inbox_path(recipient.id)) as inbox:
+            items = list(inbox.items())
+        for item in items:
+            concern = by_id[item.concern_id]
+            profile = policy.profile(item.profile)
+            text = json.dumps(item.payload, ensure_ascii=False).lower()
+            visible = {s["subject_ref"] for s in item.payload.get("subjects", [])}
+            visible -= {
+                s["subject_ref"] for s in item.payload.get("subjects", []) if "withheld" in s
+            }
+            for subject in concern.subjects:
+                if subject.subject_ref in visible and subject.role in profile.subject_roles:
+                    continue
+                # What a visible person shares with a hidden one (a family name, a
+                # home address) is the visible person's too; the rest must be absent.
+                kept = {
+                    v.lower()
+                    for s in concern.subjects
+                    if s.subject_ref in visible
+                    for v in (
+                        f"{s.given_name} {s.family_name}",
+                        s.given_name,
+                        s.family_name,
+                        s.nhs_number,
+                        s.police_person_id,
+                        s.phone,
+                        s.address.line1 if s.address else None,
+                    )
+                    if v
+                }
+                for value in (
+                    f"{subject.given_name} {subject.family_name}",
+                    subject.family_name,
+                    subject.given_name,
+                    subject.nhs_number,
+                    subject.police_person_id,
+                    subject.phone,
+                    subject.address.line1 if subject.address else None,
+                ):
+                    if value and len(value) >= 4 and value.lower() not in kept:
+                        mentioned += value.lower() in _free_text(concern)
+                        assert value.lower() not in text, (
+                            f"{recipient.id} ({profile.name}) holds text of hidden "
+                            f"{subject.role.value} {subject.subject_ref}"
+                        )
+            checked += 1
+    assert checked == len(spine.accounting.delivered)
+    # Each redaction is recorded with the decision, by kind and never by value.
+    with AuditStore(spine.runtime.settings.audit_db) as store:
+        redacted = [
+            reason
+            for record in store.records()
+            for reason in record.reasons
+            if reason.startswith("free text:")
+        ]
+    assert redacted and all("redacted from" in reason for reason in redacted)
+    # Guards the check: hidden people really are named in the concerns' free text.
+    assert mentioned > 20, "the synthetic free text must mention hidden people"

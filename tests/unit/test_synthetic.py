@@ -336,7 +336,9 @@ def test_synthetic_people_lists_every_personal_value() -> None:
         "nhs_numbers",
         "postcodes",
         "police_person_ids",
+        "phones",
     }
+    assert people["phones"], "adults carry phone numbers (concern v2)"
     for concern in raw:
         location = concern["incident_location"] or {}
         if location.get("postcode"):
@@ -349,6 +351,7 @@ def test_synthetic_people_lists_every_personal_value() -> None:
                 ("date_of_birth", "dates_of_birth"),
                 ("nhs_number", "nhs_numbers"),
                 ("police_person_id", "police_person_ids"),
+                ("phone", "phones"),
             ):
                 if s[key] is not None:
                     assert s[key] in people[kind]

@@ -1,17 +1,19 @@
 # SAFER Exchange — the two commands a newcomer needs:
-#   make demo   run the whole flow on synthetic data (embedded broker)
+#   make demo   run the whole flow on synthetic data (on a local Apache Kafka)
 #   make test   lint, type-check and run every test
-# Both create or reuse .venv and install what they need from PyPI.
+# Both create or reuse .venv and install what they need from PyPI, and fetch the
+# pinned Apache Kafka jars from Maven Central (needs Java 17+ and Maven).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint unit bench clean help
+.PHONY: demo test lint unit bench clean help kafka
 
 help:
-	@echo "make demo   run the demo on the embedded broker"
+	@echo "make demo   run the demo on a local Apache Kafka"
+	@echo "make kafka  fetch and check the pinned Apache Kafka jars (done by demo and test)"
 	@echo "make test   lint, type-check and run all tests"
 	@echo "make bench  run the benchmarks (prints ratios; the audit one writes ~1.7 GB to a temp dir)"
 
@@ -22,7 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+kafka: $(STAMP)
+	$(BIN)/safer kafka install
+
+demo: kafka
 	$(BIN)/safer demo
 
 lint: $(STAMP)
@@ -30,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint kafka
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 bench: $(STAMP)
@@ -41,3 +46,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .safer .mypy_cache .ruff_cache .pytest_cache
+	@echo "the Kafka jars stay cached in ~/.cache/safer-exchange (delete it to fetch again)"

@@ -24,10 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from broker import (
     Headers,
     Keyring,
-    OffsetGapGuard,
     OutRecord,
     SealedPayload,
     SigningIdentity,
+    assign_stored,
+    fetch,
+    make_consumer,
     make_producer,
     open_sealed,
     send_all,
@@ -81,16 +83,10 @@ class RecipientAdapter:
         self._bootstrap = bootstrap_servers
         self._router_id = router_id
         self._security = security or {}
-        self._gaps = OffsetGapGuard()  # a skipped disclosure would be stored past and lost
         self.totals: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self._security,
-        )
+        consumer = make_consumer(self._bootstrap, **self._security)
         producer = make_producer(self._bootstrap, **self._security)
         await consumer.start()
         await producer.start()
@@ -101,7 +97,7 @@ class RecipientAdapter:
             if ready is not None:
                 ready.set()
             while not stop.is_set():
-                batch = await self._gaps.getmany(consumer, timeout_ms=300, max_records=500)
+                batch = await fetch(consumer, timeout_ms=300, max_records=500)
                 if batch:
                     self.ingest(batch)
                 if self._webhook is not None:
@@ -113,27 +109,7 @@ class RecipientAdapter:
             await producer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        tps: list[TopicPartition] = []
-        for topic in self._topics:
-            partitions = consumer.partitions_for_topic(topic)
-            for _ in range(50):
-                if partitions:
-                    break
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await asyncio.sleep(0.1)
-            tps += [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(tps)
-        stored = self.inbox.offsets()
-        for tp in tps:
-            position = stored.get((tp.topic, tp.partition))
-            if position is None:
-                await consumer.seek_to_beginning(tp)
-                position = await consumer.position(tp)
-            else:
-                consumer.seek(tp, position)
-            self._gaps.expect(tp, position)
+        await assign_stored(consumer, self._topics, self.inbox.offsets())
 
     def ingest(self, batch: dict[TopicPartition, list[Any]]) -> int:
         items: list[tuple[dict[str, Any], bytes, dict[str, Any]]] = []

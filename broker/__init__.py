@@ -7,7 +7,6 @@ from ._config import ROUTER_ID, Deployment, Settings, default_deploy_dir, load_d
 from ._consent_view import (
     ConsentView,
     consent_out_record,
-    ensure_consent_topic,
     verify_consent_record,
 )
 from ._crypto import (
@@ -21,21 +20,25 @@ from ._crypto import (
     sign_record,
     verify_record,
 )
-from ._embedded import EmbeddedBroker, kafka_cluster, running_tansu_pids, tansu_binary
 from ._feed import AuditFeed
-from ._gaps import OffsetGapGuard
 from ._kafka import (
     OutRecord,
     VerifiedOrigin,
+    assign_stored,
+    caught_up,
     create_topics,
+    fetch,
     header,
+    make_consumer,
     make_producer,
     read_topic,
     send_all,
     signed_record,
     verify_origin,
 )
+from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
 from ._keys import KeyStore
+from ._local_kafka import ENGINE_NAME, Engine, LocalKafka, kafka_engine, running_kafka_pids
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
@@ -47,21 +50,24 @@ from ._routing import (
     postcode_district,
     resolve_partnerships,
 )
-from ._topics import HEADER_NAMES, Headers, Topics
+from ._topics import HEADER_NAMES, Headers, TopicLayout, Topics, TopicSpec, topic_plan
 
 __all__ = [
+    "ENGINE_NAME",
     "HEADER_NAMES",
+    "KAFKA_VERSION",
     "RECEIPT_PREFIX",
     "ROUTER_ID",
     "AuditFeed",
     "Candidate",
     "ConsentView",
     "Deployment",
-    "EmbeddedBroker",
+    "Engine",
     "Headers",
+    "KafkaDistribution",
     "KeyStore",
     "Keyring",
-    "OffsetGapGuard",
+    "LocalKafka",
     "OutRecord",
     "Plan",
     "PostcodeTable",
@@ -72,18 +78,25 @@ __all__ = [
     "Settings",
     "SigningIdentity",
     "TimelinessMonitor",
+    "TopicLayout",
+    "TopicSpec",
     "Topics",
     "VerifiedOrigin",
+    "assign_stored",
     "candidate_recipients",
+    "caught_up",
     "consent_out_record",
     "create_topics",
     "default_deploy_dir",
     "disclosure_id_for",
-    "ensure_consent_topic",
+    "fetch",
     "header",
-    "kafka_cluster",
+    "install_kafka",
+    "kafka_distribution",
+    "kafka_engine",
     "key_id",
     "load_deployment",
+    "make_consumer",
     "make_producer",
     "open_sealed",
     "parse_postcode_table",
@@ -91,13 +104,13 @@ __all__ = [
     "pseudonym",
     "read_topic",
     "resolve_partnerships",
-    "running_tansu_pids",
+    "running_kafka_pids",
     "seal",
     "send_all",
     "sign_record",
     "signed_record",
     "subject_key",
-    "tansu_binary",
+    "topic_plan",
     "tracked_from_records",
     "verify_consent_record",
     "verify_origin",

@@ -13,7 +13,7 @@ from consent import Calendars, Directory, PolicySet, parse_calendars, parse_dire
 from schemas import ConfigError, ReasonCode
 
 from ._routing import PostcodeTable, parse_postcode_table
-from ._topics import Topics
+from ._topics import TopicLayout, Topics
 
 __all__ = ["ROUTER_ID", "Deployment", "Settings", "default_deploy_dir", "load_deployment"]
 
@@ -37,7 +37,9 @@ class Settings(BaseModel):
     start the embedded broker), and for a real cluster ``KAFKA_SECURITY_PROTOCOL``,
     ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``,
     ``KAFKA_SSL_CAFILE``; ``SAFER_DELIVERY_EXPIRY_MINUTES`` (default 240) for
-    non-delivery reports.
+    non-delivery reports; ``SAFER_INBOUND_PARTITIONS`` (default 12),
+    ``SAFER_REPLICATION_FACTOR`` and ``SAFER_MIN_INSYNC_REPLICAS`` (default 1, on
+    a 3-broker cluster 3 and 2) for the topics the admin step creates.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -53,6 +55,11 @@ class Settings(BaseModel):
     ssl_cafile: str | None = None
     #: A disclosure not received within this many minutes gets a non-delivery report.
     delivery_expiry_minutes: int = 240
+    #: Partitions of each inbound topic: how many routers can share the work.
+    inbound_partitions: int = 12
+    #: Copies of every topic, and how many must acknowledge a write (DESIGN §6).
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -70,6 +77,9 @@ class Settings(BaseModel):
             "sasl_password": env.get("KAFKA_SASL_PASSWORD"),
             "ssl_cafile": env.get("KAFKA_SSL_CAFILE"),
             "delivery_expiry_minutes": int(env.get("SAFER_DELIVERY_EXPIRY_MINUTES", "240")),
+            "inbound_partitions": int(env.get("SAFER_INBOUND_PARTITIONS", "12")),
+            "replication_factor": int(env.get("SAFER_REPLICATION_FACTOR", "1")),
+            "min_insync_replicas": int(env.get("SAFER_MIN_INSYNC_REPLICAS", "1")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -77,6 +87,19 @@ class Settings(BaseModel):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def topic_layout(self) -> TopicLayout:
+        return TopicLayout(
+            inbound_partitions=self.inbound_partitions,
+            replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
+        )
+
+    @property
+    def kafka_home(self) -> Path:
+        """Where the local Apache Kafka keeps its data (`safer up`, `safer broker`)."""
+        return self.data_dir / "kafka"
 
     @property
     def keys_dir(self) -> Path:

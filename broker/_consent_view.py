@@ -23,19 +23,15 @@ reason, an override's justification, the derived id).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from consent import ConsentRecord, Directory
 from schemas import (
     CONSENT_RECORD,
-    BrokerError,
     Codec,
     ReasonCode,
     SignatureError,
@@ -43,45 +39,18 @@ from schemas import (
 )
 
 from ._crypto import Keyring, SigningIdentity
-from ._kafka import OutRecord, signed_record, verify_origin
+from ._kafka import OutRecord, assign_stored, fetch, make_consumer, signed_record, verify_origin
+from ._kafka import caught_up as at_end
 
 __all__ = [
-    "CONSENT_TOPIC_CONFIG",
     "ConsentView",
     "consent_out_record",
-    "ensure_consent_topic",
     "verify_consent_record",
 ]
 
 _log = structlog.get_logger("safer.consent_view")
 
-#: Topic configuration of ``hips.consent``: compacted, so the latest record per
-#: subject is kept for ever and older ones are cleaned up.
-CONSENT_TOPIC_CONFIG = {"cleanup.policy": "compact"}
-
 ConsentBatch = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[bool]]
-
-
-async def ensure_consent_topic(
-    bootstrap_servers: str, topic: str, *, partitions: int = 1, **security: Any
-) -> None:
-    """Create ``topic`` as a compacted topic unless it exists."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {bootstrap_servers} ({type(exc).__name__})",
-            hint="check KAFKA_BOOTSTRAP_SERVERS, or unset it to use the embedded broker",
-        ) from None
-    try:
-        if topic not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator won
-                await admin.create_topics(
-                    [NewTopic(topic, partitions, 1, topic_configs=dict(CONSENT_TOPIC_CONFIG))]
-                )
-    finally:
-        await admin.close()
 
 
 def consent_out_record(
@@ -201,10 +170,8 @@ class ConsentView:
         restarted by its supervisor from the beginning). ``caught_up`` is set
         once every record that existed at start has been handled.
         """
-        await ensure_consent_topic(self._bootstrap, self.topic, **self._security)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
+        consumer = make_consumer(
+            self._bootstrap,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self._poll_ms,
             **self._security,
@@ -214,33 +181,16 @@ class ConsentView:
             tps = await self._assign(consumer)
             _log.info("consent_view.started", partitions=len(tps))
             while not stop.is_set():
-                batch = await consumer.getmany(*tps, timeout_ms=self._poll_ms)
+                batch = await fetch(consumer, *tps, timeout_ms=self._poll_ms, max_records=2000)
                 records = [r for tp in tps for r in batch.get(tp, ())]
                 if records and not await handle(records):
                     return
-                if not caught_up.is_set() and await self._at_end(consumer, tps):
+                if not caught_up.is_set() and await at_end(consumer, tps):
                     caught_up.set()
                     _log.info("consent_view.caught_up", subjects=len(self._latest))
         finally:
             await consumer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        partitions = consumer.partitions_for_topic(self.topic)
-        while not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                await asyncio.sleep(0.1)
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        return tps
-
-    @staticmethod
-    async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
-        """Every partition read up to its fetch high-watermark (not ListOffsets; see Tansu)."""
-        for tp in tps:
-            high = consumer.highwater(tp)
-            if high is None or await consumer.position(tp) < high:
-                return False
-        return True
+        # From the beginning every time: the view is rebuilt from the compacted topic.
+        return await assign_stored(consumer, [self.topic], {})

@@ -17,9 +17,12 @@ needs no group rejoin. Entries are also deduplicated on their deterministic
   entry has not been read yet is held back (its partition rewinds) while
   ``hips.audit`` still has unread records, so a receipt is logged after its
   disclosure.
-- **No skipped offsets.** A fetch that skips an offset is read again from the
-  gap (``OffsetGapGuard``): Tansu can leave out a record it has already given
-  an offset, and the stored position would otherwise pass it for good.
+- **Only committed records.** The feed reads ``read_committed``: an audit
+  record of a routing transaction that was aborted (a router killed mid-batch)
+  is never logged; its replay is.
+- **A lost position is loud.** If a stored position no longer exists on the
+  broker (the topic was recreated), the feed stops with POSITION_LOST instead
+  of silently starting over.
 
 Every record is verified: audit records must be signed by the router, receipts
 by the recipient they name. A record that fails is not dropped: the log gets a
@@ -43,8 +46,7 @@ from audit import AuditRecord, AuditStore, LogSigner, entry_id_for
 from schemas import AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
 
 from ._crypto import Keyring
-from ._gaps import OffsetGapGuard
-from ._kafka import verify_origin
+from ._kafka import assign_stored, caught_up, fetch, make_consumer, verify_origin
 from ._topics import Headers, Topics
 
 __all__ = ["AuditFeed"]
@@ -76,7 +78,6 @@ class AuditFeed:
         linger_ms: int = 5,
         checkpoint_signer: LogSigner | None = None,
         checkpoint_interval: float = 60.0,
-        gap_wait: float = 5.0,
     ) -> None:
         self._store = store
         self._codec = codec
@@ -92,16 +93,11 @@ class AuditFeed:
         self._last_checkpoint_at = time.monotonic()
         self._recent: OrderedDict[str, AuditRecord] = OrderedDict()
         self._rewind: dict[TopicPartition, int] = {}
-        self._gaps = OffsetGapGuard(gap_wait=gap_wait)
         self.totals: Counter[str] = Counter()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self._batch_size,
-            **self._security,
+        consumer = make_consumer(
+            self._bootstrap, max_poll_records=self._batch_size, **self._security
         )
         await consumer.start()
         try:
@@ -117,13 +113,10 @@ class AuditFeed:
                     self.ingest(batch, audit_pending=pending)
                     for tp, offset in self._rewind.items():
                         consumer.seek(tp, offset)
-                        self._gaps.expect(tp, offset)
                 self._maybe_checkpoint()
             self._maybe_checkpoint(final=True)
         finally:
             await consumer.stop()
-            self.totals["gap_rereads"] = self._gaps.rereads
-            self.totals["offset_gaps"] = self._gaps.accepted
             _log.info("audit_feed.stopped", **dict(self.totals))
 
     async def _gather(
@@ -141,7 +134,7 @@ class AuditFeed:
                 if remaining <= 0:
                     break
                 timeout_ms = max(1, int(remaining * 1000))
-            fetched = await self._gaps.getmany(
+            fetched = await fetch(
                 consumer, timeout_ms=timeout_ms, max_records=self._batch_size - count
             )
             if not fetched:
@@ -156,34 +149,13 @@ class AuditFeed:
         return batch
 
     async def _audit_pending(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
-        """True while ``hips.audit`` has records the feed has not read yet."""
-        for tp in tps:
-            highwater = consumer.highwater(tp)
-            if highwater is None or await consumer.position(tp) < highwater:
-                return True  # not fetched yet, or records left to read
-        return False
+        """True while ``hips.audit`` has committed records the feed has not read yet."""
+        return not await caught_up(consumer, tps)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        tps: list[TopicPartition] = []
-        for topic in (self._topics.audit, self._topics.receipts):
-            partitions = consumer.partitions_for_topic(topic)
-            while not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await asyncio.sleep(0.2)
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        stored = self._store.feed_offsets()
-        for tp in tps:
-            position = stored.get((tp.topic, tp.partition))
-            if position is None:
-                await consumer.seek_to_beginning(tp)
-                position = await consumer.position(tp)
-            else:
-                consumer.seek(tp, position)
-            self._gaps.expect(tp, position)
-        return tps
+        return await assign_stored(
+            consumer, [self._topics.audit, self._topics.receipts], self._store.feed_offsets()
+        )
 
     def _maybe_checkpoint(self, *, final: bool = False) -> None:
         if self._signer is None:

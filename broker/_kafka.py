@@ -1,8 +1,8 @@
 """aiokafka plumbing shared by the router, the audit feed and the adapters.
 
-Tansu (the embedded broker) has no idempotent producer and no transactions, so
-producers run with ``acks="all"`` and ``enable_idempotence=False``; exactly-once
-effects come from deterministic ids and idempotent consumers instead.
+Every producer is idempotent with ``acks="all"``; the router's is also
+transactional. Every consumer reads ``read_committed`` and commits nothing on
+its own; a stored position that has vanished is a loud error (POSITION_LOST).
 """
 
 from __future__ import annotations
@@ -13,21 +13,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from schemas import BrokerError, Codec, ReasonCode, SignatureError, split_wire
 
 from ._crypto import Keyring, SigningIdentity, sign_record
-from ._gaps import OffsetGapGuard
-from ._topics import HEADER_NAMES, Headers
+from ._topics import HEADER_NAMES, Headers, TopicSpec
+
+_log = structlog.get_logger("safer.kafka")
 
 __all__ = [
     "OutRecord",
     "VerifiedOrigin",
+    "assign_stored",
+    "caught_up",
     "create_topics",
+    "fetch",
     "header",
+    "make_consumer",
     "make_producer",
     "read_topic",
     "send_all",
@@ -129,11 +136,21 @@ def verify_origin(
     return VerifiedOrigin(agency_id, schema_id, record_id)
 
 
-def make_producer(bootstrap_servers: str, **security: Any) -> AIOKafkaProducer:
+def make_producer(
+    bootstrap_servers: str, *, transactional_id: str | None = None, **security: Any
+) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all): a retried send is never written twice.
+
+    With ``transactional_id`` it is transactional (the router): records become
+    visible only when their transaction commits, and a restarted producer with
+    the same id aborts whatever its crashed predecessor left open.
+    """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
-        enable_idempotence=False,  # Tansu lacks InitProducerId; ids make retries safe
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=30_000,
         linger_ms=2,
         max_batch_size=512 * 1024,
         max_request_size=4 * 1024 * 1024,
@@ -151,77 +168,197 @@ async def send_all(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> 
         await asyncio.gather(*futures)
 
 
-async def create_topics(
-    bootstrap_servers: str, partitions: Mapping[str, int], **security: Any
-) -> None:
-    """Create topics that do not exist yet (existing ones are left alone)."""
+async def _admin(bootstrap_servers: str, **security: Any) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     try:
         await admin.start()
     except KafkaError as exc:
         raise BrokerError(
             f"cannot reach Kafka at {bootstrap_servers} ({type(exc).__name__})",
-            hint="check KAFKA_BOOTSTRAP_SERVERS, or unset it to use the embedded broker",
+            hint="start it with `safer up` (or `safer broker`), or check KAFKA_BOOTSTRAP_SERVERS",
         ) from None
+    return admin
+
+
+async def create_topics(
+    bootstrap_servers: str, specs: Sequence[TopicSpec], **security: Any
+) -> list[str]:
+    """The admin step: make every topic as ``specs`` say; return what was changed.
+
+    Missing topics are created with their partitions, replication and configs.
+    Existing ones get their configs set to the spec and, if they have fewer
+    partitions than configured, more partitions (never fewer: Kafka cannot).
+    A replication factor that differs is reported, not changed (that is a
+    partition reassignment, an operator's decision).
+    """
+    admin = await _admin(bootstrap_servers, **security)
+    changes: list[str] = []
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name, count, 1) for name, count in partitions.items() if name not in existing
+            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.configs))
+            for s in specs
+            if s.name not in existing
         ]
         if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator won
+            # A racing creator may win; its topics are as good as ours.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            changes += [f"created {t.name}" for t in wanted]
+        present = [s for s in specs if s.name in existing]
+        if present:
+            changes += await _reconcile(admin, present)
     finally:
         await admin.close()
+    for change in changes:
+        _log.info("kafka.topic_changed", change=change)
+    return changes
+
+
+async def _reconcile(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> list[str]:
+    changes: list[str] = []
+    described = await admin.describe_topics([s.name for s in specs])
+    by_name = {d["topic"]: d for d in described}
+    grow: dict[str, NewPartitions] = {}
+    for spec in specs:
+        partitions = by_name.get(spec.name, {}).get("partitions") or []
+        if partitions and len(partitions) < spec.partitions:
+            grow[spec.name] = NewPartitions(spec.partitions)
+            changes.append(f"{spec.name}: partitions {len(partitions)} -> {spec.partitions}")
+        replicas = {len(p.get("replicas", ())) for p in partitions}
+        if replicas and replicas != {spec.replication_factor}:
+            _log.warning(
+                "kafka.replication_differs",
+                topic=spec.name,
+                configured=spec.replication_factor,
+                actual=sorted(replicas),
+            )
+    if grow:
+        await admin.create_partitions(grow)
+    await admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, s.name, dict(s.configs)) for s in specs]
+    )
+    return changes
+
+
+def make_consumer(
+    bootstrap_servers: str,
+    *,
+    group_id: str | None = None,
+    auto_offset_reset: str = "none",
+    **options: Any,
+) -> AIOKafkaConsumer:
+    """A consumer that sees only committed records (DESIGN §6) and never moves on its own.
+
+    ``read_committed``: a record produced in a transaction (the router's audit
+    records and disclosures) is visible only once its transaction commits, so
+    no reader ever sees a disclosure without its audit record. Offsets are
+    never auto-committed. ``auto_offset_reset="none"``: a stored position that no
+    longer exists is an error (``fetch``), never a silent jump.
+    """
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        isolation_level="read_committed",
+        **options,
+    )
+
+
+async def fetch(
+    consumer: AIOKafkaConsumer, *partitions: TopicPartition, timeout_ms: int, max_records: int
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    """``getmany``, with a lost position turned into a loud, non-retriable error."""
+    try:
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+    except OffsetOutOfRangeError as exc:
+        lost = sorted(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in exc.args[0].items())
+        raise BrokerError(
+            f"stored position(s) {', '.join(lost)} no longer exist on the broker: the topic "
+            "was deleted, recreated or truncated since this service last read it",
+            code=ReasonCode.POSITION_LOST,
+            retriable=False,
+            hint="nothing was skipped; find out what happened to the topic (docs/OPERATIONS.md, "
+            "'A stored position is lost') before resetting this service's position",
+        ) from None
+    return batch
+
+
+async def assign_stored(
+    consumer: AIOKafkaConsumer,
+    topics: Sequence[str],
+    stored: Mapping[tuple[str, int], int],
+    *,
+    wait: float = 30.0,
+) -> list[TopicPartition]:
+    """Assign every partition of ``topics``, each at its stored position or the beginning.
+
+    For services that keep their position with their own data (the audit feed in
+    the audit store, recipients in their inbox), so a restart resumes exactly.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if loop.time() > deadline:
+                raise BrokerError(
+                    f"topic {topic} does not exist",
+                    hint="topics are created by the admin step: run `safer up` (or "
+                    "`safer topics create`) first",
+                )
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await asyncio.sleep(0.2)
+        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    for tp in tps:
+        position = stored.get((tp.topic, tp.partition))
+        if position is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, position)
+    return tps
+
+
+async def caught_up(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> bool:
+    """Every partition read up to its last stable offset (read_committed's end)."""
+    for tp in tps:
+        end = consumer.last_stable_offset(tp)
+        if end is None or await consumer.position(tp) < end:
+            return False
+    return True
 
 
 async def read_topic(
     bootstrap_servers: str, topic: str, *, timeout: float = 30.0, **security: Any
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Read a whole topic from the beginning up to its current high-watermark.
-
-    Uses fetch high-watermarks, not ListOffsets: Tansu answers ListOffsets
-    with the last batch's base offset, which undercounts.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **security,
-    )
+    """Read a whole topic's committed records, from the beginning to its current end."""
+    consumer = make_consumer(bootstrap_servers, auto_offset_reset="earliest", **security)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return records
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        gaps = OffsetGapGuard()
-        for tp in tps:
-            gaps.expect(tp, await consumer.position(tp))
+        tps = await assign_stored(consumer, [topic], {}, wait=timeout)
+        ends = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            batch = await gaps.getmany(consumer, *tps, timeout_ms=200)
-            for tp_records in batch.values():
-                records.extend(tp_records)
-            done = True
-            for tp in tps:
-                high = consumer.highwater(tp)
-                if high is None or await consumer.position(tp) < high:
-                    done = False
-            if done:
+            pending = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not pending:
                 break
             if loop.time() > deadline:
                 raise BrokerError(
                     f"timed out reading {topic} to its end",
                     hint="the broker may be overloaded; try again",
                 )
+            batch = await fetch(consumer, *pending, timeout_ms=200, max_records=10_000)
+            for tp_records in batch.values():
+                records.extend(tp_records)
     finally:
         await consumer.stop()
     return records

@@ -2,10 +2,11 @@
 
 ``RouterCore.plan`` is synchronous and does no I/O: it turns one inbound record
 into the audit records and the outputs it must cause. ``Router`` is the async
-shell: it produces a batch's audit records first and waits for acks=all, only
-then produces the disclosures, referrals and quarantines, and commits the
-inbound offsets last (DESIGN §4.1, §4.2). Every failure inside ``plan`` becomes
-a quarantine; nothing a publisher sends can stop the loop (§4.7).
+shell: it produces a batch's audit records, disclosures, referrals and
+quarantines and commits the batch's inbound offsets in one Kafka transaction
+(DESIGN §4.1-4.3, §6), so they become visible together or not at all. Every
+failure inside ``plan`` becomes a quarantine; nothing a publisher sends can
+stop the loop (§4.7).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from zoneinfo import ZoneInfo
 
 import pydantic
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced, UnsupportedVersionError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from audit import AuditRecord, entry_id_for
@@ -65,8 +66,16 @@ from schemas import (
 from ._config import Deployment
 from ._consent_view import ConsentView, verify_consent_record
 from ._crypto import Keyring, SigningIdentity, pseudonym, seal
-from ._gaps import OffsetGapGuard
-from ._kafka import OutRecord, header, make_producer, send_all, signed_record, verify_origin
+from ._kafka import (
+    OutRecord,
+    fetch,
+    header,
+    make_consumer,
+    make_producer,
+    send_all,
+    signed_record,
+    verify_origin,
+)
 from ._routing import candidate_recipients, resolve_partnerships
 from ._topics import Headers, Topics
 
@@ -576,7 +585,18 @@ class RouterCore:
 
 
 class Router:
-    """Consumer-group loop around ``RouterCore`` with audit-first production."""
+    """Consumer-group loop around ``RouterCore``: one Kafka transaction per batch.
+
+    Each batch's audit records, disclosures, referrals and quarantines, and the
+    batch's input offsets, are committed in one transaction (DESIGN §6):
+    readers (``read_committed``) see all of them or none, so no disclosure is
+    ever visible without its audit record, and a router killed mid-batch leaves
+    nothing visible; its replay (same deterministic ids) writes the batch once.
+
+    ``transactional_id`` must be stable across restarts of one router and
+    distinct between routers running at once (``safer route --instance``): a
+    restarted router fences its predecessor and aborts what it left open.
+    """
 
     def __init__(
         self,
@@ -585,52 +605,58 @@ class Router:
         bootstrap_servers: str,
         inbound_topics: Sequence[str],
         group_id: str = "safer-router",
+        instance: str = "0",
         batch_size: int = 500,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         security: dict[str, Any] | None = None,
         on_delivered: Callable[[Sequence[Plan]], None] | None = None,
     ) -> None:
         self._core = core
-        #: Called with each batch's plans once every output is acknowledged and
-        #: before the offsets are committed (e.g. to enrol subjects in the
-        #: audit's subject vault); it must be idempotent.
+        #: Called with each batch's plans inside its transaction, before the commit
+        #: (e.g. to enrol subjects in the audit's subject vault); it must be
+        #: idempotent: if it fails, the transaction aborts and the batch is replayed.
         self._on_delivered = on_delivered
         self._bootstrap = bootstrap_servers
         self._inbound = list(inbound_topics)
         self._group_id = group_id
+        self.transactional_id = f"{group_id}.{instance}"
         self._batch_size = batch_size
         self._clock = clock
         self._security = security or {}
-        # A record the broker skipped would be committed past and lost (broker/_gaps.py).
-        # After a rebalance a stale position only re-reads records (idempotent downstream).
-        self._gaps = OffsetGapGuard()
+        # One transaction at a time on the producer (the consent view shares it), and
+        # a rebalance waits for the open one to finish before giving partitions away.
+        self._txn_lock = asyncio.Lock()
         self.totals: Counter[str] = Counter()
         #: Monotonic times of the first fetched and the last committed batch (for metrics).
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        consumer = AIOKafkaConsumer(
-            *self._inbound,
-            bootstrap_servers=self._bootstrap,
+        consumer = make_consumer(
+            self._bootstrap,
             group_id=self._group_id,
-            enable_auto_commit=False,
+            # A new group starts at the beginning: every concern ever published is routed.
             auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1500,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
             max_poll_records=self._batch_size,
-            # Tansu answers a fetch only when its wait expires: keep it short so a
-            # concern is decided promptly (the default is 500 ms).
-            fetch_max_wait_ms=100,
             **self._security,
         )
-        producer = make_producer(self._bootstrap, **self._security)
-        await producer.start()
+        producer = make_producer(
+            self._bootstrap, transactional_id=self.transactional_id, **self._security
+        )
+        await producer.start()  # InitProducerId: fences a predecessor, aborts its transaction
         view_task: asyncio.Task[None] | None = None
         try:
             view_task = await self._start_consent_view(producer, stop)
             await consumer.start()
-            _log.info("router.started", topics=self._inbound, group_id=self._group_id)
+            consumer.subscribe(self._inbound, listener=_FinishBeforeRevoke(self._txn_lock))
+            _log.info(
+                "router.started",
+                topics=self._inbound,
+                group_id=self._group_id,
+                transactional_id=self.transactional_id,
+            )
             if ready is not None:
                 ready.set()
             while not stop.is_set():
@@ -639,12 +665,9 @@ class Router:
                     raise BrokerError(
                         "the consent view stopped", hint="the router restarts and rebuilds it"
                     )
-                batch = await self._gaps.getmany(
-                    consumer, timeout_ms=250, max_records=self._batch_size
-                )
-                if not batch:
-                    continue
-                await self._handle(batch, producer, consumer, stop)
+                batch = await fetch(consumer, timeout_ms=250, max_records=self._batch_size)
+                if batch:
+                    await self._handle(batch, producer, consumer, stop)
         finally:
             if view_task is not None:
                 view_task.cancel()
@@ -683,7 +706,7 @@ class Router:
     async def _apply_consent(
         self, view: ConsentView, records: Sequence[Any], producer: Any, stop: asyncio.Event
     ) -> bool:
-        """Audit a batch of consent records (acks=all), then apply the verified ones."""
+        """Audit a batch of consent records in one transaction, then apply the verified ones."""
         now = self._clock()
         planned = [
             self._core.plan_consent(
@@ -697,12 +720,9 @@ class Router:
             )
             for msg in records
         ]
-        audits = [a for plan, _ in planned for a in plan.audits]
-        outputs = [o for plan, _ in planned for o in plan.outputs]
-        # Audit first: no decision rests on a consent change the log does not hold.
-        if not await self._send_with_retry(producer, audits, stop):
-            return False
-        if not await self._send_with_retry(producer, outputs, stop):
+        out = [r for plan, _ in planned for r in (*plan.audits, *plan.outputs)]
+        # No decision rests on a consent change the log does not hold: apply after commit.
+        if not await self._transact(producer, out, None, stop):
             return False
         for plan, record in planned:
             if record is not None:
@@ -726,7 +746,7 @@ class Router:
             self.first_batch_at = time.monotonic()
         now = self._clock()
         plans: list[Plan] = []
-        commit: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             for msg in records:
                 plans.append(
@@ -740,23 +760,18 @@ class Router:
                         now=now,
                     )
                 )
-            commit[tp] = records[-1].offset + 1
-        audits = [a for p in plans for a in p.audits]
-        outputs = [o for p in plans for o in p.outputs]
-        # Audit first: nothing reaches a recipient topic before its audit record is acked.
-        if not await self._send_with_retry(producer, audits, stop):
+            offsets[tp] = records[-1].offset + 1
+        out = [r for p in plans for r in (*p.audits, *p.outputs)]
+
+        def delivered() -> None:
+            if self._on_delivered is not None:
+                self._on_delivered(plans)
+
+        if not await self._transact(producer, out, offsets, stop, before_commit=delivered):
+            # Nothing of the batch is visible; read it again from its first offsets.
+            for tp, records in batch.items():
+                consumer.seek(tp, records[0].offset)
             return
-        if not await self._send_with_retry(producer, outputs, stop):
-            return
-        if self._on_delivered is not None:
-            # Before the commit: if this fails, the batch is replayed (idempotently).
-            self._on_delivered(plans)
-        try:
-            await consumer.commit(commit)
-        except (CommitFailedError, KafkaError) as exc:
-            # A rebalance moved the partitions: the new owner replays them, and
-            # deterministic ids make the replay harmless.
-            _log.warning("router.commit_failed", error=type(exc).__name__)
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)
@@ -764,22 +779,75 @@ class Router:
         _log.info(
             "router.batch",
             inbound=len(plans),
-            audits=len(audits),
-            outputs=len(outputs),
+            records=len(out),
             **{k.lower(): v for k, v in sum((p.outcomes for p in plans), Counter()).items()},
         )
 
-    async def _send_with_retry(
-        self, producer: Any, records: list[OutRecord], stop: asyncio.Event
+    async def _transact(
+        self,
+        producer: Any,
+        records: list[OutRecord],
+        offsets: dict[TopicPartition, int] | None,
+        stop: asyncio.Event,
+        *,
+        before_commit: Callable[[], None] | None = None,
     ) -> bool:
+        """Produce ``records`` and commit ``offsets`` in one transaction; retry what can be.
+
+        Returns False (nothing visible, nothing committed) only when stopping. A
+        retriable Kafka error aborts and tries again with backoff. A fenced
+        producer (another router took over this transactional id) or any
+        non-retriable error is raised: the supervisor restarts the router, whose
+        new producer and consumer resume from the last committed batch.
+        """
         delay = 0.2
         while True:
-            try:
-                await send_all(producer, records)
-                return True
-            except KafkaError as exc:
-                _log.warning("router.produce_retry", error=type(exc).__name__, delay=delay)
-                if stop.is_set():
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            async with self._txn_lock:
+                await producer.begin_transaction()
+                try:
+                    await send_all(producer, records)
+                    if before_commit is not None:
+                        before_commit()
+                    if offsets:
+                        await producer.send_offsets_to_transaction(offsets, self._group_id)
+                    await producer.commit_transaction()
+                    return True
+                except (ProducerFenced, UnsupportedVersionError):
+                    raise
+                except KafkaError as exc:
+                    with contextlib.suppress(KafkaError):
+                        await producer.abort_transaction()
+                    if not exc.retriable:
+                        raise BrokerError(
+                            f"routing transaction failed ({type(exc).__name__}, not retriable)",
+                            retriable=False,
+                            hint="the router restarts and replays the batch; if this repeats, "
+                            "read the broker log",
+                        ) from exc
+                    _log.warning("router.transaction_retry", error=type(exc).__name__, delay=delay)
+                except BaseException:
+                    with contextlib.suppress(KafkaError):
+                        await producer.abort_transaction()
+                    raise
+            if stop.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hold a rebalance until the open transaction (if any) has committed or aborted.
+
+    Otherwise the next owner of a partition could read offsets that this
+    router's transaction is about to commit, and route a batch twice.
+    """
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None

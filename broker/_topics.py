@@ -1,12 +1,15 @@
-"""Topic names (DESIGN §5) and the record headers SAFER Exchange may set."""
+"""Topic names (DESIGN §5), how each topic is made, and the headers SAFER may set."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from schemas import AgencyType, Lscp
 
-__all__ = ["HEADER_NAMES", "Headers", "Topics"]
+__all__ = ["HEADER_NAMES", "Headers", "TopicLayout", "TopicSpec", "Topics", "topic_plan"]
+
+_DAY_MS = 24 * 3600 * 1000
 
 
 class Headers:
@@ -66,6 +69,10 @@ class Topics:
     def alerts(self) -> str:
         return f"{self.prefix}.alerts"
 
+    def notices(self, agency_type: AgencyType | str) -> str:
+        """Non-delivery reports for one kind of publisher (e.g. ``hips.notices.police``)."""
+        return f"{self.prefix}.notices.{AgencyType(agency_type).value}"
+
     def all_recipient_topics(self) -> list[str]:
         names = [
             self.disclosures(lscp, agency_type)
@@ -75,3 +82,67 @@ class Topics:
         ]
         names += [self.triage(lscp) for lscp in Lscp]
         return names
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """How many partitions and copies topics get (from ``Settings``; DESIGN §6).
+
+    ``inbound_partitions`` bounds how many routers can share the work (at least 12).
+    On the 3-node cluster and in production: ``replication_factor`` 3 and
+    ``min_insync_replicas`` 2, so an acknowledged record survives losing a broker.
+    """
+
+    inbound_partitions: int = 12
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    #: Retention of topics that hold personal data in clear (inbound, quarantine).
+    clear_text_retention_days: int = 14
+    #: Retention of encrypted recipient topics, alerts and notices.
+    delivery_retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as the admin step creates it."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+def topic_plan(
+    topics: Topics, layout: TopicLayout, *, publisher_agency_types: Iterable[str]
+) -> list[TopicSpec]:
+    """Every topic SAFER Exchange uses, with partitions, replication and retention.
+
+    * ``hips.audit`` and ``hips.receipts`` are kept forever: the audit store can be
+      rebuilt from them.
+    * ``hips.consent`` is compacted: the latest record per subject is what counts.
+    * Inbound and quarantine hold concerns in clear, so they are kept only long
+      enough to route and to replay after a fix.
+    """
+    rf = layout.replication_factor
+    base = {"min.insync.replicas": str(layout.min_insync_replicas)}
+
+    def retain(days: int) -> dict[str, str]:
+        return {**base, "retention.ms": str(days * _DAY_MS), "cleanup.policy": "delete"}
+
+    forever = {**base, "retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+    clear = retain(layout.clear_text_retention_days)
+    delivery = retain(layout.delivery_retention_days)
+    agency_types = sorted(set(publisher_agency_types))
+    specs = [
+        TopicSpec(topics.inbound(a), layout.inbound_partitions, rf, clear) for a in agency_types
+    ]
+    specs += [TopicSpec(name, 1, rf, delivery) for name in topics.all_recipient_topics()]
+    specs += [
+        TopicSpec(topics.quarantine, 1, rf, clear),
+        TopicSpec(topics.audit, 1, rf, forever),
+        TopicSpec(topics.receipts, 1, rf, forever),
+        TopicSpec(topics.alerts, 1, rf, delivery),
+        TopicSpec(topics.consent, 1, rf, {**base, "cleanup.policy": "compact"}),
+    ]
+    specs += [TopicSpec(topics.notices(a), 1, rf, delivery) for a in agency_types]
+    return specs

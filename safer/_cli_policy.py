@@ -28,7 +28,6 @@ from adapters import parse_police_json
 from broker import (
     candidate_recipients,
     consent_out_record,
-    ensure_consent_topic,
     make_producer,
     pseudonym,
     resolve_partnerships,
@@ -493,7 +492,6 @@ def cmd_consent_record(args: argparse.Namespace) -> int:
     )
 
     async def publish(stop: asyncio.Event) -> int:
-        await ensure_consent_topic(runtime.bootstrap, settings.topics.consent, **runtime.security)
         producer = make_producer(runtime.bootstrap, **runtime.security)
         await producer.start()
         try:

@@ -8,7 +8,6 @@ record is accounted for, then verifies the audit log.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -66,6 +65,10 @@ class DemoResult:
     deadlines_open: int = 0
     deadlines_missed: int = 0
     deadline_rules: dict[str, int] = field(default_factory=dict)
+    #: What ran it, e.g. ``apache-kafka 4.4.0`` (``external`` for KAFKA_BOOTSTRAP_SERVERS).
+    engine: str = ""
+    #: Routing ran in Kafka transactions (read_committed everywhere).
+    exactly_once: bool = True
 
     @property
     def ok(self) -> bool:
@@ -85,6 +88,8 @@ class DemoResult:
             "seconds": round(self.seconds, 3),
             "deadlines_total": self.deadlines_total,
             "deadlines_met": self.deadlines_met,
+            "engine": self.engine,
+            "exactly_once": self.exactly_once,
         }
 
 
@@ -199,14 +204,13 @@ async def run_demo(
     settings: Settings,
     *,
     bootstrap: str,
+    engine: str = "",
     concerns: int,
     seed: int,
     timeout: float,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoResult:
     started = time.monotonic()
-    if settings.data_dir.exists():
-        shutil.rmtree(settings.data_dir)  # demo data only: the broker is fresh too
     runtime = Runtime(settings, bootstrap)
     runtime.init_keys()
     await runtime.create_topics()
@@ -225,7 +229,7 @@ async def run_demo(
     for _, record in bad:
         expected.add(dict(record.headers)[Headers.CONCERN_ID].decode())
 
-    result = DemoResult(published=len(good) + len(bad))
+    result = DemoResult(published=len(good) + len(bad), engine=engine)
     store = runtime.audit_store()  # signs checkpoints with the log key
     stop = asyncio.Event()
     ready = asyncio.Event()

@@ -43,10 +43,11 @@ from broker import (
     RouterCore,
     Settings,
     TimelinessMonitor,
+    TopicSpec,
     create_topics,
-    ensure_consent_topic,
     load_deployment,
     pseudonym,
+    topic_plan,
 )
 from consent import Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
@@ -151,19 +152,19 @@ class Runtime:
             )
         return self.keys.keyring(self.identities())
 
-    def topic_partitions(self) -> dict[str, int]:
-        topics = self.settings.topics
-        wanted = {topics.inbound(AgencyType.POLICE.value): 3}
-        wanted.update({name: 1 for name in topics.all_recipient_topics()})
-        for name in (topics.quarantine, topics.audit, topics.receipts, topics.alerts):
-            wanted[name] = 1
-        for publisher in self.deployment.directory.publishers:
-            wanted[f"{topics.prefix}.notices.{publisher.agency_type.value}"] = 1
-        return wanted
+    def topic_specs(self) -> list[TopicSpec]:
+        """Every topic, with its partitions, replication and retention (broker/_topics.py)."""
+        return topic_plan(
+            self.settings.topics,
+            self.settings.topic_layout,
+            publisher_agency_types=[
+                p.agency_type.value for p in self.deployment.directory.publishers
+            ],
+        )
 
-    async def create_topics(self) -> None:
-        await create_topics(self.bootstrap, self.topic_partitions(), **self.security)
-        await ensure_consent_topic(self.bootstrap, self.settings.topics.consent, **self.security)
+    async def create_topics(self) -> list[str]:
+        """The admin step: create or reconcile every topic; returns what changed."""
+        return await create_topics(self.bootstrap, self.topic_specs(), **self.security)
 
     def consent_view(self) -> ConsentView:
         """A fresh, empty view of hips.consent (the router fills it as it starts)."""
@@ -185,12 +186,13 @@ class Runtime:
             consent_view=self.consent_view(),
         )
 
-    def router(self, *, group_id: str = "safer-router") -> Router:
+    def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:
         return Router(
             self.router_core(),
             bootstrap_servers=self.bootstrap,
             inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
             group_id=group_id,
+            instance=instance,
             security=self.security,
             on_delivered=self._enrol_subjects,
         )

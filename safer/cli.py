@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker import EmbeddedBroker, kafka_cluster, make_producer
+from broker import KAFKA_VERSION, install_kafka, kafka_engine, make_producer
 from schemas import SaferError
 
 from ._cli_audit import register as register_audit
@@ -41,9 +42,16 @@ Start here:
   safer publish --agency police deploy/examples/concern-domestic-abuse.json
   safer audit verify                 check the audit log has not been tampered with
 
-With no KAFKA_BOOTSTRAP_SERVERS set, commands use an embedded Tansu broker
-(memory only, no TLS/SASL: for development and demos, not production).
+With no KAFKA_BOOTSTRAP_SERVERS set, `safer up`, `safer broker` and `safer demo`
+run Apache Kafka (KRaft, one node) from the pinned jars that `make kafka` (or
+`safer kafka install`) fetches; its data lives under <data-dir>/kafka, so a
+restart keeps every topic. Routing is exactly-once: one Kafka transaction per
+batch, and every reader sees only committed records.
 """
+
+
+def _kafka_progress(message: str) -> None:
+    err.print(f"[dim]kafka:[/] {message}")
 
 
 # -- keys ---------------------------------------------------------------------
@@ -66,6 +74,15 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 # -- broker -------------------------------------------------------------------
 
 
+def cmd_kafka_install(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    dist = install_kafka(
+        settings.deploy_dir, progress=_kafka_progress, update_checksums=args.update_checksums
+    )
+    err.print(f"[green]ready[/]: Apache Kafka {dist.version} in {dist.libs} (Java {dist.java})")
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if settings.bootstrap_servers:
@@ -75,16 +92,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return 0
 
     async def serve(stop: asyncio.Event) -> int:
-        broker = EmbeddedBroker(port=args.port, log_path=settings.data_dir / "logs" / "tansu.log")
-        broker.start()
-        try:
-            write_broker_file(settings.data_dir, broker.bootstrap_servers)
-            print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-            err.print("embedded Tansu broker running (memory only). Ctrl-C to stop.")
-            await stop.wait()
-        finally:
-            broker.stop()
-            (settings.data_dir / "broker.json").unlink(missing_ok=True)
+        with kafka_engine(settings, port=args.port, progress=_kafka_progress) as engine:
+            try:
+                write_broker_file(settings.data_dir, engine.bootstrap_servers)
+                runtime = Runtime(settings, engine.bootstrap_servers)
+                for change in await runtime.create_topics():
+                    err.print(f"[dim]topics:[/] {change}")
+                print(f"KAFKA_BOOTSTRAP_SERVERS={engine.bootstrap_servers}", flush=True)
+                err.print(f"{engine.name} running, data in {settings.kafka_home}. Ctrl-C to stop.")
+                await stop.wait()
+            finally:
+                (settings.data_dir / "broker.json").unlink(missing_ok=True)
         return 0
 
     return run_async(serve)
@@ -131,7 +149,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     async def route(stop: asyncio.Event) -> int:
         await runtime.create_topics()
-        router = runtime.router(group_id=args.group_id)
+        router = runtime.router(group_id=args.group_id, instance=args.instance)
         err.print(f"router consuming {settings.topics.inbound('police')} as {args.group_id}")
         await router.run(stop)
         err.print(f"router stopped: {dict(router.totals)}")
@@ -142,25 +160,27 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    log_path = settings.data_dir / "logs" / "tansu.log"
 
     async def up(stop: asyncio.Event) -> int:
-        with kafka_cluster(port=args.port, log_path=log_path) as bootstrap:
-            if not settings.bootstrap_servers:
+        with kafka_engine(settings, port=args.port, progress=_kafka_progress) as engine:
+            bootstrap = engine.bootstrap_servers
+            if engine.local is not None:
                 write_broker_file(settings.data_dir, bootstrap)
             runtime = Runtime(settings, bootstrap)
             created = runtime.init_keys()
             if created:
                 err.print(f"created {created} development keys in {settings.keys_dir}")
-            await runtime.create_topics()
+            for change in await runtime.create_topics():
+                err.print(f"[dim]topics:[/] {change}")
             print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
             recipients = runtime.deployment.directory.recipients
             try:
                 await runtime.run_services(
                     stop,
                     on_ready=lambda: err.print(
-                        f"[green]ready[/]: router, audit feed and {len(recipients)} recipient "
-                        "adapters. Publish with `safer publish --agency police FILE`. Ctrl-C stops."
+                        f"[green]ready[/] on {engine.name}: router (exactly-once), audit feed "
+                        f"and {len(recipients)} recipient adapters. Publish with "
+                        "`safer publish --agency police FILE`. Ctrl-C stops."
                     ),
                 )
             finally:
@@ -241,8 +261,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging(log_file=settings.data_dir.parent / "demo.log")
     show_progress = not args.json and err.is_terminal
 
+    if settings.data_dir.exists():
+        shutil.rmtree(settings.data_dir)  # demo data only: its Kafka starts fresh too
+
     async def demo(stop: asyncio.Event) -> int:
-        with kafka_cluster(log_path=settings.data_dir.parent / "demo-tansu.log") as bootstrap:
+        progress_out = _kafka_progress if not args.json else (lambda _: None)
+        with kafka_engine(settings, progress=progress_out) as engine:
             progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -261,7 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             with progress:
                 result = await run_demo(
                     settings,
-                    bootstrap=bootstrap,
+                    bootstrap=engine.bootstrap_servers,
+                    engine=engine.name,
                     concerns=args.concerns,
                     seed=args.seed,
                     timeout=args.timeout,
@@ -330,17 +355,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(func=cmd_keys_init)
 
+    kafka = sub.add_parser(
+        "kafka",
+        help="install the pinned Apache Kafka (Maven)",
+        formatter_class=FORMATTER,
+        description=f"SAFER Exchange runs Apache Kafka {KAFKA_VERSION} (KRaft) from Kafka's own\n"
+        "jars, fetched from Maven Central with `mvn` as deploy/kafka/pom.xml says and\n"
+        "checked against deploy/kafka/kafka-<version>.sha256. Needs Java 17+ and Maven.\n"
+        "`make demo` and `make test` run this for you.\n\n"
+        "example:\n  safer kafka install",
+    )
+    kafka_sub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
+    kafka_install = kafka_sub.add_parser(
+        "install",
+        help="fetch and check the Kafka jars (once; cached in ~/.cache/safer-exchange)",
+        formatter_class=FORMATTER,
+        description="Fetch the pinned Kafka jars with Maven into the cache ($SAFER_KAFKA_HOME,\n"
+        "default ~/.cache/safer-exchange) and check every jar's SHA-256. Does nothing\n"
+        "if a checked copy is already there.\n\n"
+        "example:\n  safer kafka install",
+    )
+    kafka_install.add_argument(
+        "--update-checksums",
+        action="store_true",
+        help="maintainers moving to a new Kafka version: rewrite the checksum list from what "
+        "Maven fetched (review it before committing)",
+    )
+    kafka_install.set_defaults(func=cmd_kafka_install)
+
     broker = sub.add_parser(
         "broker",
-        help="run the embedded Kafka-protocol broker in the foreground",
+        help="run the local Apache Kafka broker in the foreground",
         formatter_class=FORMATTER,
-        description="Run the embedded Tansu broker and print KAFKA_BOOTSTRAP_SERVERS=host:port.\n"
-        "Memory only, no TLS/SASL, no transactions: for development. If\n"
-        "KAFKA_BOOTSTRAP_SERVERS is already set, nothing is started.\n\n"
+        description="Run Apache Kafka (KRaft, one node, data in <data-dir>/kafka), create every\n"
+        "topic, and print KAFKA_BOOTSTRAP_SERVERS=host:port. Stopping and starting it\n"
+        "again keeps every topic. If KAFKA_BOOTSTRAP_SERVERS is already set, nothing\n"
+        "is started.\n\n"
         "example:\n  safer broker --port 9092\n  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
     )
     broker.add_argument(
-        "--port", type=int, default=None, help="port to listen on (default: a free one)"
+        "--port",
+        type=int,
+        default=None,
+        help="client port (default: the one this data directory used before, else a free one)",
     )
     broker.set_defaults(func=cmd_broker)
 
@@ -367,25 +424,37 @@ def build_parser() -> argparse.ArgumentParser:
         "route",
         help="run the router alone (consumer group on the inbound topics)",
         formatter_class=FORMATTER,
-        description="Run only the router: verify, check, decide, minimise, encrypt, audit\n"
-        "first, then deliver. Run several with the same --group-id to share the load.\n\n"
-        "example:\n  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 safer route",
+        description="Run only the router: verify, check, decide, minimise, encrypt, and\n"
+        "commit each batch's audit records, disclosures and input offsets in one\n"
+        "Kafka transaction. Run several with the same --group-id and different\n"
+        "--instance to share the load (one per inbound partition at most).\n\n"
+        "example:\n  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 safer route --instance 2",
     )
     route.add_argument("--group-id", default="safer-router", help="consumer group id")
+    route.add_argument(
+        "--instance",
+        default="0",
+        help="this router's name in the group; its transactional id is GROUP.INSTANCE "
+        "(keep it across restarts, never share it between running routers)",
+    )
     route.set_defaults(func=cmd_route)
 
     up = sub.add_parser(
         "up",
         help="run broker, router, recipient adapters and audit feed together",
         formatter_class=FORMATTER,
-        description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), create\n"
-        "topics and development keys if missing, then run the router, the audit\n"
-        "feed and one adapter per recipient until Ctrl-C, and shut down cleanly.\n\n"
+        description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
+        "<data-dir>/kafka, kept across restarts), create every topic and development\n"
+        "keys if missing, then run the router (exactly-once), the audit feed, the\n"
+        "deadline monitor and one adapter per recipient until Ctrl-C.\n\n"
         "example:\n  safer up\n  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
     up.add_argument(
-        "--port", type=int, default=None, help="embedded broker port (default: a free one)"
+        "--port",
+        type=int,
+        default=None,
+        help="Kafka client port (default: the one this data directory used before)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -393,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole flow on synthetic data and summarise",
         formatter_class=FORMATTER,
-        description="Start everything on a fresh embedded broker, publish N synthetic concerns\n"
+        description="Start everything on a fresh Apache Kafka, publish N synthetic concerns\n"
         "(synthetic people only; the same seed gives the same data) and 5 deliberately\n"
         "bad records, wait until every record is disclosed, withheld, referred or\n"
         "quarantined and every disclosure is received, then verify the audit log.\n"

@@ -1,11 +1,12 @@
-"""Shared fixtures, and the proof that no embedded broker outlives the test suite.
+"""Shared fixtures, and the proof that no Kafka node outlives the test suite.
 
 With ``KAFKA_BOOTSTRAP_SERVERS`` set, tests use that cluster and start nothing.
-Otherwise one embedded Tansu broker serves the whole session, and at the end
-any Tansu process this session started that is still alive fails the run.
+Otherwise one local Apache Kafka node (KRaft, the pinned jars that `make kafka`
+installs) serves the whole session, and at the end any Kafka process this
+session started that is still alive fails the run.
 
 Processes "started by this session" are told apart from other users' brokers
-(another test run on the same machine, a demo) in two ways: Tansu processes
+(another test run on the same machine, a demo) in two ways: Kafka processes
 alive when the session began are excluded, and the rest must carry this
 session's marker in their environment (children inherit it from here).
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 _MARKER_VAR = "SAFER_TEST_SESSION"
 _baseline_key = pytest.StashKey[set[int]]()
 _marker_key = pytest.StashKey[str]()
@@ -31,12 +33,12 @@ def _external_cluster() -> str | None:
     return value or None
 
 
-def _tansu_pids() -> list[int]:
+def _kafka_pids() -> list[int]:
     # Imported late so that unit tests still collect while the broker package is
     # being edited; the kafka fixtures fail loudly on their own if it is broken.
-    from broker._embedded import running_tansu_pids
+    from broker import running_kafka_pids
 
-    return running_tansu_pids()
+    return running_kafka_pids()
 
 
 def _carries_marker(pid: int, marker: str) -> bool:
@@ -54,14 +56,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ[_MARKER_VAR] = marker
     session.config.stash[_marker_key] = marker
     try:
-        session.config.stash[_baseline_key] = set(_tansu_pids())
+        session.config.stash[_baseline_key] = set(_kafka_pids())
     except ImportError as exc:
         sys.stderr.write(f"\nconftest: broker orphan check disabled, cannot import: {exc}\n")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if a Tansu broker this session started is still alive."""
+    """Fail the run if a Kafka node this session started is still alive."""
     if _external_cluster() is not None:
         return
     baseline = session.config.stash.get(_baseline_key, None)
@@ -72,7 +74,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     def leaked() -> list[int]:
         return [
             pid
-            for pid in _tansu_pids()
+            for pid in _kafka_pids()
             if pid not in baseline and pid != os.getpid() and _carries_marker(pid, marker)
         ]
 
@@ -87,9 +89,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         pids = " ".join(map(str, orphans))
         banner = "!" * 78
         sys.stderr.write(
-            f"\n{banner}\nORPHAN BROKER: Tansu process(es) {orphans} started by this test "
-            f"session are still running after the session ended.\nSomething started an "
-            f"embedded broker and did not stop it. Kill them with: kill {pids}"
+            f"\n{banner}\nORPHAN BROKER: Kafka process(es) {orphans} started by this test "
+            f"session are still running after the session ended.\nSomething started a "
+            f"local Kafka node and did not stop it. Kill them with: kill {pids}"
             f"\n{banner}\n"
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -97,16 +99,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers for the session: KAFKA_BOOTSTRAP_SERVERS, or one embedded broker."""
+    """Bootstrap servers for the session: KAFKA_BOOTSTRAP_SERVERS, or one local Kafka node."""
     external = _external_cluster()
     if external is not None:
         yield external
         return
-    from broker._embedded import EmbeddedBroker
+    from broker import LocalKafka
 
-    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with EmbeddedBroker(log_path=log_path) as broker:
-        yield broker.bootstrap_servers
+    home = tmp_path_factory.mktemp("kafka")
+    with LocalKafka(home, deploy_dir=ROOT / "deploy") as kafka:
+        yield kafka.bootstrap_servers
 
 
 @pytest.fixture

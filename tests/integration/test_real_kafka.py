@@ -1,8 +1,9 @@
-"""The same spine on Apache Kafka, through testcontainers.
+"""The same spine on a Confluent Kafka image, through testcontainers: an extra.
 
 Runs only where a Docker engine answers; elsewhere it is skipped with the
 reason. It is never the only proof of a guarantee: every property checked here
-is also proven on the embedded broker by test_spine_e2e.py and test_crash.py.
+is proven on the local Apache Kafka (KRaft, the pinned jars) that the whole
+suite runs on, by test_spine_e2e.py and test_crash.py.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _docker_reason() -> str | None:
 def real_kafka() -> Iterator[str]:
     reason = _docker_reason()
     if reason:
-        pytest.skip(f"real Apache Kafka test skipped: {reason}. Proven on Tansu instead.")
+        pytest.skip(f"real Apache Kafka test skipped: {reason}. Proven on the local Apache Kafka instead.")
     from testcontainers.kafka import KafkaContainer
 
     with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:

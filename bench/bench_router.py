@@ -1,18 +1,22 @@
-"""Router throughput with every protection on, as a ratio to raw aiokafka pass-through.
+"""Router throughput on Apache Kafka: exactly-once (transactions) against without.
 
-Same broker, same run, same consumer-group and producer settings:
+Same local Apache Kafka, same run, same records:
 
 * **raw**: a consumer group reads N signed concern records and re-produces the
   same bytes to another topic (acks=all), committing after each batch.
-* **router**: the real router reads the same N records and decodes, verifies
-  the publisher's signature, validates, routes, decides per recipient,
-  minimises, encrypts per recipient, signs, produces the audit records first
-  (acks=all), then the disclosures, and commits.
+* **router (transactional)**: the real router: decode, verify, validate,
+  route, decide per recipient, minimise, encrypt, sign, and commit each batch's
+  audit records, disclosures and input offsets in ONE Kafka transaction.
+* **router (no transactions)**: the same router code with the transaction
+  replaced, for this comparison only, by what it replaced: an idempotent
+  producer, audit records and outputs produced (acks=all), then the offsets
+  committed by the consumer. Not exactly-once; not shipped.
 * **core**: `RouterCore.plan` alone, with no Kafka at all (the CPU ceiling).
 
-Rounds alternate raw/router to spread machine noise; the best of each is
-reported. Group-join time is excluded (timed from the first fetched batch to
-the last commit). Usage: python bench/bench_router.py [--concerns N] [--rounds R]
+Rounds alternate the three Kafka measures to spread machine noise; the best of
+each is reported. Group-join time is excluded (timed from the first fetched
+batch to the last commit). Usage: python bench/bench_router.py [--concerns N]
+[--rounds R]
 """
 
 from __future__ import annotations
@@ -24,15 +28,26 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from adapters import synthetic_concerns
-from broker import OutRecord, Settings, kafka_cluster, make_producer, send_all
+from broker import (
+    OutRecord,
+    Router,
+    Settings,
+    TopicSpec,
+    create_topics,
+    kafka_engine,
+    make_producer,
+    send_all,
+)
 from safer import Runtime
 from schemas import ConcernModel
 
@@ -51,9 +66,10 @@ async def _produce(runtime: Runtime, records: list[OutRecord], topic: str) -> No
 
 async def raw_passthrough(runtime: Runtime, records: list[OutRecord], tag: str) -> float:
     source, sink = f"{tag}.raw.in", f"{tag}.raw.out"
-    from broker import create_topics
-
-    await create_topics(runtime.bootstrap, {source: 3, sink: 1})
+    await create_topics(
+        runtime.bootstrap,
+        [TopicSpec(source, runtime.settings.inbound_partitions, 1), TopicSpec(sink, 1, 1)],
+    )
     await _produce(runtime, records, source)
     consumer = AIOKafkaConsumer(
         source,
@@ -91,9 +107,42 @@ async def raw_passthrough(runtime: Runtime, records: list[OutRecord], tag: str) 
         await producer.stop()
 
 
-async def routed(runtime: Runtime, records: list[OutRecord]) -> tuple[float, dict[str, int]]:
+class _NoTransactionRouter(Router):
+    """The baseline: the router with its transaction swapped for produce-then-commit."""
+
+    def _producer(self) -> AIOKafkaProducer:
+        return make_producer(self._bootstrap)
+
+    async def _transact(
+        self,
+        producer: AIOKafkaProducer,
+        records: list[OutRecord],
+        offsets: dict[TopicPartition, int] | None,
+        stop: asyncio.Event,
+        *,
+        consumer: AIOKafkaConsumer | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> bool:
+        await send_all(producer, records)
+        if before_commit is not None:
+            before_commit()
+        if offsets and consumer is not None:
+            await consumer.commit(offsets)
+        return True
+
+
+async def routed(
+    runtime: Runtime, records: list[OutRecord], *, transactional: bool
+) -> tuple[float, dict[str, int]]:
     await _produce(runtime, records, runtime.settings.topics.inbound("police"))
-    router = runtime.router(group_id=f"{runtime.settings.topic_prefix}-router")
+    kind = Router if transactional else _NoTransactionRouter
+    router = kind(
+        runtime.router_core(),
+        bootstrap_servers=runtime.bootstrap,
+        inbound_topics=[runtime.settings.topics.inbound("police")],
+        group_id=f"{runtime.settings.topic_prefix}-router",
+        on_delivered=runtime.enrol_routed_subjects,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(router.run(stop))
     while router.totals["inbound"] < len(records):
@@ -124,37 +173,45 @@ def core_only(runtime: Runtime, records: list[OutRecord]) -> float:
     return len(records) / (time.perf_counter() - start)
 
 
-async def main(concerns: int, rounds: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, kafka_cluster() as bootstrap:
-        settings = Settings(
-            data_dir=Path(tmp), deploy_dir=REPO / "deploy", bootstrap_servers=bootstrap
-        )
-        now = datetime.now(UTC)
-        items = [
-            ConcernModel.model_validate(d) for d in synthetic_concerns(concerns, seed=99, now=now)
-        ]
-        raw_rates: list[float] = []
-        router_rates: list[float] = []
-        totals: dict[str, int] = {}
-        for round_no in range(rounds):
-            tag = f"bench{secrets.token_hex(3)}"
-            runtime = Runtime(settings.model_copy(update={"topic_prefix": tag}), bootstrap)
-            runtime.init_keys()
-            await runtime.create_topics()
-            police = runtime.police_adapter()
-            records = [police.prepare(c) for c in items]
-            console.print(f"round {round_no + 1}/{rounds}: raw pass-through …")
-            raw_rates.append(await raw_passthrough(runtime, records, tag))
-            console.print(f"round {round_no + 1}/{rounds}: router …")
-            rate, totals = await routed(runtime, records)
-            router_rates.append(rate)
-        core_rate = core_only(runtime, records)
-    result = {
+async def main(concerns: int, rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Settings(data_dir=Path(tmp), deploy_dir=REPO / "deploy")
+        with kafka_engine(base, progress=lambda m: console.print(f"kafka: {m}")) as engine:
+            bootstrap = engine.bootstrap_servers
+            settings = base.model_copy(update={"bootstrap_servers": bootstrap})
+            now = datetime.now(UTC)
+            items = [
+                ConcernModel.model_validate(d)
+                for d in synthetic_concerns(concerns, seed=99, now=now)
+            ]
+            rates: dict[str, list[float]] = {"raw": [], "txn": [], "no_txn": []}
+            totals: dict[str, int] = {}
+            for round_no in range(rounds):
+                for measure in ("raw", "txn", "no_txn"):
+                    tag = f"bench{secrets.token_hex(3)}"
+                    runtime = Runtime(settings.model_copy(update={"topic_prefix": tag}), bootstrap)
+                    runtime.init_keys()
+                    await runtime.create_topics()
+                    records = [runtime.police_adapter().prepare(c) for c in items]
+                    console.print(f"round {round_no + 1}/{rounds}: {measure} …")
+                    if measure == "raw":
+                        rates["raw"].append(await raw_passthrough(runtime, records, tag))
+                    else:
+                        rate, totals = await routed(
+                            runtime, records, transactional=measure == "txn"
+                        )
+                        rates[measure].append(rate)
+            core_rate = core_only(runtime, records)
+    best = {k: max(v) for k, v in rates.items()}
+    result: dict[str, Any] = {
+        "engine": engine.name,
         "concerns": concerns,
         "rounds": rounds,
-        "raw_passthrough_per_s": round(max(raw_rates), 1),
-        "router_per_s": round(max(router_rates), 1),
-        "router_to_raw_ratio": round(max(router_rates) / max(raw_rates), 3),
+        "raw_passthrough_per_s": round(best["raw"], 1),
+        "router_transactional_per_s": round(best["txn"], 1),
+        "router_no_transactions_per_s": round(best["no_txn"], 1),
+        "transactional_to_no_transactions_ratio": round(best["txn"] / best["no_txn"], 3),
+        "router_to_raw_ratio": round(best["txn"] / best["raw"], 3),
         "core_plan_per_s": round(core_rate, 1),
         "outputs_per_concern": round(
             (totals.get("DISCLOSED", 0) + totals.get("REFERRED", 0)) / concerns, 2
@@ -163,9 +220,7 @@ async def main(concerns: int, rounds: int) -> dict[str, float]:
             sum(totals.get(k, 0) for k in ("DISCLOSED", "REFERRED", "WITHHELD")) / concerns, 2
         ),
     }
-    table = Table(
-        title=f"router vs raw aiokafka pass-through ({concerns} concerns, best of {rounds})"
-    )
+    table = Table(title=f"router on {engine.name} ({concerns} concerns, best of {rounds})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():

@@ -17,7 +17,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    OffsetOutOfRangeError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
 
 from schemas import BrokerError, Codec, ReasonCode, SignatureError, split_wire
 
@@ -161,11 +166,21 @@ def make_producer(
 
 async def send_all(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> None:
     """Produce every record and wait until each is acknowledged by the broker."""
-    futures = [
-        await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)) for r in records
-    ]
-    if futures:
-        await asyncio.gather(*futures)
+    try:
+        futures = [
+            await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+            for r in records
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+    except UnknownTopicOrPartitionError:
+        raise BrokerError(
+            "a topic this record goes to does not exist on the broker",
+            code=ReasonCode.CONFIG_INVALID,
+            retriable=False,
+            hint="topics are created on purpose by the admin step: run `safer topics create` "
+            "(or start `safer up`, which runs it)",
+        ) from None
 
 
 async def _admin(bootstrap_servers: str, **security: Any) -> AIOKafkaAdminClient:

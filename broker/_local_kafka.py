@@ -21,6 +21,7 @@ A node is a child of this process and never outlives it (``broker/_process.py``)
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import contextlib
@@ -43,6 +44,8 @@ from subprocess import Popen
 from types import TracebackType
 from typing import IO, Protocol
 
+import structlog
+
 from schemas import BrokerError, ReasonCode
 
 from ._config import Settings
@@ -61,6 +64,8 @@ __all__ = [
     "probe_brokers",
     "running_kafka_pids",
 ]
+
+_log = structlog.get_logger("safer.kafka")
 
 #: The main class every local node runs (used to find stray nodes).
 KAFKA_MAIN_CLASS = "kafka.Kafka"
@@ -565,6 +570,33 @@ class LocalKafka:
             node = self._nodes[node_id - 1]
             self._spawn(node, self._dist())
             self._wait_ready([node])
+
+    async def watch(self, stop: asyncio.Event, *, interval: float = 1.0) -> None:
+        """Restart any node that dies until ``stop``: `safer up` needs no manual step.
+
+        A node killed (OOM, SIGKILL, a crash) comes back on the same ports with the
+        same data; clients reconnect on their own, transactions left open by the
+        crash are aborted, and nothing acknowledged is lost.
+        """
+        restarts = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            for node_id, pid in self.pids().items():
+                node = self._nodes[node_id - 1]
+                if pid is not None or node.process is None:
+                    continue
+                code = node.process.returncode
+                restarts += 1
+                _log.error("kafka.node_died", node=node_id, exit_code=code, restarts=restarts)
+                self._progress(f"node {node_id} exited with status {code}; restarting it")
+                self._stop_node(node, 0)
+                try:
+                    await asyncio.to_thread(self.start_node, node_id)
+                except BrokerError as exc:
+                    _log.error("kafka.node_restart_failed", node=node_id, error=exc.code.value)
 
     def __enter__(self) -> LocalKafka:
         self.start()

@@ -26,7 +26,12 @@ from zoneinfo import ZoneInfo
 
 import pydantic
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError, ProducerFenced, UnsupportedVersionError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -642,9 +647,7 @@ class Router:
             max_poll_records=self._batch_size,
             **self._security,
         )
-        producer = make_producer(
-            self._bootstrap, transactional_id=self.transactional_id, **self._security
-        )
+        producer = self._producer()
         await producer.start()  # InitProducerId: fences a predecessor, aborts its transaction
         view_task: asyncio.Task[None] | None = None
         try:
@@ -676,6 +679,11 @@ class Router:
             await consumer.stop()
             await producer.stop()
             _log.info("router.stopped", **dict(self.totals))
+
+    def _producer(self) -> AIOKafkaProducer:
+        return make_producer(
+            self._bootstrap, transactional_id=self.transactional_id, **self._security
+        )
 
     async def _start_consent_view(
         self, producer: Any, stop: asyncio.Event
@@ -767,7 +775,9 @@ class Router:
             if self._on_delivered is not None:
                 self._on_delivered(plans)
 
-        if not await self._transact(producer, out, offsets, stop, before_commit=delivered):
+        if not await self._transact(
+            producer, out, offsets, stop, consumer=consumer, before_commit=delivered
+        ):
             # Nothing of the batch is visible; read it again from its first offsets.
             for tp, records in batch.items():
                 consumer.seek(tp, records[0].offset)
@@ -790,6 +800,7 @@ class Router:
         offsets: dict[TopicPartition, int] | None,
         stop: asyncio.Event,
         *,
+        consumer: AIOKafkaConsumer | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> bool:
         """Produce ``records`` and commit ``offsets`` in one transaction; retry what can be.

@@ -194,10 +194,10 @@ class Runtime:
             group_id=group_id,
             instance=instance,
             security=self.security,
-            on_delivered=self._enrol_subjects,
+            on_delivered=self.enrol_routed_subjects,
         )
 
-    def _enrol_subjects(self, plans: Sequence[Plan]) -> None:
+    def enrol_routed_subjects(self, plans: Sequence[Plan]) -> None:
         """Keep each routed person's identifiers, encrypted per person, in the
         subject vault next to the audit log (for `audit sar`, and `audit shred`)."""
         subjects = [s for plan in plans for s in plan.subjects]

@@ -22,6 +22,7 @@ from ._cli_audit import register as register_audit
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
+from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
 from ._demo import run_demo
@@ -174,6 +175,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 err.print(f"[dim]topics:[/] {change}")
             print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
             recipients = runtime.deployment.directory.recipients
+            watchdog = (
+                asyncio.create_task(engine.local.watch(stop), name="kafka-watchdog")
+                if engine.local is not None
+                else None
+            )
             try:
                 await runtime.run_services(
                     stop,
@@ -184,6 +190,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                     ),
                 )
             finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watchdog
                 (settings.data_dir / "broker.json").unlink(missing_ok=True)
         err.print("all services stopped cleanly")
         return 0
@@ -477,7 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
-    for register in (register_audit, register_policy, register_inbox, register_track):
+    for register in (
+        register_topics,
+        register_audit,
+        register_policy,
+        register_inbox,
+        register_track,
+    ):
         register(sub)
     return parser
 

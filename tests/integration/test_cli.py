@@ -9,19 +9,24 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from audit import AuditStore
-from broker import running_tansu_pids
+from broker import running_kafka_pids
 
 REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = [
     [],
     ["keys"],
     ["keys", "init"],
+    ["kafka"],
+    ["kafka", "install"],
     ["broker"],
+    ["topics"],
+    ["topics", "create"],
     ["publish"],
     ["route"],
     ["up"],
@@ -41,14 +46,14 @@ SUBCOMMANDS = [
 
 
 def _leftover_brokers(env: dict[str, str]) -> list[int]:
-    """Tansu processes started under this test's environment that are still alive.
+    """Kafka nodes started under this test's environment that are still alive.
 
     Other test runs on a shared machine start brokers too; only ours carry this
     test's SAFER_TEST_MARK (brokers inherit their parent's environment).
     """
     mark = f"SAFER_TEST_MARK={env['SAFER_TEST_MARK']}".encode()
     mine = []
-    for pid in running_tansu_pids():
+    for pid in running_kafka_pids():
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -122,7 +127,11 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
         "seconds",
         "deadlines_met",
         "deadlines_total",
+        "engine",
+        "exactly_once",
     }
+    assert summary["engine"].startswith("apache-kafka 4.")
+    assert summary["exactly_once"] is True
     assert 0 < summary["deadlines_met"] <= summary["deadlines_total"]
     assert summary["published"] == 30
     assert summary["quarantined"] == 5
@@ -262,3 +271,100 @@ def test_broker_command_prints_bootstrap_and_stops_on_ctrl_c(tmp_path: Path) -> 
     assert proc.returncode == 0
     time.sleep(0.3)
     assert not _leftover_brokers(env)
+
+
+def _wait_for_event(db: Path, concern_id: str, event: str, timeout: float) -> set[str]:
+    events: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and event not in events:
+        if db.exists():
+            with AuditStore(db) as store:
+                events = {r.event.value for r in store.records(concern_id=concern_id)}
+        time.sleep(0.3)
+    return events
+
+
+def _start_up(env: dict[str, str], tmp_path: Path, log: str) -> subprocess.Popen[str]:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "safer", "--log-file", str(tmp_path / log), "up"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert up.stdout is not None
+    assert up.stdout.readline().startswith("KAFKA_BOOTSTRAP_SERVERS=")
+    deadline = time.monotonic() + 90
+    while "services.ready" not in (tmp_path / log).read_text():
+        assert time.monotonic() < deadline, "safer up did not get ready"
+        assert up.poll() is None, up.stderr.read() if up.stderr else ""
+        time.sleep(0.2)
+    return up
+
+
+def _stop(up: subprocess.Popen[str]) -> None:
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        raise
+
+
+def _publish_example(env: dict[str, str], tmp_path: Path, source_ref: str) -> str:
+    """Publish the shipped example as a new concern (new id and reference); return its id."""
+    example = json.loads((REPO / "deploy/examples/concern-domestic-abuse.json").read_text())
+    example["concern_id"] = str(uuid.uuid4())
+    example["source_ref"] = source_ref
+    path = tmp_path / f"{source_ref}.json"
+    path.write_text(json.dumps(example))
+    deadline = time.monotonic() + 60
+    while True:  # the broker may still be coming back
+        result = _safer("publish", "--agency", "police", str(path), env=env, cwd=tmp_path)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert result.returncode == 0, result.stderr
+    return str(example["concern_id"])
+
+
+@pytest.mark.kafka
+def test_up_survives_a_killed_broker_and_a_restart_losing_nothing(tmp_path: Path) -> None:
+    """Issue 10, point 6: kill the broker under `safer up`, then restart `safer up`."""
+    env = _env(tmp_path)
+    db = tmp_path / "data" / "audit.db"
+    up = _start_up(env, tmp_path, "up-1.log")
+    try:
+        first = _publish_example(env, tmp_path, "44260000001")
+        assert "RECEIVED" in _wait_for_event(db, first, "RECEIVED", 60)
+        (java,) = _leftover_brokers(env)
+        os.kill(java, signal.SIGKILL)  # the broker dies; `safer up` keeps running
+        second = _publish_example(env, tmp_path, "44260000002")
+        assert "RECEIVED" in _wait_for_event(db, second, "RECEIVED", 120)
+        assert up.poll() is None, "safer up must ride through a broker crash"
+        restarted = [p for p in _leftover_brokers(env) if p != java]
+        assert restarted, "the watchdog did not restart the broker"
+        assert "kafka.node_died" in (tmp_path / "up-1.log").read_text()
+    finally:
+        _stop(up)
+    assert up.returncode == 0
+    assert not _leftover_brokers(env)
+
+    # A second `safer up` on the same data directory: the topics are all still there.
+    up = _start_up(env, tmp_path, "up-2.log")
+    try:
+        third = _publish_example(env, tmp_path, "44260000003")
+        assert "RECEIVED" in _wait_for_event(db, third, "RECEIVED", 60)
+    finally:
+        _stop(up)
+    with AuditStore(db) as store:
+        decided = {
+            r.concern_id
+            for r in store.records()
+            if r.event.value in ("DISCLOSED", "WITHHELD", "REFERRED")
+        }
+        entry_ids = [r.entry_id for r in store.records()]
+    assert {first, second, third} <= decided
+    assert len(entry_ids) == len(set(entry_ids))
+    assert "topics: created" not in (up.stderr.read() if up.stderr else "")

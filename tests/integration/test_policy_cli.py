@@ -288,6 +288,7 @@ def test_consent_record_publishes_a_signed_pseudonymised_record(
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     env["SAFER_TOPIC_PREFIX"] = prefix = f"cr{secrets.token_hex(3)}"
     assert _safer("keys", "init", env=env, cwd=tmp_path).returncode == 0
+    assert _safer("topics", "create", env=env, cwd=tmp_path).returncode == 0
     result = _safer(
         "consent",
         "record",

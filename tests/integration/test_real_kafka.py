@@ -41,7 +41,9 @@ def _docker_reason() -> str | None:
 def real_kafka() -> Iterator[str]:
     reason = _docker_reason()
     if reason:
-        pytest.skip(f"real Apache Kafka test skipped: {reason}. Proven on the local Apache Kafka instead.")
+        pytest.skip(
+            f"real Apache Kafka test skipped: {reason}. Proven on the local Apache Kafka instead."
+        )
     from testcontainers.kafka import KafkaContainer
 
     with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from aiokafka import AIOKafkaProducer
 
 from broker import Headers, OutRecord, SigningIdentity, send_all, signed_record, subject_key
 from consent import missing_minimum_dataset
-from schemas import CONCERN, Codec, ConcernModel, ReasonCode
+from schemas import (
+    CONCERN,
+    Codec,
+    ConcernModel,
+    Problem,
+    ReasonCode,
+    limit_problems,
+    plausibility_problems,
+)
 
 __all__ = ["ParsedRecord", "PoliceAdapter", "PublishOutcome", "parse_police_json"]
 
@@ -68,8 +77,17 @@ def _describe(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_police_json(text: str, *, source: str, publisher_id: str) -> list[ParsedRecord]:
-    """Validate every record in one police JSON file."""
+def _problems(problems: Sequence[Problem]) -> str:
+    """Field paths and reasons only: the values may be personal data."""
+    shown = "; ".join(p.describe() for p in problems[:8])
+    more = len(problems) - 8
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_police_json(
+    text: str, *, source: str, publisher_id: str, now: datetime | None = None
+) -> list[ParsedRecord]:
+    """Validate every record in one police JSON file (``now``: for date plausibility)."""
     try:
         raw = _raw_records(text)
     except json.JSONDecodeError as exc:
@@ -87,6 +105,23 @@ def parse_police_json(text: str, *, source: str, publisher_id: str) -> list[Pars
         label = f"{source}#{index}"
         concern_id = item.get("concern_id") if isinstance(item, dict) else None
         concern_id = concern_id if isinstance(concern_id, str) else None
+        if not isinstance(item, dict):
+            parsed.append(
+                ParsedRecord(
+                    label,
+                    None,
+                    None,
+                    ReasonCode.SCHEMA_INVALID.value,
+                    "each record must be a JSON object",
+                )
+            )
+            continue
+        limits = limit_problems(item)
+        if limits:
+            parsed.append(
+                ParsedRecord(label, None, concern_id, limits[0].code.value, _problems(limits))
+            )
+            continue
         try:
             concern = ConcernModel.model_validate(item)
         except pydantic.ValidationError as exc:
@@ -104,6 +139,18 @@ def parse_police_json(text: str, *, source: str, publisher_id: str) -> list[Pars
                     concern.concern_id,
                     ReasonCode.UNKNOWN_PUBLISHER.value,
                     f"source_agency must be {publisher_id!r}, the agency whose key signs it",
+                )
+            )
+            continue
+        implausible = plausibility_problems(concern, now or datetime.now(UTC))
+        if implausible:
+            parsed.append(
+                ParsedRecord(
+                    label,
+                    None,
+                    concern.concern_id,
+                    implausible[0].code.value,
+                    _problems(implausible),
                 )
             )
             continue

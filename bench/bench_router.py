@@ -49,6 +49,7 @@ from broker import (
     send_all,
 )
 from safer import Runtime
+from safer._logging import configure_logging
 from schemas import ConcernModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,6 +231,7 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    configure_logging(level="WARNING")  # stdout is for the JSON result only
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -38,8 +38,11 @@ from ._kafka import (
 )
 from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
 from ._keys import KeyStore
+from ._ledger import RoutedLedger, Seen, routed_digest
+from ._limits import SIZE_LIMITS, SizeLimits
 from ._local_kafka import ENGINE_NAME, Engine, LocalKafka, kafka_engine, running_kafka_pids
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
+from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
     Candidate,
@@ -58,6 +61,7 @@ __all__ = [
     "KAFKA_VERSION",
     "RECEIPT_PREFIX",
     "ROUTER_ID",
+    "SIZE_LIMITS",
     "AuditFeed",
     "Candidate",
     "ConsentView",
@@ -71,12 +75,16 @@ __all__ = [
     "OutRecord",
     "Plan",
     "PostcodeTable",
+    "QuarantineItem",
+    "RoutedLedger",
     "Router",
     "RouterCore",
     "Routing",
     "SealedPayload",
+    "Seen",
     "Settings",
     "SigningIdentity",
+    "SizeLimits",
     "TimelinessMonitor",
     "TopicLayout",
     "TopicSpec",
@@ -90,6 +98,7 @@ __all__ = [
     "default_deploy_dir",
     "disclosure_id_for",
     "fetch",
+    "fetch_original",
     "header",
     "install_kafka",
     "kafka_distribution",
@@ -102,8 +111,11 @@ __all__ = [
     "parse_postcode_table",
     "postcode_district",
     "pseudonym",
+    "read_quarantine",
     "read_topic",
+    "replay_record",
     "resolve_partnerships",
+    "routed_digest",
     "running_kafka_pids",
     "seal",
     "send_all",

@@ -46,7 +46,7 @@ from audit import AuditRecord, AuditStore, LogSigner, entry_id_for
 from schemas import AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
 
 from ._crypto import Keyring
-from ._kafka import assign_stored, caught_up, fetch, make_consumer, verify_origin
+from ._kafka import assign_stored, fetch, make_consumer, verify_origin
 from ._topics import Headers, Topics
 
 __all__ = ["AuditFeed"]
@@ -149,8 +149,18 @@ class AuditFeed:
         return batch
 
     async def _audit_pending(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
-        """True while ``hips.audit`` has committed records the feed has not read yet."""
-        return not await caught_up(consumer, tps)
+        """True while ``hips.audit`` has committed records the feed has not read yet.
+
+        Asks the broker for the current end (ListOffsets, read_committed): the end
+        a consumer remembers from its last fetch can predate the transaction that
+        made a disclosure and its audit record visible, and a receipt for that
+        disclosure would then be logged before, and without, its disclosure.
+        """
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            if await consumer.position(tp) < ends[tp]:
+                return True
+        return False
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         return await assign_stored(

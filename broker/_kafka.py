@@ -27,7 +27,8 @@ from aiokafka.errors import (
 from schemas import BrokerError, Codec, ReasonCode, SignatureError, split_wire
 
 from ._crypto import Keyring, SigningIdentity, sign_record
-from ._topics import HEADER_NAMES, Headers, TopicSpec
+from ._limits import SIZE_LIMITS
+from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, TopicSpec
 
 _log = structlog.get_logger("safer.kafka")
 
@@ -104,13 +105,27 @@ def verify_origin(
     *,
     id_header: str | None,
 ) -> VerifiedOrigin:
-    """Check the signature headers of a record; return who signed it, or raise."""
-    unknown = [k for k, _ in headers or () if k.startswith("safer-") and k not in HEADER_NAMES]
-    if unknown:
+    """Check the headers of a record and its signature; return who signed it, or raise.
+
+    Every header is checked against the allow-list, not only ``safer-*`` ones:
+    anything else may carry personal data (PID_IN_METADATA). Allowed headers
+    appear once each and are short (HEADER_INVALID otherwise).
+    """
+    names = [k for k, _ in headers or ()]
+    if any(k not in HEADER_NAMES for k in names):
         raise SignatureError(
-            "record carries headers outside the allowed set",
+            "record carries a header outside the allowed set",
             code=ReasonCode.PID_IN_METADATA,
-            hint="headers may carry only ids, key ids and signatures (DESIGN §5)",
+            hint="headers may carry only SAFER's ids, key ids and signatures (DESIGN §5); "
+            "send everything else inside the signed record",
+        )
+    if len(set(names)) != len(names) or any(
+        v is None or len(v) > MAX_HEADER_BYTES for _, v in headers or ()
+    ):
+        raise SignatureError(
+            "record carries a repeated, empty or oversized header",
+            code=ReasonCode.HEADER_INVALID,
+            hint="publish through a SAFER adapter, which sets each header once",
         )
     key_id = header(headers, Headers.KEY_ID)
     signature = header(headers, Headers.SIGNATURE)
@@ -158,7 +173,8 @@ def make_producer(
         transaction_timeout_ms=30_000,
         linger_ms=2,
         max_batch_size=512 * 1024,
-        max_request_size=4 * 1024 * 1024,
+        # A record over the topics' max.message.bytes is refused here, before the broker.
+        max_request_size=SIZE_LIMITS.message_bytes,
         request_timeout_ms=30_000,
         **security,
     )
@@ -277,6 +293,7 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset=auto_offset_reset,
         isolation_level="read_committed",
+        max_partition_fetch_bytes=SIZE_LIMITS.fetch_bytes,
         **options,
     )
 

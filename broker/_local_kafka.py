@@ -50,6 +50,7 @@ from schemas import BrokerError, ReasonCode
 
 from ._config import Settings
 from ._kafka_dist import KafkaDistribution, kafka_distribution
+from ._limits import SIZE_LIMITS
 from ._process import free_port, port_in_use, processes_with_argument, spawn, terminate
 
 __all__ = [
@@ -360,6 +361,7 @@ class LocalKafka:
             "default.replication.factor": str(min(3, n)),
             "min.insync.replicas": str(min(2, n)),
             "unclean.leader.election.enable": "false",
+            "message.max.bytes": str(SIZE_LIMITS.message_bytes),
             "offsets.topic.replication.factor": str(min(3, n)),
             "transaction.state.log.replication.factor": str(min(3, n)),
             "transaction.state.log.min.isr": str(min(2, n)),

@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,11 +61,14 @@ from schemas import (
     BrokerError,
     Codec,
     ConcernModel,
+    Problem,
     ReasonCode,
     SaferError,
     Subject,
     SubjectRole,
     ValidationError,
+    limit_problems,
+    plausibility_problems,
 )
 
 from ._config import Deployment
@@ -81,15 +84,16 @@ from ._kafka import (
     signed_record,
     verify_origin,
 )
+from ._ledger import RoutedLedger, Seen, routed_digest
+from ._limits import SIZE_LIMITS
 from ._routing import candidate_recipients, resolve_partnerships
-from ._topics import Headers, Topics
+from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, Topics
 
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
 _log = structlog.get_logger("safer.router")
 _LONDON = ZoneInfo(LONDON)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-MAX_INBOUND_BYTES = 1024 * 1024
 #: Whose consent counts for a concern: the child's own, and that of a parent or carer.
 CONSENT_ROLES = frozenset({SubjectRole.CHILD, SubjectRole.PARENT_CARER})
 
@@ -114,6 +118,28 @@ def _safe_uuid(raw: bytes | None) -> str | None:
         return str(uuid.UUID(raw.decode("ascii")))
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def _refuse(problems: Sequence[Problem]) -> None:
+    """Raise the first problem's code with every problem's field and reason (no values)."""
+    if problems:
+        shown = "; ".join(p.describe() for p in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValidationError(
+            f"implausible concern: {shown}{more}",
+            code=problems[0].code,
+            fields=tuple(p.field for p in problems),
+            hint="fix these fields and publish again (docs/REASON_CODES.md)",
+        )
+
+
+def _allowed_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    """The headers a quarantine record may copy: allowed names, short values, first of each."""
+    kept: dict[str, bytes] = {}
+    for name, value in headers or ():
+        if name in HEADER_NAMES and name not in kept and value and len(value) <= MAX_HEADER_BYTES:
+            kept[name] = value
+    return kept
 
 
 def _pydantic_detail(exc: pydantic.ValidationError) -> tuple[str, tuple[str, ...]]:
@@ -159,6 +185,9 @@ class Plan:
     quarantine_code: ReasonCode | None = None
     #: The people in a routed concern (for the subject vault); empty otherwise.
     subjects: tuple[Subject, ...] = ()
+    #: The router's own bookkeeping (the ``hips.routed`` ledger entry), in the same
+    #: transaction as the outputs.
+    bookkeeping: list[OutRecord] = field(default_factory=list)
 
 
 class RouterCore:
@@ -174,8 +203,10 @@ class RouterCore:
         topics: Topics,
         actor: str = "safer-router",
         consent_view: ConsentView | None = None,
+        ledger: RoutedLedger | None = None,
     ) -> None:
         self._consent_view = consent_view
+        self._ledger = ledger
         self._codec = codec
         self._deployment = deployment
         self._keyring = keyring
@@ -189,6 +220,11 @@ class RouterCore:
     def consent_view(self) -> ConsentView | None:
         """The latest consent records per subject, or None (concern statements only)."""
         return self._consent_view
+
+    @property
+    def ledger(self) -> RoutedLedger | None:
+        """Concerns already routed (replay detection), or None (no detection)."""
+        return self._ledger
 
     # -- public -----------------------------------------------------------------
 
@@ -204,11 +240,90 @@ class RouterCore:
         now: datetime,
     ) -> Plan:
         try:
-            return self._plan_concern(key, value or b"", headers, now)
+            plan = self._plan_concern(key, value or b"", headers, now)
         except Exception as exc:  # a bug must not stop routing either; keep the record
-            return self._quarantine_failure(
+            plan = self._quarantine_failure(
                 exc, "router.internal_error", topic, partition, offset, key, value, headers, now
             )
+        replay_of = header(headers, Headers.REPLAY_OF)
+        if replay_of is not None:
+            self._audit_quarantine_replay(plan, replay_of, topic, partition, offset, now)
+        return plan
+
+    def unproducible(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        now: datetime,
+        error: str,
+    ) -> Plan:
+        """The quarantine of a record whose outputs Kafka refused (a bounded copy only)."""
+        return self._quarantine(
+            ReasonCode.UNPRODUCIBLE,
+            f"the broker refused this record's outputs ({error}, not retriable)",
+            topic,
+            partition,
+            offset,
+            key,
+            value,
+            headers,
+            now,
+            inline=False,
+        )
+
+    def _audit_quarantine_replay(
+        self, plan: Plan, replay_of: bytes, topic: str, partition: int, offset: int, now: datetime
+    ) -> None:
+        """`safer quarantine replay` re-submitted this record: log that, and its outcome."""
+        quarantine_id = replay_of.decode("ascii", errors="replace")
+        if not _HEX32.match(quarantine_id):
+            return  # a forged header; the record was judged on its own merits above
+        outcome = ", ".join(sorted(plan.outcomes)) or "nothing"
+        audit = AuditRecord(
+            seq=None,
+            entry_id=entry_id_for(
+                AuditEvent.QUARANTINE_REPLAYED, f"{quarantine_id}:{topic}:{partition}:{offset}"
+            ),
+            event=AuditEvent.QUARANTINE_REPLAYED,
+            concern_id=plan.concern_id,
+            source=topic,
+            reason_codes=(plan.quarantine_code.value,) if plan.quarantine_code else (),
+            reasons=(
+                f"re-submitted from quarantine record {quarantine_id} (`safer quarantine replay`)",
+                f"outcome of the replay: {outcome}",
+            ),
+            at=now,
+            actor=self._actor,
+        )
+        plan.audits.append(self._audit_record(audit, key=quarantine_id.encode()))
+        plan.outcomes[AuditEvent.QUARANTINE_REPLAYED.value] += 1
+
+    def _replayed(self, concern: ConcernModel, digest: bytes, now: datetime) -> Plan:
+        """An exact replay of a routed concern: one REPLAYED entry (deduplicated), no output."""
+        plan = Plan(concern.concern_id)
+        audit = AuditRecord(
+            seq=None,
+            entry_id=entry_id_for(AuditEvent.REPLAYED, f"{concern.concern_id}:{digest.hex()}"),
+            event=AuditEvent.REPLAYED,
+            concern_id=concern.concern_id,
+            source=concern.source_agency,
+            reason_codes=(ReasonCode.REPLAY.value,),
+            reasons=(
+                "an exact replay (same concern_id, same signed bytes) of a concern already "
+                "routed; nothing was sent again",
+            ),
+            at=now,
+            actor=self._actor,
+        )
+        plan.audits.append(self._audit_record(audit, key=concern.concern_id.encode()))
+        plan.outcomes[AuditEvent.REPLAYED.value] += 1
+        _log.info("router.replay", concern_id=concern.concern_id)
+        return plan
 
     def _quarantine_failure(
         self,
@@ -250,10 +365,12 @@ class RouterCore:
         headers: Sequence[tuple[str, bytes]] | None,
         now: datetime,
     ) -> Plan:
-        if len(value) > MAX_INBOUND_BYTES:
+        limit = SIZE_LIMITS.inbound_value_bytes
+        if len(value) > limit:
             raise ValidationError(
-                f"record is {len(value)} bytes; the limit is {MAX_INBOUND_BYTES}",
+                f"record is {len(value)} bytes; the limit is {limit}",
                 code=ReasonCode.TOO_LARGE,
+                hint="split the concern or shorten its free text (docs/REASON_CODES.md)",
             )
         if key is not None and not _HEX32.match(key.decode("ascii", errors="replace")):
             raise ValidationError(
@@ -261,6 +378,7 @@ class RouterCore:
             )
         decoded = self._codec.decode(value, expect=CONCERN)
         origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID)
+        _refuse(limit_problems(decoded.record))
         try:
             concern = ConcernModel.from_avro(decoded.record)
         except pydantic.ValidationError as exc:
@@ -277,6 +395,19 @@ class RouterCore:
                 "concern names a source agency other than its signer",
                 code=ReasonCode.UNKNOWN_PUBLISHER,
             )
+        _refuse(plausibility_problems(concern, now))
+        digest = routed_digest(value)
+        if self._ledger is not None:
+            seen = self._ledger.check(concern.concern_id, digest)
+            if seen is Seen.REPLAY:
+                return self._replayed(concern, digest, now)
+            if seen is Seen.CONFLICT:
+                raise ValidationError(
+                    "a different concern was already routed under this concern_id",
+                    code=ReasonCode.CONCERN_ID_CONFLICT,
+                    hint="give a new concern a new concern_id; to correct a routed concern, "
+                    "publish a new one that refers to it by source_ref",
+                )
         missing = missing_minimum_dataset(concern)
         if missing:
             raise ValidationError(
@@ -304,6 +435,8 @@ class RouterCore:
         )
         subject = subject_key(concern, self._secret).encode()
         plan = Plan(concern.concern_id, subjects=concern.subjects)
+        if self._ledger is not None:
+            plan.bookkeeping.append(self._ledger.note(concern.concern_id, digest))
         for candidate in candidates:
             decision = decide(
                 concern,
@@ -532,13 +665,21 @@ class RouterCore:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] | None,
         now: datetime,
+        *,
+        inline: bool = True,
     ) -> Plan:
         original = value or b""
+        original_sha256 = hashlib.sha256(original).digest()
         quarantine_id = hashlib.sha256(
             f"safer-quarantine-v1\x00{topic}\x00{partition}\x00{offset}\x00".encode()
-            + hashlib.sha256(original).digest()
+            + original_sha256
         ).hexdigest()[:32]
         concern_id = _safe_uuid(header(headers, Headers.CONCERN_ID))
+        # A bounded copy: the quarantine record must fit wherever the original did not,
+        # and must not carry what may be personal data outside the original bytes.
+        truncated = not inline or len(original) > SIZE_LIMITS.quarantine_inline_bytes
+        kept = _allowed_headers(headers)
+        key_kept = key if key is not None and _HEX32.match(key.decode("ascii", "replace")) else None
         record = {
             "quarantine_id": quarantine_id,
             "reason_code": code.value,
@@ -547,11 +688,20 @@ class RouterCore:
             "source_topic": topic,
             "source_partition": partition,
             "source_offset": offset,
-            "original_key": key,
-            "original_headers": {k: v for k, v in headers or ()},
-            "original_value": original,
+            "original_key": key_kept,
+            "original_headers": kept,
+            "original_value": b"" if truncated else original,
+            "original_sha256": original_sha256.hex(),
+            "original_size": len(original),
+            "original_truncated": truncated,
+            "dropped_headers": len(headers or ()) - len(kept),
             "at": now,
         }
+        if truncated:
+            detail = (
+                f"{detail} (original {len(original)} bytes not copied: it stays at "
+                f"{topic}/{partition}/{offset}, SHA-256 {original_sha256.hex()[:16]}…)"
+            )
         plan = Plan(concern_id, quarantine_code=code)
         audit = AuditRecord(
             seq=None,
@@ -649,9 +799,9 @@ class Router:
         )
         producer = self._producer()
         await producer.start()  # InitProducerId: fences a predecessor, aborts its transaction
-        view_task: asyncio.Task[None] | None = None
+        followers: list[asyncio.Task[None]] = []
         try:
-            view_task = await self._start_consent_view(producer, stop)
+            followers = await self._start_followers(producer, stop)
             await consumer.start()
             consumer.subscribe(self._inbound, listener=_FinishBeforeRevoke(self._txn_lock))
             _log.info(
@@ -663,19 +813,20 @@ class Router:
             if ready is not None:
                 ready.set()
             while not stop.is_set():
-                if view_task is not None and view_task.done():
-                    view_task.result()  # a failed view fails the router; its supervisor restarts
-                    raise BrokerError(
-                        "the consent view stopped", hint="the router restarts and rebuilds it"
-                    )
+                for task in followers:
+                    if task.done():
+                        task.result()  # a failed view fails the router; its supervisor restarts
+                        raise BrokerError(
+                            f"{task.get_name()} stopped", hint="the router restarts and rebuilds it"
+                        )
                 batch = await fetch(consumer, timeout_ms=250, max_records=self._batch_size)
                 if batch:
                     await self._handle(batch, producer, consumer, stop)
         finally:
-            if view_task is not None:
-                view_task.cancel()
+            for task in followers:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await view_task
+                    await task
             await consumer.stop()
             await producer.stop()
             _log.info("router.stopped", **dict(self.totals))
@@ -685,31 +836,42 @@ class Router:
             self._bootstrap, transactional_id=self.transactional_id, **self._security
         )
 
-    async def _start_consent_view(
+    async def _start_followers(
         self, producer: Any, stop: asyncio.Event
-    ) -> asyncio.Task[None] | None:
-        """Follow ``hips.consent``; return once every existing record is audited and applied."""
+    ) -> list[asyncio.Task[None]]:
+        """Follow ``hips.consent`` and ``hips.routed``; return once both are caught up.
+
+        Routing must not start before the router knows every consent record and
+        every concern already routed (else a replay would be routed again).
+        """
+        starts: list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]] = []
         view = self._core.consent_view
-        if view is None:
-            return None
+        if view is not None:
 
-        async def handle(records: Sequence[Any]) -> bool:
-            return await self._apply_consent(view, records, producer, stop)
+            async def handle(records: Sequence[Any]) -> bool:
+                return await self._apply_consent(view, records, producer, stop)
 
-        caught_up = asyncio.Event()
-        task = asyncio.create_task(
-            view.run(stop, handle=handle, caught_up=caught_up), name="consent-view"
-        )
-        waiter = asyncio.create_task(caught_up.wait())
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task.done() and not stop.is_set():
-            task.result()
-            raise BrokerError(
-                "the consent view stopped before catching up",
-                hint="the router restarts and rebuilds it",
+            starts.append(
+                ("consent-view", lambda done: view.run(stop, handle=handle, caught_up=done))
             )
-        return task
+        ledger = self._core.ledger
+        if ledger is not None:
+            starts.append(("routed-ledger", lambda done: ledger.run(stop, done)))
+        tasks: list[asyncio.Task[None]] = []
+        for name, start in starts:
+            done = asyncio.Event()
+            task = asyncio.create_task(start(done), name=name)
+            tasks.append(task)
+            waiter = asyncio.create_task(done.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done() and not stop.is_set():
+                task.result()
+                raise BrokerError(
+                    f"{name} stopped before catching up",
+                    hint="the router restarts and rebuilds it",
+                )
+        return tasks
 
     async def _apply_consent(
         self, view: ConsentView, records: Sequence[Any], producer: Any, stop: asyncio.Event
@@ -753,35 +915,36 @@ class Router:
         if self.first_batch_at is None:
             self.first_batch_at = time.monotonic()
         now = self._clock()
-        plans: list[Plan] = []
-        offsets: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            for msg in records:
-                plans.append(
-                    self._core.plan(
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        key=msg.key,
-                        value=msg.value,
-                        headers=msg.headers,
-                        now=now,
-                    )
-                )
-            offsets[tp] = records[-1].offset + 1
-        out = [r for p in plans for r in (*p.audits, *p.outputs)]
-
-        def delivered() -> None:
-            if self._on_delivered is not None:
-                self._on_delivered(plans)
-
-        if not await self._transact(
-            producer, out, offsets, stop, consumer=consumer, before_commit=delivered
-        ):
-            # Nothing of the batch is visible; read it again from its first offsets.
-            for tp, records in batch.items():
-                consumer.seek(tp, records[0].offset)
+        records = [msg for msgs in batch.values() for msg in msgs]
+        plans = [self._plan(msg, now) for msg in records]
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        try:
+            committed = await self._commit(producer, consumer, plans, offsets, stop)
+        except _Unproducible as exc:
+            # One record the broker refuses must not stall the rest: route each
+            # record of the batch in its own transaction, quarantining any it refuses.
+            _log.warning("router.isolating_batch", records=len(records), error=exc.error)
+            await self._isolate(records, producer, consumer, stop, now)
             return
+        if not committed:
+            # Nothing of the batch is visible; read it again from its first offsets.
+            for tp, msgs in batch.items():
+                consumer.seek(tp, msgs[0].offset)
+            return
+        self._count(plans)
+
+    def _plan(self, msg: Any, now: datetime) -> Plan:
+        return self._core.plan(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            value=msg.value,
+            headers=msg.headers,
+            now=now,
+        )
+
+    def _count(self, plans: Sequence[Plan]) -> None:
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)
@@ -789,9 +952,80 @@ class Router:
         _log.info(
             "router.batch",
             inbound=len(plans),
-            records=len(out),
+            records=sum(len(p.audits) + len(p.outputs) for p in plans),
             **{k.lower(): v for k, v in sum((p.outcomes for p in plans), Counter()).items()},
         )
+
+    async def _commit(
+        self,
+        producer: Any,
+        consumer: AIOKafkaConsumer,
+        plans: Sequence[Plan],
+        offsets: dict[TopicPartition, int],
+        stop: asyncio.Event,
+    ) -> bool:
+        """One transaction for ``plans`` and ``offsets``; the ledger follows its outcome."""
+        out = [r for p in plans for r in (*p.audits, *p.outputs, *p.bookkeeping)]
+
+        def delivered() -> None:
+            if self._on_delivered is not None:
+                self._on_delivered(plans)
+
+        ledger = self._core.ledger
+        try:
+            committed = await self._transact(
+                producer, out, offsets, stop, consumer=consumer, before_commit=delivered
+            )
+        except BaseException:
+            if ledger is not None:
+                ledger.aborted()
+            raise
+        if ledger is not None:
+            if committed:
+                ledger.committed()
+            else:
+                ledger.aborted()
+        return committed
+
+    async def _isolate(
+        self,
+        records: Sequence[Any],
+        producer: Any,
+        consumer: AIOKafkaConsumer,
+        stop: asyncio.Event,
+        now: datetime,
+    ) -> None:
+        """Route a refused batch one record at a time, in offset order per partition."""
+        for msg in records:
+            tp = TopicPartition(msg.topic, msg.partition)
+            offsets = {tp: msg.offset + 1}
+            plan = self._plan(msg, now)
+            try:
+                committed = await self._commit(producer, consumer, [plan], offsets, stop)
+            except _Unproducible as exc:
+                plan = self._core.unproducible(
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=msg.key,
+                    value=msg.value,
+                    headers=msg.headers,
+                    now=now,
+                    error=exc.error,
+                )
+                try:
+                    committed = await self._commit(producer, consumer, [plan], offsets, stop)
+                except _Unproducible as again:
+                    raise BrokerError(
+                        f"the broker refuses even a quarantine record ({again.error})",
+                        retriable=False,
+                        hint="check the broker's topic limits and ACLs for hips.quarantine "
+                        "and hips.audit (docs/OPERATIONS.md)",
+                    ) from None
+            if not committed:
+                consumer.seek(tp, msg.offset)
+                return
+            self._count([plan])
 
     async def _transact(
         self,
@@ -807,9 +1041,11 @@ class Router:
 
         Returns False (nothing visible, nothing committed) only when stopping. A
         retriable Kafka error aborts and tries again with backoff. A fenced
-        producer (another router took over this transactional id) or any
-        non-retriable error is raised: the supervisor restarts the router, whose
-        new producer and consumer resume from the last committed batch.
+        producer (another router took over this transactional id) is raised: the
+        supervisor restarts the router, whose new producer and consumer resume
+        from the last committed batch. Any other error Kafka says cannot succeed
+        on retry (a record too large for a topic, a topic this router may not
+        write) raises ``_Unproducible``, so the caller can isolate the record.
         """
         delay = 0.2
         while True:
@@ -825,16 +1061,11 @@ class Router:
                     return True
                 except (ProducerFenced, UnsupportedVersionError):
                     raise
-                except KafkaError as exc:
+                except (KafkaError, BrokerError) as exc:
                     with contextlib.suppress(KafkaError):
                         await producer.abort_transaction()
                     if not exc.retriable:
-                        raise BrokerError(
-                            f"routing transaction failed ({type(exc).__name__}, not retriable)",
-                            retriable=False,
-                            hint="the router restarts and replays the batch; if this repeats, "
-                            "read the broker log",
-                        ) from exc
+                        raise _Unproducible(type(exc).__name__) from exc
                     _log.warning("router.transaction_retry", error=type(exc).__name__, delay=delay)
                 except BaseException:
                     with contextlib.suppress(KafkaError):
@@ -844,6 +1075,14 @@ class Router:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class _Unproducible(Exception):
+    """Kafka refused a transaction for a reason retrying cannot fix."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

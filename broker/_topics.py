@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 
 from schemas import AgencyType, Lscp
 
-__all__ = ["HEADER_NAMES", "Headers", "TopicLayout", "TopicSpec", "Topics", "topic_plan"]
+from ._limits import SIZE_LIMITS
+
+__all__ = [
+    "HEADER_NAMES",
+    "MAX_HEADER_BYTES",
+    "Headers",
+    "TopicLayout",
+    "TopicSpec",
+    "Topics",
+    "topic_plan",
+]
 
 _DAY_MS = 24 * 3600 * 1000
 
@@ -22,6 +32,8 @@ class Headers:
     CONCERN_ID = "safer-concern-id"
     DISCLOSURE_ID = "safer-disclosure-id"
     TRACE_ID = "safer-trace-id"
+    #: Set by `safer quarantine replay`: the quarantine record this is a replay of.
+    REPLAY_OF = "safer-replay-of"
 
 
 HEADER_NAMES = frozenset(
@@ -32,8 +44,11 @@ HEADER_NAMES = frozenset(
         Headers.CONCERN_ID,
         Headers.DISCLOSURE_ID,
         Headers.TRACE_ID,
+        Headers.REPLAY_OF,
     }
 )
+#: The longest header value any allowed header needs (an Ed25519 signature is 64 bytes).
+MAX_HEADER_BYTES = 128
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,11 @@ class Topics:
     @property
     def consent(self) -> str:
         return f"{self.prefix}.consent"
+
+    @property
+    def routed(self) -> str:
+        """The router's ledger of routed concerns (replay detection; compacted)."""
+        return f"{self.prefix}.routed"
 
     @property
     def alerts(self) -> str:
@@ -124,7 +144,10 @@ def topic_plan(
       enough to route and to replay after a fix.
     """
     rf = layout.replication_factor
-    base = {"min.insync.replicas": str(layout.min_insync_replicas)}
+    base = {
+        "min.insync.replicas": str(layout.min_insync_replicas),
+        "max.message.bytes": str(SIZE_LIMITS.message_bytes),
+    }
 
     def retain(days: int) -> dict[str, str]:
         return {**base, "retention.ms": str(days * _DAY_MS), "cleanup.policy": "delete"}
@@ -143,6 +166,7 @@ def topic_plan(
         TopicSpec(topics.receipts, 1, rf, forever),
         TopicSpec(topics.alerts, 1, rf, delivery),
         TopicSpec(topics.consent, 1, rf, {**base, "cleanup.policy": "compact"}),
+        TopicSpec(topics.routed, 1, rf, {**base, "cleanup.policy": "compact"}),
     ]
     specs += [TopicSpec(topics.notices(a), 1, rf, delivery) for a in agency_types]
     return specs

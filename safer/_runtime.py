@@ -39,6 +39,7 @@ from broker import (
     Keyring,
     KeyStore,
     Plan,
+    RoutedLedger,
     Router,
     RouterCore,
     Settings,
@@ -184,6 +185,11 @@ class Runtime:
             pseudonym_secret=self.keys.pseudonym_secret(),
             topics=self.settings.topics,
             consent_view=self.consent_view(),
+            ledger=RoutedLedger(
+                topic=self.settings.topics.routed,
+                bootstrap_servers=self.bootstrap,
+                security=self.security,
+            ),
         )
 
     def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:

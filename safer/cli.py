@@ -22,6 +22,7 @@ from ._cli_audit import register as register_audit
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
+from ._cli_quarantine import register as register_quarantine
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in (
         register_topics,
+        register_quarantine,
         register_audit,
         register_policy,
         register_inbox,

@@ -42,6 +42,14 @@ from ._model import (
     VoiceOfChild,
     age_on,
 )
+from ._plausibility import (
+    CANONICAL_ID,
+    LIMITS,
+    Limits,
+    Problem,
+    limit_problems,
+    plausibility_problems,
+)
 from ._registry import Codec, Decoded, EmbeddedRegistry, Registry, content_schema_id
 
 #: Subject names of the records SAFER Exchange writes.
@@ -54,10 +62,12 @@ CONSENT_RECORD = "consent_record"
 
 __all__ = [
     "AUDIT_RECORD",
+    "CANONICAL_ID",
     "CONCERN",
     "CONSENT_RECORD",
     "DISCLOSURE",
     "LA_CODES",
+    "LIMITS",
     "NOT_SOUGHT_REASONS",
     "OVERRIDE_JUSTIFICATIONS",
     "QUARANTINE",
@@ -78,12 +88,14 @@ __all__ = [
     "Decoded",
     "EmbeddedRegistry",
     "IncidentLocation",
+    "Limits",
     "LogTamperedError",
     "Lscp",
     "NotSoughtReason",
     "Officer",
     "OverrideJustification",
     "PolicyError",
+    "Problem",
     "ReasonCode",
     "Registry",
     "RiskGrade",
@@ -100,6 +112,8 @@ __all__ = [
     "check_full_transitive",
     "content_schema_id",
     "latest",
+    "limit_problems",
+    "plausibility_problems",
     "reader_can_read",
     "split_wire",
 ]

@@ -146,6 +146,10 @@ class AuditEvent(StrEnum):
     OTHER = "OTHER"
     #: Issue 5: a disclosure not received within its expiry (non-delivery report sent).
     NOT_DELIVERED = "NOT_DELIVERED"
+    #: Issue 11: an exact replay of a concern already routed (nothing produced).
+    REPLAYED = "REPLAYED"
+    #: Issue 11: an operator re-submitted a quarantined record (`safer quarantine replay`).
+    QUARANTINE_REPLAYED = "QUARANTINE_REPLAYED"
 
 
 class Lscp(StrEnum):

@@ -76,10 +76,54 @@ def test_a_good_concern_is_decided_for_every_candidate_and_audited(
 
 def test_replanning_gives_the_same_ids(runtime: Runtime, example_concern: dict[str, Any]) -> None:
     core = runtime.router_core()
+    assert core.ledger is not None
     record = _signed(runtime, example_concern)
-    first, second = _audits(runtime, _plan(core, record)), _audits(runtime, _plan(core, record))
+    first = _audits(runtime, _plan(core, record))
+    core.ledger.aborted()  # the batch's transaction aborted: it is planned again
+    second = _audits(runtime, _plan(core, record))
     assert [a.entry_id for a in first] == [a.entry_id for a in second]
     assert [a.decision_id for a in first] == [a.decision_id for a in second]
+
+
+def test_an_exact_replay_of_a_routed_concern_is_recorded_once_and_produces_nothing(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    core = runtime.router_core()
+    assert core.ledger is not None
+    record = _signed(runtime, example_concern)
+    routed = _plan(core, record)
+    assert routed.outputs and [r.topic for r in routed.bookkeeping] == ["hips.routed"]
+    core.ledger.committed()
+    replays = [_plan(core, record), _plan(core, record)]
+    for replay in replays:
+        assert replay.outputs == [] and replay.bookkeeping == []
+        (audit,) = _audits(runtime, replay)
+        assert audit.event.value == "REPLAYED" and audit.reason_codes == ("REPLAY",)
+    # The same entry id both times: the audit log keeps one REPLAYED entry.
+    assert len({_audits(runtime, r)[0].entry_id for r in replays}) == 1
+
+
+def test_a_different_body_under_a_routed_concern_id_is_a_conflict(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    core = runtime.router_core()
+    assert core.ledger is not None
+    _plan(core, _signed(runtime, example_concern))
+    core.ledger.committed()
+    changed = copy.deepcopy(example_concern)
+    changed["narrative"] = changed["narrative"] + " Updated later."
+    plan = _plan(core, _signed(runtime, changed))
+    assert _code(runtime, plan) == ReasonCode.CONCERN_ID_CONFLICT
+
+
+def test_a_replay_within_one_batch_is_caught_before_commit(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    core = runtime.router_core()
+    record = _signed(runtime, example_concern)
+    first, second = _plan(core, record), _plan(core, record)
+    assert first.outputs and not second.outputs
+    assert _audits(runtime, second)[0].event.value == "REPLAYED"
 
 
 def _code(runtime: Runtime, plan: Any) -> str:

@@ -135,3 +135,14 @@ def test_compatibility_checker_catches_breaking_changes() -> None:
 def test_split_wire_rejects_non_wire_bytes() -> None:
     with pytest.raises(DecodeError):
         split_wire(b"{}")
+
+
+def test_every_reason_code_is_explained_in_the_docs() -> None:
+    """docs/REASON_CODES.md says what each code means and what to do about it."""
+    from pathlib import Path
+
+    from schemas import ReasonCode
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "REASON_CODES.md").read_text()
+    missing = [code.value for code in ReasonCode if f"| `{code.value}` |" not in text]
+    assert missing == []

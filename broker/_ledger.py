@@ -1,0 +1,118 @@
+"""Which concerns have been routed: replay detection (issue 11; DESIGN §8 REPLAY).
+
+A concern routed once must not be routed again. The router records each routed
+concern in the compacted topic ``hips.routed`` (key: ``concern_id``; value: the
+SHA-256 of the signed record it routed, 16 bytes), in the same transaction as
+the batch's disclosures, so the ledger says "routed" exactly when the outputs
+are visible. Every router follows the topic, so a replay is caught whichever
+router or partition it lands on.
+
+``check`` tells a new concern from an exact replay (same id, same signed bytes:
+REPLAY, recorded once, nothing produced) and from a conflict (a different body
+under a used ``concern_id``: quarantined as CONCERN_ID_CONFLICT). Entries a
+batch adds are pending until its transaction commits, so a batch that aborts
+leaves no trace and its replay routes normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ._kafka import OutRecord, assign_stored, caught_up, fetch, make_consumer
+
+__all__ = ["RoutedLedger", "Seen", "routed_digest"]
+
+_log = structlog.get_logger("safer.ledger")
+
+
+class Seen(StrEnum):
+    NEW = "NEW"
+    REPLAY = "REPLAY"
+    CONFLICT = "CONFLICT"
+
+
+def routed_digest(value: bytes) -> bytes:
+    """What identifies a concern's signed bytes in the ledger (128 bits of SHA-256)."""
+    return hashlib.sha256(value).digest()[:16]
+
+
+class RoutedLedger:
+    def __init__(
+        self,
+        *,
+        topic: str,
+        bootstrap_servers: str,
+        security: dict[str, Any] | None = None,
+        poll_ms: int = 200,
+    ) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap_servers
+        self._security = dict(security or {})
+        self._poll_ms = poll_ms
+        self._routed: dict[str, bytes] = {}
+        self._pending: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._routed)
+
+    # -- the pure part ---------------------------------------------------------------
+
+    def check(self, concern_id: str, digest: bytes) -> Seen:
+        known = self._pending.get(concern_id) or self._routed.get(concern_id)
+        if known is None:
+            return Seen.NEW
+        return Seen.REPLAY if known == digest else Seen.CONFLICT
+
+    def note(self, concern_id: str, digest: bytes) -> OutRecord:
+        """Record a concern as routed by the batch being planned; returns its ledger record."""
+        self._pending[concern_id] = digest
+        return OutRecord(self.topic, concern_id.encode("ascii"), digest, ())
+
+    def committed(self) -> None:
+        """The batch's transaction committed: its pending entries are routed."""
+        self._routed.update(self._pending)
+        self._pending.clear()
+
+    def aborted(self) -> None:
+        """The batch's transaction aborted: forget what it noted."""
+        self._pending.clear()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of ``hips.routed`` (a tombstone or malformed record is ignored)."""
+        if key is None or value is None or len(value) != 16:
+            return
+        try:
+            concern_id = key.decode("ascii")
+        except UnicodeDecodeError:
+            return
+        self._routed[concern_id] = value
+
+    # -- following the topic -----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, caught_up_event: asyncio.Event) -> None:
+        """Follow ``hips.routed`` from the beginning; set ``caught_up_event`` at its end."""
+        consumer: AIOKafkaConsumer = make_consumer(
+            self._bootstrap,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._poll_ms,
+            **self._security,
+        )
+        await consumer.start()
+        try:
+            tps: list[TopicPartition] = await assign_stored(consumer, [self.topic], {})
+            while not stop.is_set():
+                batch = await fetch(consumer, *tps, timeout_ms=self._poll_ms, max_records=10_000)
+                for records in batch.values():
+                    for record in records:
+                        self.apply(record.key, record.value)
+                if not caught_up_event.is_set() and await caught_up(consumer, tps):
+                    caught_up_event.set()
+                    _log.info("ledger.caught_up", routed=len(self._routed))
+        finally:
+            await consumer.stop()

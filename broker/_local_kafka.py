@@ -215,8 +215,15 @@ class _Node:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (as Kafka makes them)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A KRaft cluster id: 16 random bytes, base64url without padding (as Kafka makes them).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with "-": the storage
+    tool would read it as an option.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not text.startswith("-"):
+            return text
 
 
 class LocalKafka:
@@ -405,8 +412,7 @@ class LocalKafka:
             dist.classpath,
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            cluster_id,
+            f"--cluster-id={cluster_id}",
             "--config",
             str(node.config_file),
             *self._security.format_arguments(),

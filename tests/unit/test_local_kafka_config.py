@@ -27,3 +27,18 @@ def test_size_limits_fit_together() -> None:
         pass
     else:
         raise AssertionError("inconsistent limits must be refused")
+
+
+async def test_every_hop_uses_the_one_set_of_limits() -> None:
+    from broker import TopicLayout, Topics, make_consumer, make_producer, topic_plan
+
+    for spec in topic_plan(Topics(), TopicLayout(), publisher_agency_types=["police"]):
+        assert spec.configs["max.message.bytes"] == str(SIZE_LIMITS.message_bytes), spec.name
+    producer = make_producer("127.0.0.1:1")  # not started: no connection is made
+    assert producer._max_request_size == SIZE_LIMITS.message_bytes
+    consumer = make_consumer("127.0.0.1:1")
+    try:
+        assert consumer._max_partition_fetch_bytes == SIZE_LIMITS.fetch_bytes
+    finally:
+        await consumer.stop()
+        await producer.stop()

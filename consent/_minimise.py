@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -194,32 +195,111 @@ def _texts(subject: Subject) -> list[tuple[str, str]]:
     return [(kind, text) for kind, text in found if len(text.strip()) >= 2]
 
 
-def _pattern_text(kind: str, text: str) -> str:
-    """A regex for ``text`` as it may be written in prose.
-
-    Identifiers may be spaced or punctuated differently (``943 476 5919``,
-    ``SO16 4QQ``, ``07700-900123``); words may be spaced differently.
-    """
-    if kind in _LOOSE_IDENTIFIERS:
-        compact = "".join(ch for ch in text if ch.isalnum())
-        return r"[\s\-./]*".join(re.escape(ch) for ch in compact)
-    return r"\s+".join(re.escape(word) for word in text.split())
-
-
-#: One alternative of the scrubbing pattern: what it matches, and whose text it is
-#: (None: a visible person's full name, kept as written).
-_Alternative = tuple[str, str | None, str]
+#: Word tokens of free text and of names. Compiled once: minimisation compiles nothing
+#: per concern (compiling per-concern patterns was most of the router's CPU).
+_WORD = re.compile(r"\w+")
+#: What may separate the parts of an identifier as officers write it: "943 476 5919",
+#: "HC-P-3047719", "07700.900123".
+_LOOSE_GAP = frozenset(" \t\r\n-./")
 
 
 @functools.lru_cache(maxsize=256)
-def _scrubber(alternatives: tuple[_Alternative, ...]) -> re.Pattern[str]:
-    """One compiled pattern per set of people to hide and to keep.
+def _tokens(text: str) -> tuple[tuple[int, int, str], ...]:
+    """(start, end, casefolded word) of every word in ``text`` (memoised: one concern's
+    free text is scanned for several recipients)."""
+    return tuple((m.start(), m.end(), m.group().casefold()) for m in _WORD.finditer(text))
 
-    Memoised: a concern is minimised for several recipients, most of which share
-    a visibility, and compiling is most of minimisation's cost.
-    """
-    groups = "|".join(f"({pattern})" for pattern, _, _ in alternatives)
-    return re.compile(rf"(?<!\w)(?:{groups})(?!\w)", re.IGNORECASE)
+
+def _gap_key(gap: str) -> str:
+    """What must match between two words of a name: punctuation, not spacing."""
+    return "".join(gap.split())
+
+
+@dataclass(frozen=True)
+class _Needle:
+    """Text to find: a name (words and the punctuation between them) or an identifier
+    (its letters and digits, however spaced). ``owner`` None: keep it as written."""
+
+    kind: str
+    owner: int | None
+    words: tuple[str, ...] = ()
+    gaps: tuple[str, ...] = ()
+    compact: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.compact) if self.compact else sum(map(len, self.words))
+
+
+def _needle(kind: str, text: str, owner: int | None) -> _Needle | None:
+    if kind in _LOOSE_IDENTIFIERS:
+        compact = "".join(ch for ch in text.casefold() if ch.isalnum())
+        return _Needle(kind, owner, compact=compact) if len(compact) >= 2 else None
+    spans = list(_WORD.finditer(text))
+    if not spans:
+        return None
+    words = tuple(m.group().casefold() for m in spans)
+    gaps = tuple(_gap_key(text[x.end() : y.start()]) for x, y in itertools.pairwise(spans))
+    return _Needle(kind, owner, words=words, gaps=gaps)
+
+
+def _match_at(
+    text: str, tokens: tuple[tuple[int, int, str], ...], i: int, needle: _Needle
+) -> int | None:
+    """The end (exclusive) of ``needle`` matched from token ``i``, or None."""
+    if needle.compact:
+        built = ""
+        j = i
+        while j < len(tokens):
+            if j > i and any(ch not in _LOOSE_GAP for ch in text[tokens[j - 1][1] : tokens[j][0]]):
+                return None
+            built += tokens[j][2]
+            if built == needle.compact:
+                return tokens[j][1]
+            if not needle.compact.startswith(built):
+                return None
+            j += 1
+        return None
+    if i + len(needle.words) > len(tokens):
+        return None
+    for k, word in enumerate(needle.words):
+        if tokens[i + k][2] != word:
+            return None
+        if k and _gap_key(text[tokens[i + k - 1][1] : tokens[i + k][0]]) != needle.gaps[k - 1]:
+            return None
+    return tokens[i + len(needle.words) - 1][1]
+
+
+def _redact(
+    text: str, by_first: dict[str, list[_Needle]], counts: dict[tuple[int, str], int]
+) -> str:
+    """``text`` with every owned needle replaced by ``[withheld]``; the longest match wins
+    at each position, and a kept needle (a visible person's full name) is left as written."""
+    tokens = _tokens(text)
+    out: list[str] = []
+    last = 0
+    i = 0
+    while i < len(tokens):
+        start, _, word = tokens[i]
+        best: tuple[int, _Needle] | None = None
+        for needle in by_first.get(word[:1], ()):
+            end = _match_at(text, tokens, i, needle)
+            if end is not None and (best is None or end > best[0]):
+                best = (end, needle)
+        if best is None:
+            i += 1
+            continue
+        end, needle = best
+        if needle.owner is not None:
+            out.append(text[last:start])
+            out.append(REDACTED)
+            last = end
+            key = (needle.owner, needle.kind)
+            counts[key] = counts.get(key, 0) + 1
+        while i < len(tokens) and tokens[i][0] < end:
+            i += 1
+    out.append(text[last:])
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -296,12 +376,12 @@ def _scrub(
     hidden, kept = _hidden_texts(concern, profile, withheld)
     if not hidden:
         return ()
-    alternatives: list[_Alternative] = []
-    owners: list[tuple[int, str] | None] = []
+    needles: list[_Needle] = []
     for kind, normal in sorted(kept):
         if kind == "full_name":
-            alternatives.append((_pattern_text(kind, normal), None, normal))
-            owners.append(None)
+            kept_name = _needle(kind, normal, None)
+            if kept_name is not None:
+                needles.append(kept_name)
     seen: set[tuple[str, str]] = set()
     for index, person in enumerate(hidden):
         for kind, text in _texts(person.subject):
@@ -309,42 +389,36 @@ def _scrub(
             if kind not in person.kinds or (kind, normal) in kept or (kind, normal) in seen:
                 continue
             seen.add((kind, normal))
-            alternatives.append((_pattern_text(kind, text), kind, normal))
-            owners.append((index, kind))
-    # Longest first: at any position the fullest match wins ("Dean Kessler" before "Dean").
-    order = sorted(range(len(alternatives)), key=lambda i: -len(alternatives[i][2]))
-    ordered = tuple(alternatives[i] for i in order)
-    ordered_owners = [owners[i] for i in order]
-    if all(owner is None for owner in ordered_owners):
+            needle = _needle(kind, text, index)
+            if needle is not None:
+                needles.append(needle)
+    if all(n.owner is None for n in needles):
         return ()
-    pattern = _scrubber(ordered)
-    counts: dict[int, dict[str, int]] = {}
+    by_first: dict[str, list[_Needle]] = {}
+    for needle in needles:
+        first = needle.compact[:1] if needle.compact else needle.words[0][:1]
+        by_first.setdefault(first, []).append(needle)
+    counts: dict[tuple[int, str], int] = {}
     where: dict[int, list[str]] = {}
-
-    def replace(match: re.Match[str], dotted: str) -> str:
-        owner = ordered_owners[(match.lastindex or 1) - 1]
-        if owner is None:
-            return match.group(0)
-        index, kind = owner
-        by_kind = counts.setdefault(index, {})
-        by_kind[kind] = by_kind.get(kind, 0) + 1
-        paths = where.setdefault(index, [])
-        if dotted not in paths:
-            paths.append(dotted)
-        return REDACTED
-
     for path, parent, text in texts:
-        parent[path[-1]] = pattern.sub(functools.partial(replace, dotted=".".join(path)), text)
+        before = dict(counts)
+        parent[path[-1]] = _redact(text, by_first, counts)
+        for owner, _ in {k for k, v in counts.items() if before.get(k, 0) != v}:
+            paths = where.setdefault(owner, [])
+            dotted = ".".join(path)
+            if dotted not in paths:
+                paths.append(dotted)
+    owners = sorted({owner for owner, _ in counts})
     return tuple(
         Redaction(
             subject_ref=hidden[index].subject.subject_ref,
             role=hidden[index].subject.role.value,
             why=hidden[index].why,
-            kinds=tuple(k for k in _KIND_TEXT if k in counts[index]),
+            kinds=tuple(k for k in _KIND_TEXT if (index, k) in counts),
             paths=tuple(where[index]),
-            count=sum(counts[index].values()),
+            count=sum(v for (o, _), v in counts.items() if o == index),
         )
-        for index in sorted(counts)
+        for index in owners
     )
 
 

@@ -28,7 +28,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,11 +122,11 @@ class _NoTransactionRouter(Router):
         stop: asyncio.Event,
         *,
         consumer: AIOKafkaConsumer | None = None,
-        before_commit: Callable[[], None] | None = None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         await send_all(producer, records)
         if before_commit is not None:
-            before_commit()
+            await before_commit()
         if offsets and consumer is not None:
             await consumer.commit(offsets)
         return True

@@ -20,7 +20,7 @@ from ._crypto import (
     sign_record,
     verify_record,
 )
-from ._feed import AuditFeed
+from ._feed import AuditFeed, audit_records_in
 from ._kafka import (
     OutRecord,
     VerifiedOrigin,
@@ -42,6 +42,7 @@ from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS, SizeLimits
 from ._local_kafka import ENGINE_NAME, Engine, LocalKafka, kafka_engine, running_kafka_pids
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
+from ._process import child_preexec
 from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
@@ -91,8 +92,10 @@ __all__ = [
     "Topics",
     "VerifiedOrigin",
     "assign_stored",
+    "audit_records_in",
     "candidate_recipients",
     "caught_up",
+    "child_preexec",
     "consent_out_record",
     "create_topics",
     "default_deploy_dir",

@@ -43,13 +43,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from audit import AuditRecord, AuditStore, LogSigner, entry_id_for
-from schemas import AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
+from schemas import AUDIT_BATCH, AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
 
 from ._crypto import Keyring
 from ._kafka import assign_stored, fetch, make_consumer, verify_origin
 from ._topics import Headers, Topics
 
-__all__ = ["AuditFeed"]
+__all__ = ["AuditFeed", "audit_records_in"]
 
 _log = structlog.get_logger("safer.audit_feed")
 
@@ -57,6 +57,16 @@ _log = structlog.get_logger("safer.audit_feed")
 _DELIVERED = (AuditEvent.DISCLOSED, AuditEvent.REFERRED)
 #: Recent deliveries kept in memory for receipts (older ones are read from the store).
 _RECENT = 50_000
+
+
+def audit_records_in(codec: Codec, value: bytes) -> list[dict[str, Any]]:
+    """The audit records (Avro dicts) in one ``hips.audit`` value: a single AuditRecord,
+    or every record of an AuditBatch. For tools and tests that read the topic; the feed
+    itself also checks signatures."""
+    decoded = codec.decode(value)
+    if decoded.subject == AUDIT_BATCH:
+        return list(decoded.record["records"])
+    return [codec.decode(value, expect=AUDIT_RECORD).record]
 
 
 class _Held(Exception):
@@ -208,7 +218,7 @@ class AuditFeed:
                     self._rewind[tp] = msg.offset
                     self.totals["held"] += 1
                     break
-                entries.append(entry)
+                entries.extend(entry)
                 done = msg.offset
             if done is not None:
                 offsets[(tp.topic, tp.partition)] = done + 1
@@ -227,11 +237,11 @@ class AuditFeed:
         headers: Sequence[tuple[str, bytes]] | None,
         *,
         hold: bool = False,
-    ) -> AuditRecord:
+    ) -> list[AuditRecord]:
         try:
             if topic == self._topics.audit:
-                return self._audit_entry(value or b"", headers)
-            return self._receipt_entry(value or b"", headers, hold=hold)
+                return self._audit_entries(value or b"", headers)
+            return [self._receipt_entry(value or b"", headers, hold=hold)]
         except SaferError as exc:
             self.totals["rejected"] += 1
             _log.warning(
@@ -239,16 +249,39 @@ class AuditFeed:
             )
             position = f"{topic}/{partition}/{offset}"
             digest = hashlib.sha256(position.encode() + (value or b"")).hexdigest()[:32]
-            return AuditRecord(
-                seq=None,
-                entry_id=entry_id_for(AuditEvent.QUARANTINED, digest),
-                event=AuditEvent.QUARANTINED,
-                source=topic,
-                reason_codes=(exc.code.value,),
-                reasons=(f"audit feed rejected the record at {position}: {exc.message}",),
-                at=datetime.now(UTC),
-                actor="safer-audit-feed",
+            return [
+                AuditRecord(
+                    seq=None,
+                    entry_id=entry_id_for(AuditEvent.QUARANTINED, digest),
+                    event=AuditEvent.QUARANTINED,
+                    source=topic,
+                    reason_codes=(exc.code.value,),
+                    reasons=(f"audit feed rejected the record at {position}: {exc.message}",),
+                    at=datetime.now(UTC),
+                    actor="safer-audit-feed",
+                )
+            ]
+
+    def _audit_entries(
+        self, value: bytes, headers: Sequence[tuple[str, bytes]] | None
+    ) -> list[AuditRecord]:
+        """One audit record, or every record of a router-signed AuditBatch."""
+        if self._codec.decode(value).subject != AUDIT_BATCH:
+            return [self._audit_entry(value, headers)]
+        origin = verify_origin(self._keyring, value, headers, id_header=None)
+        if origin.agency_id != self._router_id:
+            raise SaferError(
+                f"audit batch signed by {origin.agency_id}, not the router",
+                code=ReasonCode.UNKNOWN_PUBLISHER,
             )
+        records = [
+            AuditRecord.from_avro(r)
+            for r in self._codec.decode(value, expect=AUDIT_BATCH).record["records"]
+        ]
+        for record in records:
+            if record.event in _DELIVERED and record.disclosure_id:
+                self._remember(record)
+        return records
 
     def _audit_entry(
         self, value: bytes, headers: Sequence[tuple[str, bytes]] | None

@@ -28,7 +28,14 @@ from pathlib import Path
 from subprocess import Popen
 from typing import IO, Any
 
-__all__ = ["free_port", "port_in_use", "processes_with_argument", "spawn", "terminate"]
+__all__ = [
+    "child_preexec",
+    "free_port",
+    "port_in_use",
+    "processes_with_argument",
+    "spawn",
+    "terminate",
+]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -80,6 +87,15 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child that must die with this process (Linux PDEATHSIG).
+
+    The child must be started from a thread that lives as long as the process:
+    the main thread, or the event loop's (asyncio subprocesses are forked there).
+    """
+    return _pdeathsig_preexec()
 
 
 def _popen(

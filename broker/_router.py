@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +52,7 @@ from consent import (
     missing_minimum_dataset,
 )
 from schemas import (
-    AUDIT_RECORD,
+    AUDIT_BATCH,
     CONCERN,
     DISCLOSURE,
     NOT_SOUGHT_REASONS,
@@ -92,6 +93,10 @@ from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, Topics
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
 _log = structlog.get_logger("safer.router")
+#: Audit records per signed AuditBatch (a few hundred KB at most, well under the
+#: topic's max.message.bytes even with long reasons).
+AUDIT_CHUNK = 200
+AUDIT_CHUNK_BYTES = 512 * 1024
 _LONDON = ZoneInfo(LONDON)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 #: Whose consent counts for a concern: the child's own, and that of a parent or carer.
@@ -179,7 +184,8 @@ class Plan:
     """What one inbound record must cause, audit records first."""
 
     concern_id: str | None
-    audits: list[OutRecord] = field(default_factory=list)
+    #: Audit records; the router signs them in batches (``RouterCore.audit_out``).
+    audits: list[AuditRecord] = field(default_factory=list)
     outputs: list[OutRecord] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     quarantine_code: ReasonCode | None = None
@@ -300,7 +306,7 @@ class RouterCore:
             at=now,
             actor=self._actor,
         )
-        plan.audits.append(self._audit_record(audit, key=quarantine_id.encode()))
+        plan.audits.append(audit)
         plan.outcomes[AuditEvent.QUARANTINE_REPLAYED.value] += 1
 
     def _replayed(self, concern: ConcernModel, digest: bytes, now: datetime) -> Plan:
@@ -320,7 +326,7 @@ class RouterCore:
             at=now,
             actor=self._actor,
         )
-        plan.audits.append(self._audit_record(audit, key=concern.concern_id.encode()))
+        plan.audits.append(audit)
         plan.outcomes[AuditEvent.REPLAYED.value] += 1
         _log.info("router.replay", concern_id=concern.concern_id)
         return plan
@@ -510,7 +516,7 @@ class RouterCore:
             at=record.recorded_at,
             actor=self._actor,
         )
-        plan.audits.append(self._audit_record(audit, key=record.consent_record_id.encode()))
+        plan.audits.append(audit)
         plan.outcomes[AuditEvent.CONSENT_CHANGED.value] += 1
         return plan, record
 
@@ -639,20 +645,36 @@ class RouterCore:
             at=now,
             actor=self._actor,
         )
-        plan.audits.append(self._audit_record(audit, key=disclosure_id.encode()))
+        plan.audits.append(audit)
         plan.outcomes[event.value] += 1
 
-    def _audit_record(self, audit: AuditRecord, *, key: bytes) -> OutRecord:
-        return signed_record(
-            self._codec,
-            self._identity,
-            AUDIT_RECORD,
-            audit.to_avro(),
-            topic=self._topics.audit,
-            key=key,
-            record_id=audit.disclosure_id or "",
-            id_header=Headers.DISCLOSURE_ID if audit.disclosure_id else None,
-        )
+    def audit_out(self, audits: Sequence[AuditRecord]) -> list[OutRecord]:
+        """``audits`` as signed AuditBatch records on ``hips.audit``: one signature per
+        chunk, not per record (issue 12). The feed expands each into log entries."""
+        chunks: list[list[AuditRecord]] = [[]]
+        size = 0
+        for audit in audits:
+            # A generous estimate of the record's encoded size: fixed fields + texts.
+            weight = 1024 + sum(map(len, audit.reasons)) + 40 * len(audit.subject_pseudonyms)
+            if chunks[-1] and (len(chunks[-1]) >= AUDIT_CHUNK or size + weight > AUDIT_CHUNK_BYTES):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(audit)
+            size += weight
+        return [
+            signed_record(
+                self._codec,
+                self._identity,
+                AUDIT_BATCH,
+                {"records": [a.to_avro() for a in chunk]},
+                topic=self._topics.audit,
+                key=None,
+                record_id="",
+                id_header=None,
+            )
+            for chunk in chunks
+            if chunk
+        ]
 
     def _quarantine(
         self,
@@ -714,7 +736,7 @@ class RouterCore:
             at=now,
             actor=self._actor,
         )
-        plan.audits.append(self._audit_record(audit, key=quarantine_id.encode()))
+        plan.audits.append(audit)
         plan.outputs.append(
             signed_record(
                 self._codec,
@@ -764,12 +786,13 @@ class Router:
         batch_size: int = 500,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         security: dict[str, Any] | None = None,
-        on_delivered: Callable[[Sequence[Plan]], None] | None = None,
+        on_delivered: Callable[[Sequence[Plan]], Awaitable[None] | None] | None = None,
     ) -> None:
         self._core = core
         #: Called with each batch's plans inside its transaction, before the commit
-        #: (e.g. to enrol subjects in the audit's subject vault); it must be
-        #: idempotent: if it fails, the transaction aborts and the batch is replayed.
+        #: (e.g. to enrol subjects in the audit's subject vault; it may be a coroutine,
+        #: to keep blocking work off the event loop); it must be idempotent: if it
+        #: fails, the transaction aborts and the batch is replayed.
         self._on_delivered = on_delivered
         self._bootstrap = bootstrap_servers
         self._inbound = list(inbound_topics)
@@ -890,7 +913,8 @@ class Router:
             )
             for msg in records
         ]
-        out = [r for plan, _ in planned for r in (*plan.audits, *plan.outputs)]
+        out = self._core.audit_out([a for plan, _ in planned for a in plan.audits])
+        out += [r for plan, _ in planned for r in plan.outputs]
         # No decision rests on a consent change the log does not hold: apply after commit.
         if not await self._transact(producer, out, None, stop):
             return False
@@ -965,11 +989,14 @@ class Router:
         stop: asyncio.Event,
     ) -> bool:
         """One transaction for ``plans`` and ``offsets``; the ledger follows its outcome."""
-        out = [r for p in plans for r in (*p.audits, *p.outputs, *p.bookkeeping)]
+        out = self._core.audit_out([a for p in plans for a in p.audits])
+        out += [r for p in plans for r in (*p.outputs, *p.bookkeeping)]
 
-        def delivered() -> None:
+        async def delivered() -> None:
             if self._on_delivered is not None:
-                self._on_delivered(plans)
+                result = self._on_delivered(plans)
+                if inspect.isawaitable(result):
+                    await result
 
         ledger = self._core.ledger
         try:
@@ -1035,7 +1062,7 @@ class Router:
         stop: asyncio.Event,
         *,
         consumer: AIOKafkaConsumer | None = None,
-        before_commit: Callable[[], None] | None = None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Produce ``records`` and commit ``offsets`` in one transaction; retry what can be.
 
@@ -1054,7 +1081,7 @@ class Router:
                 try:
                     await send_all(producer, records)
                     if before_commit is not None:
-                        before_commit()
+                        await before_commit()
                     if offsets:
                         await producer.send_offsets_to_transaction(offsets, self._group_id)
                     await producer.commit_transaction()

@@ -11,6 +11,8 @@ import contextlib
 import functools
 import json
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,6 +47,7 @@ from broker import (
     Settings,
     TimelinessMonitor,
     TopicSpec,
+    child_preexec,
     create_topics,
     load_deployment,
     pseudonym,
@@ -53,9 +56,19 @@ from broker import (
 from consent import Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
 
-__all__ = ["AUDIT_LOG_ID", "BROKER_FILE", "Runtime", "resolve_bootstrap", "write_broker_file"]
+__all__ = [
+    "AUDIT_LOG_ID",
+    "BROKER_FILE",
+    "ROUTER_READY_LINE",
+    "Runtime",
+    "resolve_bootstrap",
+    "write_broker_file",
+]
 
 _log = structlog.get_logger("safer")
+
+#: What `safer route` prints on stdout once it routes (`safer up` waits for it).
+ROUTER_READY_LINE = "ROUTER READY"
 
 #: Where a running `safer up` / `safer broker` advertises its embedded broker.
 BROKER_FILE = "broker.json"
@@ -203,20 +216,23 @@ class Runtime:
             on_delivered=self.enrol_routed_subjects,
         )
 
-    def enrol_routed_subjects(self, plans: Sequence[Plan]) -> None:
-        """Keep each routed person's identifiers, encrypted per person, in the
-        subject vault next to the audit log (for `audit sar`, and `audit shred`)."""
+    @cached_property
+    def _subject_vault(self) -> SubjectVault:
+        """One vault connection for this process (the vault is thread-safe)."""
+        secret = self.keys.pseudonym_secret()
+        return SubjectVault(
+            vault_path_for(self.settings.audit_db), vault_key=derive_vault_key(secret)
+        )
+
+    async def enrol_routed_subjects(self, plans: Sequence[Plan]) -> None:
+        """Keep each routed person's identifiers, encrypted per person, in the subject
+        vault next to the audit log (for `audit sar` and `audit shred`). In a worker
+        thread: SQLite must not block the router's event loop."""
         subjects = [s for plan in plans for s in plan.subjects]
         if not subjects:
             return
-        secret = self.keys.pseudonym_secret()
-        vault = SubjectVault(
-            vault_path_for(self.settings.audit_db), vault_key=derive_vault_key(secret)
-        )
-        try:
-            enrol_subjects(vault, subjects, functools.partial(pseudonym, secret))
-        finally:
-            vault.close()
+        pseudonymise = functools.partial(pseudonym, self.keys.pseudonym_secret())
+        await asyncio.to_thread(enrol_subjects, self._subject_vault, subjects, pseudonymise)
 
     def audit_feed(
         self, store: AuditStore, *, checkpoint_interval: float = 60.0, batch_size: int = 2000
@@ -312,6 +328,8 @@ class Runtime:
         store: AuditStore | None = None,
         max_backoff: float = 30.0,
         monitor: bool = True,
+        router_process: bool = False,
+        log_file: Path | None = None,
     ) -> None:
         """Run the chosen services until ``stop`` is set.
 
@@ -329,7 +347,11 @@ class Runtime:
             if monitor:
                 runners.append(("monitor", self.monitor(audit_store).run))
         runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
-        if router:
+        if router and router_process:
+            runners.append(
+                ("router", functools.partial(self.run_router_process, log_file=log_file))
+            )
+        elif router:
             runners.append(("router", self.router().run))
         readies = [asyncio.Event() for _ in runners]
         tasks = [
@@ -352,6 +374,72 @@ class Runtime:
             await asyncio.gather(*tasks, return_exceptions=True)
             if own_store and audit_store is not None:
                 audit_store.close()
+
+    def child_env(self) -> dict[str, str]:
+        """The environment a `safer` child process needs to act as this runtime."""
+        env = dict(os.environ)
+        settings = self.settings
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            SAFER_DATA_DIR=str(settings.data_dir),
+            SAFER_DEPLOY_DIR=str(settings.deploy_dir),
+            SAFER_TOPIC_PREFIX=settings.topic_prefix,
+            SAFER_INBOUND_PARTITIONS=str(settings.inbound_partitions),
+            SAFER_REPLICATION_FACTOR=str(settings.replication_factor),
+            SAFER_MIN_INSYNC_REPLICAS=str(settings.min_insync_replicas),
+        )
+        return env
+
+    async def run_router_process(
+        self,
+        stop: asyncio.Event,
+        ready: asyncio.Event,
+        *,
+        instance: str = "0",
+        log_file: Path | None = None,
+    ) -> None:
+        """Run `safer route` as a child process until ``stop``; raise if it dies.
+
+        Its own process gives routing a core of its own. The child dies with us
+        (PDEATHSIG) and is stopped with SIGTERM, which it handles cleanly; a child
+        that exits on its own is reported to the supervisor, which restarts it.
+        """
+        argv = [sys.executable, "-m", "safer"]
+        if log_file is not None:
+            argv += ["--log-file", str(log_file)]
+        argv += ["route", "--instance", instance]
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=self.child_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=child_preexec(),
+        )
+        assert process.stdout is not None
+        try:
+            line = await process.stdout.readline()
+            if line.decode(errors="replace").strip() != ROUTER_READY_LINE:
+                raise BrokerError(
+                    f"the router process exited before routing (status {await process.wait()})",
+                    hint="read the router's log lines (service `router`) for the reason",
+                )
+            ready.set()
+            exited = asyncio.create_task(process.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not exited.done():
+                process.send_signal(signal.SIGTERM)
+                await exited
+            elif not stop.is_set():
+                raise BrokerError(
+                    f"the router process exited with status {process.returncode}",
+                    hint="it is restarted; read its log lines for the reason",
+                )
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 async def _supervise(

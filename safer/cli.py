@@ -28,7 +28,7 @@ from ._cli_track import record_published
 from ._cli_track import register as register_track
 from ._demo import run_demo
 from ._logging import configure_logging
-from ._runtime import Runtime, resolve_bootstrap, write_broker_file
+from ._runtime import ROUTER_READY_LINE, Runtime, resolve_bootstrap, write_broker_file
 
 __all__ = ["main"]
 
@@ -153,7 +153,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         await runtime.create_topics()
         router = runtime.router(group_id=args.group_id, instance=args.instance)
         err.print(f"router consuming {settings.topics.inbound('police')} as {args.group_id}")
-        await router.run(stop)
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            await ready.wait()
+            # `safer up` runs the router as a child process and waits for this line.
+            print(ROUTER_READY_LINE, flush=True)
+
+        announcer = asyncio.create_task(announce())
+        try:
+            await router.run(stop, ready)
+        finally:
+            announcer.cancel()
         err.print(f"router stopped: {dict(router.totals)}")
         return 0
 
@@ -184,6 +195,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             try:
                 await runtime.run_services(
                     stop,
+                    # Its own process: routing gets a core of its own instead of sharing
+                    # an event loop with the feed, the monitor and every recipient.
+                    router_process=True,
+                    log_file=args.log_file,
                     on_ready=lambda: err.print(
                         f"[green]ready[/] on {engine.name}: router (exactly-once), audit feed "
                         f"and {len(recipients)} recipient adapters. Publish with "

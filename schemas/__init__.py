@@ -56,11 +56,14 @@ from ._registry import Codec, Decoded, EmbeddedRegistry, Registry, content_schem
 CONCERN = "concern"
 DISCLOSURE = "disclosure"
 AUDIT_RECORD = "audit_record"
+#: One signed record carrying many audit records (the router writes these; issue 12).
+AUDIT_BATCH = "audit_batch"
 RECEIPT = "receipt"
 QUARANTINE = "quarantine"
 CONSENT_RECORD = "consent_record"
 
 __all__ = [
+    "AUDIT_BATCH",
     "AUDIT_RECORD",
     "CANONICAL_ID",
     "CONCERN",

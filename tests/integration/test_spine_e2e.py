@@ -19,7 +19,7 @@ import pytest
 
 from adapters import Inbox, synthetic_people
 from audit import AuditStore, verify_store
-from broker import Headers, SealedPayload, open_sealed
+from broker import Headers, SealedPayload, audit_records_in, open_sealed
 from consent import FREE_TEXT_PATHS
 from safer import Runtime
 from safer._demo import bad_records
@@ -125,9 +125,9 @@ def test_audit_record_precedes_every_recipient_record(spine: SpineRun) -> None:
     codec = spine.runtime.codec
     audited: dict[str, int] = {}
     for record in spine.topics[spine.runtime.settings.topics.audit]:
-        entry = codec.decode(record.value, expect="audit_record").record
-        if entry["event"] in ("DISCLOSED", "REFERRED") and entry["disclosure_id"]:
-            audited.setdefault(entry["disclosure_id"], record.timestamp)
+        for entry in audit_records_in(codec, record.value):
+            if entry["event"] in ("DISCLOSED", "REFERRED") and entry["disclosure_id"]:
+                audited.setdefault(entry["disclosure_id"], record.timestamp)
     recipient_records = _recipient_records(spine)
     assert recipient_records
     for record in recipient_records:

@@ -928,6 +928,7 @@ _ALLOWED_IMPORTS = {
     "enum",
     "functools",
     "hashlib",
+    "itertools",
     "json",
     "pydantic",
     "re",

@@ -273,9 +273,11 @@ def _core(runtime: Runtime, view: ConsentView) -> RouterCore:
 
 
 def _audits(runtime: Runtime, plan: Any) -> list[AuditRecord]:
+    # Through the wire: the signed AuditBatch the router would produce, decoded again.
     return [
-        AuditRecord.from_avro(runtime.codec.decode(a.value, expect="audit_record").record)
-        for a in plan.audits
+        AuditRecord.from_avro(r)
+        for out in runtime.router_core().audit_out(plan.audits)
+        for r in runtime.codec.decode(out.value, expect="audit_batch").record["records"]
     ]
 
 

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -304,6 +305,7 @@ def _redact(
 
 @dataclass(frozen=True)
 class _Hidden:
+    position: int  # the subject's index in ``concern.subjects`` (owns its needles)
     subject: Subject
     why: str
     kinds: frozenset[str]
@@ -316,8 +318,54 @@ def _normal(kind: str, text: str) -> str:
     return " ".join(text.lower().split())
 
 
+@dataclass(frozen=True)
+class _Person:
+    """One subject's identifying texts and their needles, worked out once per concern."""
+
+    texts: tuple[tuple[str, str, str], ...]  # (kind, text as written, normalised)
+    needles: tuple[_Needle | None, ...]  # aligned with texts, owned by the subject's index
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What minimisation needs of a concern whatever the recipient (computed once)."""
+
+    doc: dict[str, Any]  # the concern's JSON form; never mutated
+    people: tuple[_Person, ...]
+
+
+#: The last few concerns prepared. A concern is minimised for each of its recipients in
+#: turn, so one concern's work is reused several times; keyed by identity, and the
+#: concern itself is kept so its id cannot be reused while cached.
+_PREPARED: OrderedDict[int, tuple[ConcernModel, _Prepared]] = OrderedDict()
+_PREPARED_SIZE = 8
+
+
+def _prepare(concern: ConcernModel) -> _Prepared:
+    hit = _PREPARED.get(id(concern))
+    if hit is not None and hit[0] is concern:
+        _PREPARED.move_to_end(id(concern))
+        return hit[1]
+    people = []
+    for position, subject in enumerate(concern.subjects):
+        texts = tuple((kind, text, _normal(kind, text)) for kind, text in _texts(subject))
+        people.append(
+            _Person(texts, tuple(_needle(kind, text, position) for kind, text, _ in texts))
+        )
+    prepared = _Prepared(concern.model_dump(mode="json"), tuple(people))
+    _PREPARED[id(concern)] = (concern, prepared)
+    while len(_PREPARED) > _PREPARED_SIZE:
+        _PREPARED.popitem(last=False)
+    return prepared
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_needle(normal_full_name: str) -> _Needle | None:
+    return _needle("full_name", normal_full_name, None)
+
+
 def _hidden_texts(
-    concern: ConcernModel, profile: Profile, withheld: set[str]
+    concern: ConcernModel, prepared: _Prepared, profile: Profile, withheld: set[str]
 ) -> tuple[list[_Hidden], set[tuple[str, str]]]:
     """Who must not be findable in this recipient's free text, and what it sees anyway.
 
@@ -334,62 +382,81 @@ def _hidden_texts(
     shares_subjects = "subjects" in fields or any(f.startswith("subjects.") for f in fields)
     hidden: list[_Hidden] = []
     kept: set[tuple[str, str]] = set()
-    for subject in concern.subjects:
-        kinds_all = {kind for kind, _ in _texts(subject)}
+    for position, (subject, person) in enumerate(
+        zip(concern.subjects, prepared.people, strict=True)
+    ):
+        kinds_all = frozenset(kind for kind, _, _ in person.texts)
         if subject.subject_ref in withheld:
             hidden.append(
-                _Hidden(subject, "withheld for third-party protection", frozenset(kinds_all))
+                _Hidden(position, subject, "withheld for third-party protection", kinds_all)
             )
             continue
         if subject.role.value not in roles or not shares_subjects:
-            hidden.append(
-                _Hidden(
-                    subject, f"profile {profile.name} leaves this person out", frozenset(kinds_all)
-                )
-            )
+            why = f"profile {profile.name} leaves this person out"
+            hidden.append(_Hidden(position, subject, why, kinds_all))
             continue
         unseen = frozenset(kind for kind in kinds_all if not _sees(fields, kind))
         if unseen:
-            hidden.append(_Hidden(subject, f"profile {profile.name} does not share it", unseen))
+            why = f"profile {profile.name} does not share it"
+            hidden.append(_Hidden(position, subject, why, unseen))
         kept.update(
-            (kind, _normal(kind, text))
-            for kind, text in _texts(subject)
+            (kind, normal)
+            for kind, _, normal in person.texts
             if kind not in unseen and kind != "family_name"
         )
     return hidden, kept
 
 
+def _own_copy(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The dict holding ``path``'s leaf, copied along the way: the projection may share
+    dicts with the cached concern document, which scrubbing must never change."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return None
+        child = dict(child)
+        node[part] = child
+        node = child
+    return node
+
+
 def _scrub(
-    data: dict[str, Any], concern: ConcernModel, profile: Profile, withheld: set[str]
+    data: dict[str, Any],
+    concern: ConcernModel,
+    prepared: _Prepared,
+    profile: Profile,
+    withheld: set[str],
 ) -> tuple[Redaction, ...]:
     """Redact, from every shared free-text field, the identifying text of every person
     (or part of a person) this recipient's profile leaves out; report what was redacted."""
-    texts: list[tuple[tuple[str, ...], dict[str, Any], str]] = []
+    texts: list[tuple[tuple[str, ...], str]] = []
     for path in FREE_TEXT_PATHS:
         parent: Any = data
         for part in path[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
-            texts.append((path, parent, parent[path[-1]]))
+            texts.append((path, parent[path[-1]]))
     if not texts:
         return ()
-    hidden, kept = _hidden_texts(concern, profile, withheld)
+    hidden, kept = _hidden_texts(concern, prepared, profile, withheld)
     if not hidden:
         return ()
     needles: list[_Needle] = []
     for kind, normal in sorted(kept):
         if kind == "full_name":
-            kept_name = _needle(kind, normal, None)
+            kept_name = _kept_needle(normal)
             if kept_name is not None:
                 needles.append(kept_name)
     seen: set[tuple[str, str]] = set()
-    for index, person in enumerate(hidden):
-        for kind, text in _texts(person.subject):
-            normal = _normal(kind, text)
+    for person in hidden:
+        prepared_person = prepared.people[person.position]
+        for (kind, _, normal), needle in zip(
+            prepared_person.texts, prepared_person.needles, strict=True
+        ):
             if kind not in person.kinds or (kind, normal) in kept or (kind, normal) in seen:
                 continue
             seen.add((kind, normal))
-            needle = _needle(kind, text, index)
             if needle is not None:
                 needles.append(needle)
     if all(n.owner is None for n in needles):
@@ -400,25 +467,30 @@ def _scrub(
         by_first.setdefault(first, []).append(needle)
     counts: dict[tuple[int, str], int] = {}
     where: dict[int, list[str]] = {}
-    for path, parent, text in texts:
+    for path, text in texts:
         before = dict(counts)
-        parent[path[-1]] = _redact(text, by_first, counts)
+        scrubbed = _redact(text, by_first, counts)
+        if scrubbed == text:
+            continue
+        parent = _own_copy(data, path)
+        if parent is not None:
+            parent[path[-1]] = scrubbed
         for owner, _ in {k for k, v in counts.items() if before.get(k, 0) != v}:
             paths = where.setdefault(owner, [])
             dotted = ".".join(path)
             if dotted not in paths:
                 paths.append(dotted)
-    owners = sorted({owner for owner, _ in counts})
+    by_position = {person.position: person for person in hidden}
     return tuple(
         Redaction(
-            subject_ref=hidden[index].subject.subject_ref,
-            role=hidden[index].subject.role.value,
-            why=hidden[index].why,
-            kinds=tuple(k for k in _KIND_TEXT if (index, k) in counts),
-            paths=tuple(where[index]),
-            count=sum(v for (o, _), v in counts.items() if o == index),
+            subject_ref=by_position[position].subject.subject_ref,
+            role=by_position[position].subject.role.value,
+            why=by_position[position].why,
+            kinds=tuple(k for k in _KIND_TEXT if (position, k) in counts),
+            paths=tuple(where[position]),
+            count=sum(v for (o, _), v in counts.items() if o == position),
         )
-        for index in owners
+        for position in sorted({owner for owner, _ in counts})
     )
 
 
@@ -445,7 +517,8 @@ def minimise(
       ``redactions`` says who and what kind, never the value.
     """
     withheld = set(withheld_subject_refs)
-    doc = concern.model_dump(mode="json")
+    prepared = _prepare(concern)
+    doc = prepared.doc
     tree = _tree(profile.fields)
     present: set[str] = set()
     data: dict[str, Any] = {}
@@ -478,6 +551,6 @@ def minimise(
         if subjects:
             data["subjects"] = subjects
 
-    redactions = _scrub(data, concern, profile, withheld)
+    redactions = _scrub(data, concern, prepared, profile, withheld)
     fields = tuple(dict.fromkeys(p for p in ("concern_id", *profile.fields) if p in present))
     return MinimisedPayload(data=data, fields=fields, redactions=redactions)

@@ -342,3 +342,15 @@ def test_no_recipient_reads_a_person_its_profile_leaves_out(
     for kind in set(NEEDLES) - visible:
         for needle in NEEDLES[kind]:
             assert needle not in blob, f"{kind} of a {role.value} leaked to {recipient.id}"
+
+
+def test_one_recipients_scrubbing_never_reaches_anothers_payload(policy: PolicySet) -> None:
+    """A concern is prepared once and minimised for each recipient in turn."""
+    concern = _concern(SubjectRole.ALLEGED_PERPETRATOR)
+    assert concern.voice_of_child is not None
+    original = concern.voice_of_child.said
+    school = minimise(concern, policy.profile("encompass-notification"), ())
+    assert REDACTED in school.data["voice_of_child"]["said"]
+    full = minimise(concern, policy.profile("safeguarding-full"), ())
+    assert full.data["voice_of_child"]["said"] == original
+    assert minimise(concern, policy.profile("encompass-notification"), ()).data == school.data

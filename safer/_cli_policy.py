@@ -492,7 +492,7 @@ def cmd_consent_record(args: argparse.Namespace) -> int:
     )
 
     async def publish(stop: asyncio.Event) -> int:
-        producer = make_producer(runtime.bootstrap, **runtime.security)
+        producer = make_producer(runtime.bootstrap, **runtime.security_for(agency))
         await producer.start()
         try:
             await send_all(producer, [wire])

@@ -32,8 +32,13 @@ from audit import (
     vault_path_for,
 )
 from broker import (
+    ADMIN_PRINCIPAL,
+    AUDIT_FEED_PRINCIPAL,
+    MONITOR_PRINCIPAL,
     ROUTER_ID,
+    ROUTER_PRINCIPAL,
     AuditFeed,
+    ClientAccess,
     ConsentView,
     Deployment,
     Keyring,
@@ -49,10 +54,17 @@ from broker import (
     pseudonym,
     topic_plan,
 )
-from consent import Recipient
+from consent import Publisher, Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
 
-__all__ = ["AUDIT_LOG_ID", "BROKER_FILE", "Runtime", "resolve_bootstrap", "write_broker_file"]
+__all__ = [
+    "AUDIT_LOG_ID",
+    "BROKER_FILE",
+    "Runtime",
+    "advertised_access",
+    "resolve_bootstrap",
+    "write_broker_file",
+]
 
 _log = structlog.get_logger("safer")
 
@@ -64,11 +76,33 @@ BROKER_FILE = "broker.json"
 AUDIT_LOG_ID = "safer-audit-log"
 
 
-def write_broker_file(data_dir: Path, bootstrap: str) -> Path:
+def write_broker_file(data_dir: Path, bootstrap: str, access: ClientAccess | None = None) -> Path:
+    """Advertise the running local broker to client commands on this data directory.
+
+    In secure mode it also names the CA and the credentials file (paths only,
+    never a password), so `safer publish` or `safer inbox` connect as their own
+    principal.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / BROKER_FILE
-    path.write_text(json.dumps({"bootstrap_servers": bootstrap, "pid": os.getpid()}))
+    info: dict[str, Any] = {"bootstrap_servers": bootstrap, "pid": os.getpid()}
+    if access is not None:
+        info["access"] = access.to_json()
+    path.write_text(json.dumps(info))
     return path
+
+
+def advertised_access(settings: Settings, bootstrap: str) -> ClientAccess | None:
+    """How to reach the local broker at ``bootstrap``, as its `safer up --secure` advertises
+    it in ``broker.json``; None for a plaintext one (or none running)."""
+    path = settings.data_dir / BROKER_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("bootstrap_servers") != bootstrap or "access" not in info:
+        return None
+    return ClientAccess.from_json(info["access"])
 
 
 def resolve_bootstrap(settings: Settings) -> str:
@@ -92,8 +126,21 @@ def resolve_bootstrap(settings: Settings) -> str:
 
 @dataclass
 class Runtime:
+    """Every service, built from one set of settings.
+
+    ``access`` says how clients authenticate to a secured broker; each service
+    then connects as its own principal (``security_for``). When it is not
+    given, a local broker advertised in ``broker.json`` supplies it; on
+    plaintext it stays None.
+    """
+
     settings: Settings
     bootstrap: str
+    access: ClientAccess | None = None
+
+    def __post_init__(self) -> None:
+        if self.access is None and self.bootstrap and not self.settings.bootstrap_servers:
+            self.access = advertised_access(self.settings, self.bootstrap)
 
     @cached_property
     def deployment(self) -> Deployment:
@@ -107,9 +154,47 @@ class Runtime:
     def codec(self) -> Codec:
         return Codec(EmbeddedRegistry(self.settings.registry_file))
 
+    def security_for(self, principal: str) -> dict[str, Any]:
+        """aiokafka keyword arguments for a client acting as ``principal``.
+
+        Secure mode: SASL_SSL as that SCRAM user. An external cluster: as its
+        ``KAFKA_*`` settings say (per principal with ``SAFER_KAFKA_CREDENTIALS``).
+        A local plaintext broker: nothing.
+        """
+        if self.access is not None:
+            return self.access.security(principal)
+        if self.settings.bootstrap_servers:
+            return self.settings.kafka_security(principal)
+        return {}
+
     @property
     def security(self) -> dict[str, Any]:
+        """Client settings that name no principal: plaintext or one shared external user.
+
+        Raises:
+            ConfigError: in secure mode, where every client must say who it is
+                (use ``security_for``).
+        """
+        if self.access is not None:
+            raise ConfigError(
+                "a client on the secure broker must connect as a named principal",
+                code=ReasonCode.NOT_AUTHORIZED,
+                hint="build it with Runtime.security_for(principal)",
+            )
         return self.settings.kafka_security() if self.settings.bootstrap_servers else {}
+
+    def publisher(self, agency: str = "police") -> Publisher:
+        """The directory's publisher of agency type ``agency`` (the first one listed)."""
+        publishers = [
+            p for p in self.deployment.directory.publishers if p.agency_type.value == agency
+        ]
+        if not publishers:
+            raise ConfigError(
+                f"no publisher of agency type {agency!r} in the directory",
+                code=ReasonCode.UNKNOWN_PUBLISHER,
+                hint="add a [[publisher]] to deploy/directory.toml",
+            )
+        return publishers[0]
 
     def identities(self) -> list[str]:
         directory = self.deployment.directory
@@ -164,14 +249,16 @@ class Runtime:
 
     async def create_topics(self) -> list[str]:
         """The admin step: create or reconcile every topic; returns what changed."""
-        return await create_topics(self.bootstrap, self.topic_specs(), **self.security)
+        return await create_topics(
+            self.bootstrap, self.topic_specs(), **self.security_for(ADMIN_PRINCIPAL)
+        )
 
     def consent_view(self) -> ConsentView:
         """A fresh, empty view of hips.consent (the router fills it as it starts)."""
         return ConsentView(
             topic=self.settings.topics.consent,
             bootstrap_servers=self.bootstrap,
-            security=self.security,
+            security=self.security_for(ROUTER_PRINCIPAL),
         )
 
     def router_core(self) -> RouterCore:
@@ -193,7 +280,7 @@ class Runtime:
             inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
             group_id=group_id,
             instance=instance,
-            security=self.security,
+            security=self.security_for(ROUTER_PRINCIPAL),
             on_delivered=self._enrol_subjects,
         )
 
@@ -222,7 +309,7 @@ class Runtime:
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
-            security=self.security,
+            security=self.security_for(AUDIT_FEED_PRINCIPAL),
             checkpoint_signer=self.log_signer(),
             checkpoint_interval=checkpoint_interval,
             batch_size=batch_size,
@@ -238,7 +325,7 @@ class Runtime:
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             expiry=timedelta(minutes=self.settings.delivery_expiry_minutes),
-            security=self.security,
+            security=self.security_for(MONITOR_PRINCIPAL),
         )
 
     def recipient_topics(self, recipient: Recipient) -> list[str]:
@@ -263,7 +350,7 @@ class Runtime:
             receipts_topic=self.settings.topics.receipts,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
-            security=self.security,
+            security=self.security_for(recipient.id),
             webhook=self._webhook_for(recipient),
         )
 
@@ -279,18 +366,9 @@ class Runtime:
         )
 
     def police_adapter(self, agency: str = "police") -> PoliceAdapter:
-        publishers = [
-            p for p in self.deployment.directory.publishers if p.agency_type.value == agency
-        ]
-        if not publishers:
-            raise ConfigError(
-                f"no publisher of agency type {agency!r} in the directory",
-                code=ReasonCode.UNKNOWN_PUBLISHER,
-                hint="add a [[publisher]] to deploy/directory.toml",
-            )
         return PoliceAdapter(
             codec=self.codec,
-            identity=self.keys.signing_identity(publishers[0].id),
+            identity=self.keys.signing_identity(self.publisher(agency).id),
             pseudonym_secret=self.keys.pseudonym_secret(),
             topic=self.settings.topics.inbound(agency),
         )

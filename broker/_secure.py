@@ -24,7 +24,8 @@ never in ``deploy/`` or the repository:
 * ``broker.pem``: the broker key, its certificate (SAN 127.0.0.1 and localhost)
   and the CA, used by every node for all three listeners;
 * ``credentials.json``: a random SCRAM password per principal;
-* ``registered.json``: which users the broker already has (no secrets).
+* ``registered.json``: which users the broker already has, with a fingerprint of
+  each password (so a changed password is pushed to the broker).
 
 ``acl_plan`` is pure: directory and topic names in, ACL bindings out. Applying
 it (``apply_acls``) reconciles the broker's ACLs with the plan in one request
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import re
@@ -417,6 +419,12 @@ def issue_broker_certificate(
     )
 
 
+def _fingerprint(password: str) -> str:
+    """Tells whether the broker holds the current password, without storing it (the
+    passwords are 256-bit random tokens, so an unsalted hash reveals nothing)."""
+    return hashlib.sha256(password.encode()).hexdigest()[:32]
+
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -659,6 +667,7 @@ def add_scram_user(
                 str(dist.java),
                 "-Xmx128m",
                 "-XX:TieredStopAtLevel=1",  # a short-lived tool: start fast
+                "-XX:+UseSerialGC",
                 "-cp",
                 dist.classpath,
                 f"@{argfile}",
@@ -847,41 +856,52 @@ class SecureKafka:
 
     # -- on a running broker --
 
-    def _registered(self, cluster_id: str) -> set[str]:
+    def _registered(self, cluster_id: str) -> dict[str, str]:
+        """User → fingerprint of the password the broker holds for it."""
         try:
             data = json.loads(self.registered_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return set()
-        if data.get("cluster_id") != cluster_id:
-            return set()  # another cluster (the storage was formatted again)
-        return {str(u) for u in data.get("users", [])}
+            return {}
+        if data.get("cluster_id") != cluster_id or not isinstance(data.get("users"), dict):
+            return {}  # another cluster (the storage was formatted again)
+        return {str(k): str(v) for k, v in data["users"].items()}
 
-    def _save_registered(self, cluster_id: str, users: Iterable[str]) -> None:
-        document = {"cluster_id": cluster_id, "users": sorted(users)}
+    def _save_registered(self, cluster_id: str, users: Mapping[str, str]) -> None:
+        document = {"cluster_id": cluster_id, "users": dict(sorted(users.items()))}
         write_private(self.registered_file, (json.dumps(document, indent=1) + "\n").encode())
 
     async def provision(self, kafka: LocalKafka) -> list[str]:
-        """On the running ``kafka``: create missing SCRAM users, delete departed ones,
-        and make the ACLs exactly the plan. Returns what changed."""
+        """On the running ``kafka``: create missing SCRAM users, update changed passwords,
+        delete departed users, and make the ACLs exactly the plan. Returns what changed.
+
+        Users go first: waiting for the broker to list the new ACLs then also
+        covers the user records, which the metadata log applies in order.
+        """
         users = self._users()
         wanted = set(self.principals())
         cluster_id = kafka.cluster_id
         registered = self._registered(cluster_id)
         if self._listeners is not None:
-            registered |= self._listeners.formatted
+            registered.update({u: _fingerprint(users[u]) for u in self._listeners.formatted})
         changes: list[str] = []
-        for name in sorted(wanted - registered):
-            self.progress(f"secure: creating Kafka user {name} (ConfigCommand)")
+        for name in sorted(wanted):
+            if registered.get(name) == _fingerprint(users[name]):
+                continue
+            known = name in registered
+            what = f"{'the new password of' if known else 'new'} Kafka user {name}"
+            self.progress(f"secure: sending {what} to the broker (ConfigCommand)")
             await asyncio.to_thread(self._config_command, kafka, name, users[name])
-            registered.add(name)
-            changes.append(f"created Kafka user {name}")
-        for name in sorted(registered - wanted):
+            registered[name] = _fingerprint(users[name])
+            self._save_registered(cluster_id, registered)
+            changes.append(f"{'updated password of' if known else 'created'} Kafka user {name}")
+        for name in sorted(set(registered) - wanted):
             self.progress(f"secure: deleting Kafka user {name}, no longer in the directory")
             await asyncio.to_thread(self._config_command, kafka, name, None)
-            registered.discard(name)
+            del registered[name]
+            self._save_registered(cluster_id, registered)
             changes.append(f"deleted Kafka user {name}")
         self._save_registered(cluster_id, registered)
-        if len(users) != len(wanted & set(users)):
+        if set(users) - wanted:
             self._save_users({k: v for k, v in users.items() if k in wanted})
         acls = await apply_acls(
             kafka.internal_bootstrap_servers, self.broker_context(), self.plan()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import ssl
 import time
@@ -316,16 +317,30 @@ async def test_a_partner_who_joins_gets_a_user_and_acls_and_loses_them_on_leavin
     with_partner = dataclasses.replace(secure.material, directory=wider)
     with_partner.prepare()
     changes = await with_partner.provision(secure.kafka)
-    assert "created Kafka user portsmouth-new-partner" in changes
-    topic = "hips.portsmouth.health.disclosures"
-    assert (await _raw_fetch(secure, joined.id, topic))[0] == 0
-    assert (await _raw_fetch(secure, joined.id, "hips.southampton.health.disclosures"))[0] == 29
-    joined_security = secure.as_(joined.id)
+    assert changes[0] == "created Kafka user portsmouth-new-partner"
+    own, other = "hips.portsmouth.health.disclosures", "hips.southampton.health.disclosures"
+    assert (await _raw_fetch(secure, joined.id, own))[0] == 0
+    assert (await _raw_fetch(secure, joined.id, other))[0] == 29
 
+    # A new password (its entry removed from the credentials file) reaches the broker.
+    old = secure.as_(joined.id)
+    credentials = json.loads(with_partner.credentials_file.read_text())
+    del credentials["users"][joined.id]
+    with_partner.credentials_file.write_text(json.dumps(credentials))
+    with_partner.prepare()
+    changes = await with_partner.provision(secure.kafka)
+    assert changes == ["updated password of Kafka user portsmouth-new-partner"]
+    assert await _connect(bootstrap_servers=secure.bootstrap, **secure.as_(joined.id))
+    with pytest.raises(KafkaConnectionError):
+        await _connect(bootstrap_servers=secure.bootstrap, **old)
+
+    # It leaves the directory: user, password and ACLs go.
+    latest = secure.as_(joined.id)
     back = dataclasses.replace(secure.material, directory=original)
     changes = await back.provision(secure.kafka)
-    assert "deleted Kafka user portsmouth-new-partner" in changes
+    assert changes[0] == "deleted Kafka user portsmouth-new-partner"
+    assert changes[1].startswith("ACLs: 0 created, 3 deleted")
     with pytest.raises(ConfigError):  # its password is gone from the credentials file
-        with_partner.client_access().security(joined.id)
+        back.client_access().security(joined.id)
     with pytest.raises(KafkaConnectionError):  # and the broker no longer knows the user
-        await _connect(bootstrap_servers=secure.bootstrap, **joined_security)
+        await _connect(bootstrap_servers=secure.bootstrap, **latest)

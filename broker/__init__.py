@@ -42,6 +42,7 @@ from ._kafka import (
     read_topic,
     send_all,
     signed_record,
+    start_client,
     verify_origin,
 )
 from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
@@ -169,6 +170,7 @@ __all__ = [
     "send_all",
     "sign_record",
     "signed_record",
+    "start_client",
     "subject_key",
     "topic_plan",
     "tracked_from_records",

@@ -39,6 +39,7 @@ __all__ = [
     "read_topic",
     "send_all",
     "signed_record",
+    "start_client",
     "verify_origin",
 ]
 
@@ -157,6 +158,25 @@ def make_producer(
         request_timeout_ms=30_000,
         **security,
     )
+
+
+async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap_servers: str) -> None:
+    """Start a producer or consumer, or raise a BrokerError that says what to check.
+
+    aiokafka reports a refused SCRAM login only as "unable to bootstrap"; the
+    hint names the credentials, the usual cause in secure mode.
+    """
+    try:
+        await client.start()
+    except KafkaError as exc:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise BrokerError(
+            f"cannot connect to Kafka at {bootstrap_servers} ({type(exc).__name__})",
+            hint="check that the broker runs (`safer up`); in secure mode also that this "
+            "agency's Kafka user exists and its password is current (docs/OPERATIONS.md, "
+            "'Secure mode')",
+        ) from None
 
 
 async def send_all(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> None:

@@ -23,6 +23,7 @@ from broker import (
     kafka_engine,
     make_producer,
     secure_kafka_engine,
+    start_client,
 )
 from schemas import SaferError
 
@@ -162,7 +163,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     async def publish(stop: asyncio.Event) -> int:
         producer = make_producer(runtime.bootstrap, **runtime.security_for(publisher))
-        await producer.start()
+        await start_client(producer, runtime.bootstrap)
         try:
             outcomes = await police.publish(producer, parsed)
         finally:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import secrets
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ from broker import (
 )
 from consent import Directory, Recipient
 from safer import Runtime
+from safer._runtime import write_broker_file
 from schemas import AgencyType, BrokerError, ConfigError, Lscp, ReasonCode
 
 from .spine import REPO, concerns, run_flow
@@ -128,6 +132,38 @@ async def test_police_publishes_router_routes_recipients_read_their_own(secure: 
     for recipient in secure.runtime.deployment.directory.recipients[:3]:
         for topic in secure.runtime.recipient_topics(recipient):
             await read_topic(secure.bootstrap, topic, timeout=30, **secure.as_(recipient.id))
+
+
+def test_client_commands_find_their_credentials_through_broker_json(secure: Secure) -> None:
+    """As with a running `safer up --secure`: `safer publish` and `safer notices` connect
+    as the police principal with nothing but the data directory to go on."""
+    settings = secure.runtime.settings
+    write_broker_file(settings.data_dir, secure.bootstrap, secure.access)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SAFER_KAFKA"))}
+    env |= {"SAFER_DATA_DIR": str(settings.data_dir), "SAFER_DEPLOY_DIR": str(REPO / "deploy")}
+    try:
+        published = _safer(env, "publish", "--agency", "police", str(EXAMPLE))
+        assert published.stdout.split()[1:] == ["ACCEPTED"], published.stderr[-2000:]
+        notices = _safer(env, "notices", "--agency", "police")
+        assert "hips.notices.police" in notices.stdout, notices.stderr[-2000:]
+    finally:
+        (settings.data_dir / "broker.json").unlink(missing_ok=True)
+
+
+EXAMPLE = REPO / "deploy/examples/concern-domestic-abuse.json"
+
+
+def _safer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "safer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 # -- broker-enforced refusals -------------------------------------------------------------

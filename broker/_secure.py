@@ -879,6 +879,12 @@ class SecureKafka:
         """
         users = self._users()
         wanted = set(self.principals())
+        if wanted - set(users):
+            raise ConfigError(
+                f"no SCRAM password yet for {len(wanted - set(users))} principal(s)",
+                code=ReasonCode.CONFIG_INVALID,
+                hint="call SecureKafka.prepare() before provision() (safer up --secure does)",
+            )
         cluster_id = kafka.cluster_id
         registered = self._registered(cluster_id)
         if self._listeners is not None:

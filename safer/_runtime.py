@@ -100,9 +100,12 @@ def advertised_access(settings: Settings, bootstrap: str) -> ClientAccess | None
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if info.get("bootstrap_servers") != bootstrap or "access" not in info:
+    if not isinstance(info, dict) or info.get("bootstrap_servers") != bootstrap:
         return None
-    return ClientAccess.from_json(info["access"])
+    try:
+        return ClientAccess.from_json(info["access"])
+    except (KeyError, TypeError):
+        return None  # plaintext: the file names no CA or credentials
 
 
 def resolve_bootstrap(settings: Settings) -> str:

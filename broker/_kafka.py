@@ -45,6 +45,7 @@ __all__ = [
     "read_topic",
     "send_all",
     "signed_record",
+    "start_client",
     "verify_origin",
 ]
 
@@ -180,6 +181,25 @@ def make_producer(
     )
 
 
+async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap_servers: str) -> None:
+    """Start a producer or consumer, or raise a BrokerError that says what to check.
+
+    aiokafka reports a refused SCRAM login only as "unable to bootstrap"; the
+    hint names the credentials, the usual cause in secure mode.
+    """
+    try:
+        await client.start()
+    except KafkaError as exc:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise BrokerError(
+            f"cannot connect to Kafka at {bootstrap_servers} ({type(exc).__name__})",
+            hint="check that the broker runs (`safer up`); in secure mode also that this "
+            "agency's Kafka user exists and its password is current (docs/OPERATIONS.md, "
+            "'Secure mode')",
+        ) from None
+
+
 async def send_all(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> None:
     """Produce every record and wait until each is acknowledged by the broker."""
     try:
@@ -266,10 +286,41 @@ async def _reconcile(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> 
             )
     if grow:
         await admin.create_partitions(grow)
-    await admin.alter_configs(
+    drifted = await _drifted(admin, specs)
+    if drifted:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name, dict(s.configs)) for s in drifted]
+        )
+        for response in responses:
+            for code, _message, _type, name in response.resources:
+                if code:
+                    # In secure mode a DENY ACL protects hips.audit: nobody may alter it.
+                    _log.warning("kafka.topic_config_refused", topic=name, error_code=code)
+                    changes.append(
+                        f"{name}: configs differ from the plan, but the broker refused to "
+                        f"change them (Kafka error {code})"
+                    )
+                else:
+                    changes.append(f"{name}: configs set to the plan")
+    return changes
+
+
+async def _drifted(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> list[TopicSpec]:
+    """The topics whose configs differ from their spec (only those are altered: an
+    unneeded alter would be refused on a topic the ACLs protect, such as hips.audit)."""
+    responses = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, s.name, dict(s.configs)) for s in specs]
     )
-    return changes
+    current: dict[str, dict[str, str | None]] = {}
+    for response in responses:
+        for code, _message, _type, name, entries in response.resources:
+            if not code:
+                current[name] = {entry[0]: entry[1] for entry in entries}
+    return [
+        s
+        for s in specs
+        if s.name not in current or any(current[s.name].get(k) != v for k, v in s.configs.items())
+    ]
 
 
 def make_consumer(
@@ -343,7 +394,20 @@ async def assign_stored(
                     hint="topics are created by the admin step: run `safer up` (or "
                     "`safer topics create`) first",
                 )
+            # Ask for this topic by name: a metadata request for all topics silently
+            # leaves out those the principal may not see.
+            await consumer._client.add_topic(topic)
             await consumer._client.force_metadata_update()
+            if topic in consumer._client.cluster.unauthorized_topics:
+                # Secure mode: the broker's ACLs refuse this principal the topic. Say
+                # so at once (aiokafka would otherwise retry an assignment forever).
+                raise BrokerError(
+                    f"not authorized to read topic {topic}",
+                    code=ReasonCode.NOT_AUTHORIZED,
+                    retriable=False,
+                    hint="the broker's ACLs give each principal only its own topics "
+                    "(docs/OPERATIONS.md, 'Secure mode'); connect as the right principal",
+                )
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
                 await asyncio.sleep(0.2)

@@ -48,7 +48,8 @@ import structlog
 
 from schemas import BrokerError, ReasonCode
 
-from ._config import Settings
+from ._config import ClientAccess, Settings
+from ._files import write_java_argfile
 from ._kafka_dist import KafkaDistribution, kafka_distribution
 from ._limits import SIZE_LIMITS
 from ._process import free_port, port_in_use, processes_with_argument, spawn, terminate
@@ -314,6 +315,26 @@ class LocalKafka:
         return ",".join(f"{self._host}:{n.ports.client}" for n in self._nodes)
 
     @property
+    def internal_bootstrap_servers(self) -> str:
+        """``host:port`` of every node's INTERNAL listener (replication; in secure mode
+        only holders of the broker certificate, the super user, connect here)."""
+        return ",".join(f"{self._host}:{n.ports.internal}" for n in self._nodes)
+
+    @property
+    def security(self) -> ListenerSecurity:
+        return self._security
+
+    @property
+    def distribution(self) -> KafkaDistribution:
+        """The checked jars and Java these nodes run (for Kafka's own tools)."""
+        return self._dist()
+
+    @property
+    def cluster_id(self) -> str:
+        """The KRaft cluster id (made once, kept in ``<home>/cluster.id``)."""
+        return self._cluster_id()
+
+    @property
     def node_count(self) -> int:
         return self._count
 
@@ -404,12 +425,7 @@ class LocalKafka:
 
     def _format(self, node: _Node, cluster_id: str) -> None:
         dist = self._dist()
-        argv = [
-            str(dist.java),
-            "-Xmx256m",
-            f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
-            "-cp",
-            dist.classpath,
+        tool = [
             "kafka.tools.StorageTool",
             "format",
             f"--cluster-id={cluster_id}",
@@ -417,9 +433,25 @@ class LocalKafka:
             str(node.config_file),
             *self._security.format_arguments(),
         ]
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            argv, capture_output=True, text=True, timeout=120, check=False
-        )
+        # The main class and its arguments go in a Java argument file (mode 0600,
+        # deleted at once): secure mode's --add-scram passwords must not appear in
+        # the process list, which every local user can read.
+        argfile = node.home / "format.args"
+        write_java_argfile(argfile, tool)
+        argv = [
+            str(dist.java),
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
+            "-cp",
+            dist.classpath,
+            f"@{argfile}",
+        ]
+        try:
+            result = subprocess.run(  # noqa: S603 - fixed argv
+                argv, capture_output=True, text=True, timeout=120, check=False
+            )
+        finally:
+            argfile.unlink(missing_ok=True)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise BrokerError(
@@ -636,6 +668,8 @@ class Engine:
     name: str
     #: The local nodes, when this process runs them (None for an external cluster).
     local: LocalKafka | None = None
+    #: How clients authenticate, when the local broker runs in secure mode.
+    access: ClientAccess | None = None
 
 
 @contextmanager

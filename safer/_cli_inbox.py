@@ -96,7 +96,7 @@ def _send_now(settings: Settings, recipient: str, inbox: Inbox) -> None:
     runtime = Runtime(settings, bootstrap)
 
     async def send(stop: asyncio.Event) -> int:
-        producer = make_producer(bootstrap, **runtime.security)
+        producer = make_producer(bootstrap, **runtime.security_for(recipient))
         await producer.start()
         try:
             return await publish_receipts(

@@ -32,6 +32,7 @@ from broker import (
     pseudonym,
     resolve_partnerships,
     send_all,
+    start_client,
 )
 from consent import (
     LAWFUL_BASES,
@@ -492,8 +493,8 @@ def cmd_consent_record(args: argparse.Namespace) -> int:
     )
 
     async def publish(stop: asyncio.Event) -> int:
-        producer = make_producer(runtime.bootstrap, **runtime.security)
-        await producer.start()
+        producer = make_producer(runtime.bootstrap, **runtime.security_for(agency))
+        await start_client(producer, runtime.bootstrap)
         try:
             await send_all(producer, [wire])
         finally:

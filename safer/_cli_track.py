@@ -267,7 +267,9 @@ def cmd_notices(args: argparse.Namespace) -> int:
     topic = f"{settings.topic_prefix}.notices.{args.agency}"
 
     async def read(stop: asyncio.Event) -> int:
-        records = await read_topic(runtime.bootstrap, topic, **runtime.security)
+        records = await read_topic(
+            runtime.bootstrap, topic, **runtime.security_for(runtime.publisher(args.agency).id)
+        )
         reports: dict[str, dict[str, Any]] = {}
         for record in records:
             report = runtime.codec.decode(record.value, expect="delivery_report").record

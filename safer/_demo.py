@@ -242,7 +242,7 @@ async def run_demo(
         if services.done():
             services.result()  # re-raise the failure
         report("starting services", 1, 1)
-        producer = make_producer(bootstrap, **runtime.security)
+        producer = make_producer(bootstrap, **runtime.security_for(runtime.publisher().id))
         await producer.start()
         try:
             await police.publish(producer, good)

@@ -34,8 +34,13 @@ from audit import (
     vault_path_for,
 )
 from broker import (
+    ADMIN_PRINCIPAL,
+    AUDIT_FEED_PRINCIPAL,
+    MONITOR_PRINCIPAL,
     ROUTER_ID,
+    ROUTER_PRINCIPAL,
     AuditFeed,
+    ClientAccess,
     ConsentView,
     Deployment,
     Keyring,
@@ -53,7 +58,7 @@ from broker import (
     pseudonym,
     topic_plan,
 )
-from consent import Recipient
+from consent import Publisher, Recipient
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
 
 __all__ = [
@@ -61,6 +66,7 @@ __all__ = [
     "BROKER_FILE",
     "ROUTER_READY_LINE",
     "Runtime",
+    "advertised_access",
     "resolve_bootstrap",
     "write_broker_file",
 ]
@@ -78,11 +84,36 @@ BROKER_FILE = "broker.json"
 AUDIT_LOG_ID = "safer-audit-log"
 
 
-def write_broker_file(data_dir: Path, bootstrap: str) -> Path:
+def write_broker_file(data_dir: Path, bootstrap: str, access: ClientAccess | None = None) -> Path:
+    """Advertise the running local broker to client commands on this data directory.
+
+    In secure mode it also names the CA and the credentials file (paths only,
+    never a password), so `safer publish` or `safer inbox` connect as their own
+    principal.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / BROKER_FILE
-    path.write_text(json.dumps({"bootstrap_servers": bootstrap, "pid": os.getpid()}))
+    info: dict[str, Any] = {"bootstrap_servers": bootstrap, "pid": os.getpid()}
+    if access is not None:
+        info["access"] = access.to_json()
+    path.write_text(json.dumps(info))
     return path
+
+
+def advertised_access(settings: Settings, bootstrap: str) -> ClientAccess | None:
+    """How to reach the local broker at ``bootstrap``, as its `safer up --secure` advertises
+    it in ``broker.json``; None for a plaintext one (or none running)."""
+    path = settings.data_dir / BROKER_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("bootstrap_servers") != bootstrap:
+        return None
+    try:
+        return ClientAccess.from_json(info["access"])
+    except (KeyError, TypeError):
+        return None  # plaintext: the file names no CA or credentials
 
 
 def resolve_bootstrap(settings: Settings) -> str:
@@ -106,8 +137,21 @@ def resolve_bootstrap(settings: Settings) -> str:
 
 @dataclass
 class Runtime:
+    """Every service, built from one set of settings.
+
+    ``access`` says how clients authenticate to a secured broker; each service
+    then connects as its own principal (``security_for``). When it is not
+    given, a local broker advertised in ``broker.json`` supplies it; on
+    plaintext it stays None.
+    """
+
     settings: Settings
     bootstrap: str
+    access: ClientAccess | None = None
+
+    def __post_init__(self) -> None:
+        if self.access is None and self.bootstrap and not self.settings.bootstrap_servers:
+            self.access = advertised_access(self.settings, self.bootstrap)
 
     @cached_property
     def deployment(self) -> Deployment:
@@ -121,9 +165,47 @@ class Runtime:
     def codec(self) -> Codec:
         return Codec(EmbeddedRegistry(self.settings.registry_file))
 
+    def security_for(self, principal: str) -> dict[str, Any]:
+        """aiokafka keyword arguments for a client acting as ``principal``.
+
+        Secure mode: SASL_SSL as that SCRAM user. An external cluster: as its
+        ``KAFKA_*`` settings say (per principal with ``SAFER_KAFKA_CREDENTIALS``).
+        A local plaintext broker: nothing.
+        """
+        if self.access is not None:
+            return self.access.security(principal)
+        if self.settings.bootstrap_servers:
+            return self.settings.kafka_security(principal)
+        return {}
+
     @property
     def security(self) -> dict[str, Any]:
+        """Client settings that name no principal: plaintext or one shared external user.
+
+        Raises:
+            ConfigError: in secure mode, where every client must say who it is
+                (use ``security_for``).
+        """
+        if self.access is not None:
+            raise ConfigError(
+                "a client on the secure broker must connect as a named principal",
+                code=ReasonCode.NOT_AUTHORIZED,
+                hint="build it with Runtime.security_for(principal)",
+            )
         return self.settings.kafka_security() if self.settings.bootstrap_servers else {}
+
+    def publisher(self, agency: str = "police") -> Publisher:
+        """The directory's publisher of agency type ``agency`` (the first one listed)."""
+        publishers = [
+            p for p in self.deployment.directory.publishers if p.agency_type.value == agency
+        ]
+        if not publishers:
+            raise ConfigError(
+                f"no publisher of agency type {agency!r} in the directory",
+                code=ReasonCode.UNKNOWN_PUBLISHER,
+                hint="add a [[publisher]] to deploy/directory.toml",
+            )
+        return publishers[0]
 
     def identities(self) -> list[str]:
         directory = self.deployment.directory
@@ -178,14 +260,16 @@ class Runtime:
 
     async def create_topics(self) -> list[str]:
         """The admin step: create or reconcile every topic; returns what changed."""
-        return await create_topics(self.bootstrap, self.topic_specs(), **self.security)
+        return await create_topics(
+            self.bootstrap, self.topic_specs(), **self.security_for(ADMIN_PRINCIPAL)
+        )
 
     def consent_view(self) -> ConsentView:
         """A fresh, empty view of hips.consent (the router fills it as it starts)."""
         return ConsentView(
             topic=self.settings.topics.consent,
             bootstrap_servers=self.bootstrap,
-            security=self.security,
+            security=self.security_for(ROUTER_PRINCIPAL),
         )
 
     def router_core(self) -> RouterCore:
@@ -201,7 +285,7 @@ class Runtime:
             ledger=RoutedLedger(
                 topic=self.settings.topics.routed,
                 bootstrap_servers=self.bootstrap,
-                security=self.security,
+                security=self.security_for(ROUTER_PRINCIPAL),
             ),
         )
 
@@ -212,7 +296,7 @@ class Runtime:
             inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
             group_id=group_id,
             instance=instance,
-            security=self.security,
+            security=self.security_for(ROUTER_PRINCIPAL),
             on_delivered=self.enrol_routed_subjects,
         )
 
@@ -244,7 +328,7 @@ class Runtime:
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
-            security=self.security,
+            security=self.security_for(AUDIT_FEED_PRINCIPAL),
             checkpoint_signer=self.log_signer(),
             checkpoint_interval=checkpoint_interval,
             batch_size=batch_size,
@@ -260,7 +344,7 @@ class Runtime:
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             expiry=timedelta(minutes=self.settings.delivery_expiry_minutes),
-            security=self.security,
+            security=self.security_for(MONITOR_PRINCIPAL),
         )
 
     def recipient_topics(self, recipient: Recipient) -> list[str]:
@@ -285,7 +369,7 @@ class Runtime:
             receipts_topic=self.settings.topics.receipts,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
-            security=self.security,
+            security=self.security_for(recipient.id),
             webhook=self._webhook_for(recipient),
         )
 
@@ -301,18 +385,9 @@ class Runtime:
         )
 
     def police_adapter(self, agency: str = "police") -> PoliceAdapter:
-        publishers = [
-            p for p in self.deployment.directory.publishers if p.agency_type.value == agency
-        ]
-        if not publishers:
-            raise ConfigError(
-                f"no publisher of agency type {agency!r} in the directory",
-                code=ReasonCode.UNKNOWN_PUBLISHER,
-                hint="add a [[publisher]] to deploy/directory.toml",
-            )
         return PoliceAdapter(
             codec=self.codec,
-            identity=self.keys.signing_identity(publishers[0].id),
+            identity=self.keys.signing_identity(self.publisher(agency).id),
             pseudonym_secret=self.keys.pseudonym_secret(),
             topic=self.settings.topics.inbound(agency),
         )
@@ -379,8 +454,11 @@ class Runtime:
         """The environment a `safer` child process needs to act as this runtime."""
         env = dict(os.environ)
         settings = self.settings
+        if settings.bootstrap_servers:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
+        # Otherwise the child finds the local broker, and in secure mode its own
+        # credentials, through the data directory's broker.json, as any client does.
         env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
             SAFER_DATA_DIR=str(settings.data_dir),
             SAFER_DEPLOY_DIR=str(settings.deploy_dir),
             SAFER_TOPIC_PREFIX=settings.topic_prefix,

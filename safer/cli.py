@@ -8,14 +8,23 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker import KAFKA_VERSION, install_kafka, kafka_engine, make_producer
+from broker import (
+    KAFKA_VERSION,
+    Engine,
+    Settings,
+    install_kafka,
+    kafka_engine,
+    make_producer,
+    secure_kafka_engine,
+    start_client,
+)
 from schemas import SaferError
 
 from ._cli_audit import register as register_audit
@@ -23,6 +32,7 @@ from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
+from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
@@ -52,6 +62,12 @@ batch, and every reader sees only committed records.
 """
 
 
+_SECURE_HELP = (
+    "run Kafka with TLS and SASL/SCRAM-SHA-512, a local CA, one Kafka user per "
+    "principal and ACLs from deploy/directory.toml (docs/OPERATIONS.md, 'Secure mode')"
+)
+
+
 def _kafka_progress(message: str) -> None:
     err.print(f"[dim]kafka:[/] {message}")
 
@@ -76,6 +92,30 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 # -- broker -------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _engine(settings: Settings, args: argparse.Namespace) -> AsyncIterator[Engine]:
+    """The Kafka a command runs on: local secure (``--secure``), local plaintext, or
+    ``KAFKA_BOOTSTRAP_SERVERS``."""
+    if args.secure:
+        async with secure_kafka_engine(
+            settings, port=args.port, progress=_kafka_progress
+        ) as engine:
+            yield engine
+    else:
+        with kafka_engine(settings, port=args.port, progress=_kafka_progress) as engine:
+            yield engine
+
+
+def _print_client_settings(engine: Engine) -> None:
+    """What a client needs, as shell assignments (secure mode adds TLS and SCRAM)."""
+    print(f"KAFKA_BOOTSTRAP_SERVERS={engine.bootstrap_servers}", flush=True)
+    if engine.access is not None:
+        print(f"KAFKA_SECURITY_PROTOCOL={engine.access.security_protocol}")
+        print(f"KAFKA_SASL_MECHANISM={engine.access.sasl_mechanism}")
+        print(f"KAFKA_SSL_CAFILE={engine.access.cafile}")
+        print(f"SAFER_KAFKA_CREDENTIALS={engine.access.credentials_file}", flush=True)
+
+
 def cmd_kafka_install(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     dist = install_kafka(
@@ -87,21 +127,24 @@ def cmd_kafka_install(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if settings.bootstrap_servers:
+    if settings.bootstrap_servers and not args.secure:
         err.print(
             f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started."
         )
         return 0
 
     async def serve(stop: asyncio.Event) -> int:
-        with kafka_engine(settings, port=args.port, progress=_kafka_progress) as engine:
+        async with _engine(settings, args) as engine:
             try:
-                write_broker_file(settings.data_dir, engine.bootstrap_servers)
-                runtime = Runtime(settings, engine.bootstrap_servers)
+                write_broker_file(settings.data_dir, engine.bootstrap_servers, engine.access)
+                runtime = Runtime(settings, engine.bootstrap_servers, access=engine.access)
                 for change in await runtime.create_topics():
                     err.print(f"[dim]topics:[/] {change}")
-                print(f"KAFKA_BOOTSTRAP_SERVERS={engine.bootstrap_servers}", flush=True)
-                err.print(f"{engine.name} running, data in {settings.kafka_home}. Ctrl-C to stop.")
+                _print_client_settings(engine)
+                mode = "secure (TLS, SASL/SCRAM-SHA-512, ACLs)" if engine.access else "plaintext"
+                err.print(
+                    f"{engine.name} running, {mode}, data in {settings.kafka_home}. Ctrl-C to stop."
+                )
                 await stop.wait()
             finally:
                 (settings.data_dir / "broker.json").unlink(missing_ok=True)
@@ -117,11 +160,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
     police = runtime.police_adapter(args.agency)
+    publisher = runtime.publisher(args.agency).id  # its Kafka principal in secure mode
     parsed = police.parse_files([Path(p) for p in args.files])
 
     async def publish(stop: asyncio.Event) -> int:
-        producer = make_producer(runtime.bootstrap, **runtime.security)
-        await producer.start()
+        producer = make_producer(runtime.bootstrap, **runtime.security_for(publisher))
+        await start_client(producer, runtime.bootstrap)
         try:
             outcomes = await police.publish(producer, parsed)
         finally:
@@ -175,23 +219,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = settings_from(args)
 
     async def up(stop: asyncio.Event) -> int:
-        with kafka_engine(settings, port=args.port, progress=_kafka_progress) as engine:
+        async with _engine(settings, args) as engine:
             bootstrap = engine.bootstrap_servers
             if engine.local is not None:
-                write_broker_file(settings.data_dir, bootstrap)
-            runtime = Runtime(settings, bootstrap)
+                write_broker_file(settings.data_dir, bootstrap, engine.access)
+            # Secure mode: each service connects as its own principal (Runtime.security_for).
+            runtime = Runtime(settings, bootstrap, access=engine.access)
             created = runtime.init_keys()
             if created:
                 err.print(f"created {created} development keys in {settings.keys_dir}")
             for change in await runtime.create_topics():
                 err.print(f"[dim]topics:[/] {change}")
-            print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+            _print_client_settings(engine)
             recipients = runtime.deployment.directory.recipients
             watchdog = (
                 asyncio.create_task(engine.local.watch(stop), name="kafka-watchdog")
                 if engine.local is not None
                 else None
             )
+            secure = " in secure mode (each service its own principal)" if engine.access else ""
             try:
                 await runtime.run_services(
                     stop,
@@ -200,8 +246,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     router_process=True,
                     log_file=args.log_file,
                     on_ready=lambda: err.print(
-                        f"[green]ready[/] on {engine.name}: router (exactly-once), audit feed "
-                        f"and {len(recipients)} recipient adapters. Publish with "
+                        f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
+                        f"audit feed and {len(recipients)} recipient adapters. Publish with "
                         "`safer publish --agency police FILE`. Ctrl-C stops."
                     ),
                 )
@@ -416,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Apache Kafka (KRaft, one node, data in <data-dir>/kafka), create every\n"
         "topic, and print KAFKA_BOOTSTRAP_SERVERS=host:port. Stopping and starting it\n"
         "again keeps every topic. If KAFKA_BOOTSTRAP_SERVERS is already set, nothing\n"
-        "is started.\n\n"
-        "example:\n  safer broker --port 9092\n  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+        "is started. With --secure it also prints the TLS and SCRAM settings (the CA\n"
+        "and the credentials file under <data-dir>/kafka/secure).\n\n"
+        "example:\n  safer broker --port 9092\n  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n"
+        "  safer broker --secure",
     )
     broker.add_argument(
         "--port",
@@ -425,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="client port (default: the one this data directory used before, else a free one)",
     )
+    broker.add_argument("--secure", action="store_true", help=_SECURE_HELP)
     broker.set_defaults(func=cmd_broker)
 
     publish = sub.add_parser(
@@ -473,7 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
         "deadline monitor and one adapter per recipient until Ctrl-C.\n\n"
-        "example:\n  safer up\n  # in another terminal:\n"
+        "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
+        "service and agency connects as its own Kafka user, and ACLs generated from\n"
+        "deploy/directory.toml let each touch only its own topics. Client commands on\n"
+        "the same data directory (publish, inbox, consent) find their credentials.\n\n"
+        "example:\n  safer up\n  safer up --secure\n  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
     up.add_argument(
@@ -482,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Kafka client port (default: the one this data directory used before)",
     )
+    up.add_argument("--secure", action="store_true", help=_SECURE_HELP)
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -510,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_policy,
         register_inbox,
         register_track,
+        register_secure,
     ):
         register(sub)
     return parser

@@ -41,7 +41,7 @@ async def publish(
     runtime: Runtime, items: list[ConcernModel], extra: Iterable[OutRecord] = ()
 ) -> None:
     police = runtime.police_adapter()
-    producer = make_producer(runtime.bootstrap)
+    producer = make_producer(runtime.bootstrap, **runtime.security_for(runtime.publisher().id))
     await producer.start()
     try:
         parsed = [ParsedRecord(str(i), c, c.concern_id, "ACCEPTED") for i, c in enumerate(items)]

@@ -1382,7 +1382,8 @@ def build_corpus(
     runtime: Runtime, *, seed: int = 11, now: datetime, valid: int = 120, bases: int = 80
 ) -> Corpus:
     """The hostile corpus for ``runtime``'s keys, and ``valid`` concerns to interleave."""
-    rng = random.Random(seed)
+    # Not random.Random(seed): synthetic_concerns draws its concern ids from that stream.
+    rng = random.Random(f"safer-hostile-corpus-{seed}")
     police = runtime.police_adapter()
     good = [ConcernModel.model_validate(d) for d in synthetic_concerns(valid, seed=seed, now=now)]
     base = [

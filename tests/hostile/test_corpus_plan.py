@@ -69,6 +69,11 @@ def test_the_corpus_is_large_varied_and_well_formed(corpus: Corpus) -> None:
     assert len(kinds) >= 20, kinds
     assert min(kinds.values()) >= 3, kinds
     assert len({c.label for c in corpus.cases}) == len(corpus.cases)
+    # A hostile record never carries the concern id of valid traffic unless it copies it.
+    valid_ids = {c.concern_id.encode() for c in corpus.valid_concerns}
+    for case in corpus.cases:
+        header_id = dict(case.record.headers).get("safer-concern-id")
+        assert (header_id in valid_ids) == (case.original is not None), case.label
     codes = {c.value for c in ReasonCode}
     for case in corpus.cases:
         assert case.expected in codes | {REFUSED}, case.label

@@ -26,23 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from audit import AuditStore, entry_id_for, verify_store
 from broker import SIZE_LIMITS, Headers, OutRecord, make_producer, read_topic
 from safer import Runtime
+from safer import _logging as safer_logging
 from safer._logging import configure_logging
 from schemas import AuditEvent
 
@@ -157,15 +161,25 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("hostile-e2e")
     log_file = tmp / "safer.log"
+    # Log to a file of this run's own, then give the tests that follow the set-up they had.
+    saved, previous = structlog.get_config(), safer_logging._handle
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    safer_logging._handle = None  # so that configuring does not close another test's file
     configure_logging(log_file=log_file)
     try:
         runtime = make_runtime(tmp, kafka_bootstrap, prefix=f"hx{secrets.token_hex(3)}")
-        return asyncio.run(_run(runtime, log_file))
+        yield asyncio.run(_run(runtime, log_file))
     finally:
-        configure_logging()  # back to stderr for the tests that follow
+        if safer_logging._handle is not None:
+            safer_logging._handle.close()
+        safer_logging._handle = previous
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def _run(runtime: Runtime, log_file: Path) -> Run:

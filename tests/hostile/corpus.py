@@ -22,6 +22,28 @@ Deterministic: the same runtime keys, ``seed`` and ``now`` give byte-identical
 records (synthetic people, concern ids, rogue keys, damage positions and
 Ed25519 signatures are all derived from them). No network, no clock.
 
+The kinds (``Corpus.kinds()`` counts them):
+
+* bytes: ``truncated`` (every length from 0 through the body), ``null-value``,
+  ``trailing-bytes``, ``wrong-magic`` (and JSON, CSV, gzip), ``unknown-schema``,
+  ``wrong-subject`` (valid Avro of every other subject and version),
+  ``invalid-utf8`` (inside Avro strings), ``avro-structure`` (enum and union
+  indices, lengths and counts that lie, dates beyond any calendar),
+  ``huge-arrays`` (150,000 one-item blocks, negative block counts);
+* signatures and ids: ``bitflip-body``, ``bitflip-signature``,
+  ``bitflip-key-id``, ``bitflip-concern-id-header``, ``spoof-unknown-key``,
+  ``spoof-rogue-claims-police-key``, ``spoof-other-agency`` (a recipient or the
+  router as source or signer), ``spoof-concern-id``;
+* metadata: ``header-unknown`` (names and NHS numbers in other headers, case and
+  look-alike names), ``header-repeated``, ``header-invalid-value`` (empty,
+  oversized), ``header-pid-in-allowed``, ``header-missing``, ``key-abuse``;
+* size: ``oversize`` (between the router's limit and the topics': TOO_LARGE),
+  ``oversize-first-hop`` (over the topics' limit: REFUSED);
+* content, validly signed: ``absurd-dates``, ``absurd-ages``, ``absurd-sizes``,
+  ``id-not-canonical``, ``schema-invalid``, ``minimum-dataset-missing``,
+  ``address-unresolved``;
+* replays: ``replay-exact`` (REPLAY) and ``replay-conflict``.
+
 Damage is aimed where its outcome is certain, so that each case has one right
 answer rather than "one of several": a bit flip inside the ASCII text of a
 signed string still decodes (so only the signature can catch it), a flip of
@@ -37,7 +59,7 @@ import random
 import struct
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -71,7 +93,8 @@ REFUSED = "REFUSED"
 #: An exact replay: recorded once as REPLAYED (reason code REPLAY), never quarantined.
 REPLAY = ReasonCode.REPLAY.value
 POLICE_ID = "hampshire-constabulary"
-#: Header text the router's messages could echo (key ids are shown up to 32 characters).
+#: Personal data put in an allowed header is cut to this: short enough to pass the length
+#: checks, and as long as the key id a message once quoted (to the audit log).
 MAX_SHOWN = 32
 
 
@@ -1432,10 +1455,3 @@ def build_corpus(
         cases=tuple(builder.cases),
         personal_data=frozenset(personal),
     )
-
-
-def iter_kinds(corpus: Corpus) -> Iterator[tuple[str, list[HostileCase]]]:
-    by: dict[str, list[HostileCase]] = {}
-    for case in corpus.cases:
-        by.setdefault(case.kind, []).append(case)
-    yield from sorted(by.items())

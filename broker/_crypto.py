@@ -20,6 +20,7 @@ Errors never carry key material, plaintext or personal data.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -190,9 +191,14 @@ def verify_record(
         ) from None
 
 
+_KEY_ID_FORM = re.compile(r"\A[0-9a-f]{16}\Z")
+
+
 def _short(value: str) -> str:
-    """A key id for messages: key ids come from headers, so bound what is echoed."""
-    return repr(value[:32]) + ("…" if len(value) > 32 else "")
+    """A key id for messages. It comes from a header anyone can set, and messages reach
+    the audit log: echo it only if it has a key id's form (16 hex digits), never other
+    text (a name or an NHS number put there would be written to the log for good)."""
+    return repr(value) if _KEY_ID_FORM.match(value) else "with a malformed id"
 
 
 @dataclass

@@ -121,7 +121,7 @@ def verify_origin(
             "send everything else inside the signed record",
         )
     if len(set(names)) != len(names) or any(
-        v is None or len(v) > MAX_HEADER_BYTES for _, v in headers or ()
+        not v or len(v) > MAX_HEADER_BYTES for _, v in headers or ()
     ):
         raise SignatureError(
             "record carries a repeated, empty or oversized header",

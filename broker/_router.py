@@ -88,7 +88,7 @@ from ._kafka import (
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS
 from ._routing import candidate_recipients, resolve_partnerships
-from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, Topics
+from ._topics import Headers, Topics, header_has_form
 
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
@@ -98,7 +98,8 @@ _log = structlog.get_logger("safer.router")
 AUDIT_CHUNK = 200
 AUDIT_CHUNK_BYTES = 512 * 1024
 _LONDON = ZoneInfo(LONDON)
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+#: ``\A``/``\Z``: ``$`` would also accept 32 hex digits followed by a newline.
+_HEX32 = re.compile(r"\A[0-9a-f]{32}\Z")
 #: Whose consent counts for a concern: the child's own, and that of a parent or carer.
 CONSENT_ROLES = frozenset({SubjectRole.CHILD, SubjectRole.PARENT_CARER})
 
@@ -139,10 +140,12 @@ def _refuse(problems: Sequence[Problem]) -> None:
 
 
 def _allowed_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, bytes]:
-    """The headers a quarantine record may copy: allowed names, short values, first of each."""
+    """The headers a quarantine record may copy: allowed names, first of each, and only
+    values of the form SAFER gives them (anything else can never verify on a replay, and
+    may be personal data: a name where the concern id goes)."""
     kept: dict[str, bytes] = {}
     for name, value in headers or ():
-        if name in HEADER_NAMES and name not in kept and value and len(value) <= MAX_HEADER_BYTES:
+        if name not in kept and header_has_form(name, value):
             kept[name] = value
     return kept
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ __all__ = [
     "TopicLayout",
     "TopicSpec",
     "Topics",
+    "header_has_form",
     "topic_plan",
 ]
 
@@ -49,6 +51,24 @@ HEADER_NAMES = frozenset(
 )
 #: The longest header value any allowed header needs (an Ed25519 signature is 64 bytes).
 MAX_HEADER_BYTES = 128
+#: What each allowed header's value looks like when SAFER sets it. Anything else
+#: in an allowed header can never verify, and may be personal data.
+_HEADER_FORMS: dict[str, re.Pattern[bytes]] = {
+    Headers.SCHEMA_ID: re.compile(rb"\A[0-9]{1,10}\Z"),
+    Headers.KEY_ID: re.compile(rb"\A[0-9a-f]{16}\Z"),
+    Headers.SIGNATURE: re.compile(rb"\A.{64}\Z", re.DOTALL),
+    Headers.CONCERN_ID: re.compile(rb"\A[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\Z"),
+    Headers.DISCLOSURE_ID: re.compile(rb"\A[0-9a-f]{32}\Z"),
+    #: No SAFER component sets one yet: hex digits and hyphens (a W3C trace id, a UUID).
+    Headers.TRACE_ID: re.compile(rb"\A[0-9a-f-]{1,64}\Z"),
+    Headers.REPLAY_OF: re.compile(rb"\A[0-9a-f]{32}\Z"),
+}
+
+
+def header_has_form(name: str, value: bytes | None) -> bool:
+    """Whether ``name`` is an allowed header and ``value`` has the form SAFER gives it."""
+    form = _HEADER_FORMS.get(name)
+    return form is not None and value is not None and form.match(value) is not None
 
 
 @dataclass(frozen=True)

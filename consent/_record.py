@@ -35,6 +35,7 @@ from schemas import (
 
 __all__ = ["ConsentRecord", "consent_record_id_for", "utc_millis"]
 
+# Used with fullmatch: `$` alone also matches before a final newline.
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
 _AGENCY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DECIDED_BY = re.compile(r"^[^\x00-\x1f\x7f]{1,120}$")
@@ -106,7 +107,7 @@ class ConsentRecord:
                 "not_sought_reason",
                 "justification",
             ) from None
-        if not isinstance(self.subject_pseudonym, str) or not _PSEUDONYM.match(
+        if not isinstance(self.subject_pseudonym, str) or not _PSEUDONYM.fullmatch(
             self.subject_pseudonym
         ):
             raise _invalid(
@@ -114,16 +115,16 @@ class ConsentRecord:
                 "never an identifier",
                 "subject_pseudonym",
             )
-        if not isinstance(self.agency_id, str) or not _AGENCY.match(self.agency_id):
+        if not isinstance(self.agency_id, str) or not _AGENCY.fullmatch(self.agency_id):
             raise _invalid("agency_id must be a directory id", "agency_id")
         decided_by = self.decided_by.strip() if isinstance(self.decided_by, str) else ""
-        if not _DECIDED_BY.match(decided_by):
+        if not _DECIDED_BY.fullmatch(decided_by):
             raise _invalid(
                 "decided_by must be 1 to 120 printable characters: a role and staff number",
                 "decided_by",
             )
         put(self, "decided_by", decided_by)
-        if self.source_ref is not None and not _SOURCE_REF.match(self.source_ref):
+        if self.source_ref is not None and not _SOURCE_REF.fullmatch(self.source_ref):
             raise _invalid(
                 "source_ref must be a case or occurrence reference (letters, digits, / _ . : -)",
                 "source_ref",

@@ -40,8 +40,10 @@ __all__ = [
 ]
 
 #: An agency, recipient or publisher id: lower-case words joined by single hyphens.
-CANONICAL_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_SUBJECT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$")
+#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a final newline, and the
+#: model strips whitespace afterwards, so "id\n" would pass as the id itself.
+CANONICAL_ID = re.compile(r"\A[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+_SUBJECT_REF = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,15}\Z")
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ def plausibility_problems(concern: ConcernModel, now: datetime) -> list[Problem]
         )
     if concern.occurred_at < _EARLIEST_INCIDENT:
         problems.append(Problem(ReasonCode.IMPLAUSIBLE_DATE, "occurred_at", "is before 1950"))
-    if concern.occurred_at > concern.reported_at + _CLOCK_SKEW:
+    # A difference, not ``reported_at + skew``: that overflows for a report in 9999.
+    if concern.occurred_at - concern.reported_at > _CLOCK_SKEW:
         problems.append(
             Problem(ReasonCode.IMPLAUSIBLE_DATE, "occurred_at", "is after the report (reported_at)")
         )

@@ -172,6 +172,10 @@ def test_a_record_has_a_derived_id_and_survives_avro(runtime: Runtime) -> None:
         ({"agency_id": "Hampshire Police"}, "agency_id"),
         ({"recorded_at": datetime(2026, 11, 24, 10, 0)}, "timezone-aware"),
         ({"source_ref": "ref with spaces"}, "source_ref"),
+        # A final newline once passed every pattern (`$` matches before it).
+        ({"subject_pseudonym": "0" * 32 + "\n"}, "never an identifier"),
+        ({"agency_id": "hampshire-constabulary\n"}, "agency_id"),
+        ({"source_ref": "44260481273\n"}, "source_ref"),
     ],
 )
 def test_a_record_that_breaks_a_rule_is_refused(extra: dict[str, Any], message: str) -> None:

@@ -221,6 +221,21 @@ def test_keyring_bounds_an_attacker_supplied_key_id_in_messages() -> None:
     assert len(str(info.value)) < 400
 
 
+@pytest.mark.parametrize("key_id", ["Poppy Walker", "9992048719", "PO2 8RL", "0123456789abcdef0"])
+def test_keyring_never_echoes_a_key_id_that_is_not_one(key_id: str) -> None:
+    # The message becomes a quarantine's audit reason: a name put in the key id header
+    # must not be written to the append-only log.
+    with pytest.raises(SignatureError) as info:
+        Keyring().lookup(key_id)
+    assert key_id not in str(info.value) and "malformed" in info.value.message
+
+
+def test_keyring_names_a_well_formed_unknown_key_id() -> None:
+    with pytest.raises(SignatureError) as info:
+        Keyring().lookup("0123456789abcdef")
+    assert "0123456789abcdef" in info.value.message
+
+
 def test_keyring_revoked_key_is_key_revoked(identity: SigningIdentity) -> None:
     ring = Keyring()
     ring.add(identity.agency_id, identity.public_key)

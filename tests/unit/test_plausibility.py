@@ -64,6 +64,8 @@ SEMANTIC = [
     ("dob 9999", lambda d: _child(d).update(date_of_birth="9999-12-31"), "IMPLAUSIBLE_DATE", "date_of_birth"),
     ("reported 1800", lambda d: d.update(reported_at="1800-06-01T10:00:00Z"), "IMPLAUSIBLE_DATE", "reported_at"),
     ("reported 3000", lambda d: d.update(reported_at="3000-06-01T10:00:00Z"), "IMPLAUSIBLE_DATE", "reported_at"),
+    # reported_at + 15 minutes overflowed: an OverflowError, quarantined as PROCESSING_ERROR.
+    ("reported at the end of 9999", lambda d: d.update(reported_at="9999-12-31T23:59:00Z"), "IMPLAUSIBLE_DATE", "reported_at"),
     ("incident after report", lambda d: d.update(occurred_at="2026-11-23T09:00:00Z"), "IMPLAUSIBLE_DATE", "occurred_at"),
     ("incident 1900", lambda d: d.update(occurred_at="1900-01-01T00:00:00Z"), "IMPLAUSIBLE_DATE", "occurred_at"),
     ("child aged 40", lambda d: _child(d).update(date_of_birth="1986-01-01"), "AGE_ROLE_MISMATCH", "date_of_birth"),
@@ -106,6 +108,9 @@ BOUNDS = [
     ("agency upper case", lambda d: d.update(source_agency="Hampshire-Constabulary"), "ID_NOT_CANONICAL", "source_agency"),
     ("agency unicode look-alike", lambda d: d.update(source_agency="hampshire\u2010constabulary"), "ID_NOT_CANONICAL", "source_agency"),
     ("subject_ref with spaces", lambda d: d["subjects"][0].update(subject_ref="S 1"), "ID_NOT_CANONICAL", "subject_ref"),
+    # `$` matched before a final newline, and the model strips whitespace: "id\n" passed as "id".
+    ("agency trailing newline", lambda d: d.update(source_agency="hampshire-constabulary\n"), "ID_NOT_CANONICAL", "source_agency"),
+    ("subject_ref trailing newline", lambda d: d["subjects"][0].update(subject_ref="S1\n"), "ID_NOT_CANONICAL", "subject_ref"),
     ("long voice of the child", lambda d: d.update(voice_of_child={"said": "y" * 20_000}), "LIMIT_EXCEEDED", "voice_of_child.said"),
     ("long given name", lambda d: d["subjects"][0].update(given_name="z" * 5_000), "LIMIT_EXCEEDED", "given_name"),
     ("long NHS number field", lambda d: d["subjects"][0].update(nhs_number="9" * 500), "LIMIT_EXCEEDED", "nhs_number"),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from audit import AuditRecord
@@ -141,6 +142,46 @@ def test_personal_data_in_the_key_is_quarantined(
 ) -> None:
     plan = _plan(runtime.router_core(), _signed(runtime, example_concern), key=b"Poppy Walker")
     assert _code(runtime, plan) == ReasonCode.PID_IN_METADATA
+
+
+def test_a_pseudonym_with_a_trailing_newline_is_not_a_pseudonym(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    record = _signed(runtime, example_concern)
+    assert record.key is not None
+    plan = _plan(runtime.router_core(), record, key=record.key + b"\n")
+    assert _code(runtime, plan) == ReasonCode.PID_IN_METADATA
+
+
+@pytest.mark.parametrize("name", ["safer-trace-id", "safer-disclosure-id", "safer-replay-of"])
+def test_an_empty_allowed_header_is_invalid(
+    runtime: Runtime, example_concern: dict[str, Any], name: str
+) -> None:
+    record = _signed(runtime, example_concern)
+    record = OutRecord(record.topic, record.key, record.value, (*record.headers, (name, b"")))
+    assert _code(runtime, _plan(runtime.router_core(), record)) == ReasonCode.HEADER_INVALID
+
+
+def test_a_quarantine_copies_only_headers_of_their_own_form(
+    runtime: Runtime, example_concern: dict[str, Any]
+) -> None:
+    # A name where the concern id goes (short enough to pass the length check) fails the
+    # signature; its quarantine record must not keep the name, nor echo a bad key id.
+    record = _signed(runtime, example_concern)
+    headers = dict(record.headers)
+    headers[Headers.CONCERN_ID] = b"Poppy Walker"
+    headers[Headers.KEY_ID] = b"Gemma Walker 9993185620"
+    plan = _plan(
+        runtime.router_core(),
+        OutRecord(record.topic, record.key, record.value, tuple(headers.items())),
+    )
+    assert _code(runtime, plan) == ReasonCode.UNKNOWN_PUBLISHER
+    quarantined = runtime.codec.decode(plan.outputs[0].value, expect="quarantine").record
+    assert set(quarantined["original_headers"]) == {Headers.SCHEMA_ID, Headers.SIGNATURE}
+    assert quarantined["dropped_headers"] == 2
+    kept = b"".join(quarantined["original_headers"].values()) + quarantined["detail"].encode()
+    for value in (b"Poppy", b"Gemma", b"9993185620"):
+        assert value not in plan.audits[0].value and value not in kept
 
 
 def test_an_unexpected_header_is_quarantined(

@@ -28,7 +28,7 @@ from schemas import BrokerError, Codec, ReasonCode, SignatureError, split_wire
 
 from ._crypto import Keyring, SigningIdentity, sign_record
 from ._limits import SIZE_LIMITS
-from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, TopicSpec
+from ._topics import HEADER_NAMES, MAX_HEADER_BYTES, Headers, TopicSpec, header_has_form
 
 _log = structlog.get_logger("safer.kafka")
 
@@ -110,7 +110,9 @@ def verify_origin(
 
     Every header is checked against the allow-list, not only ``safer-*`` ones:
     anything else may carry personal data (PID_IN_METADATA). Allowed headers
-    appear once each and are short (HEADER_INVALID otherwise).
+    appear once each, each value has the form SAFER gives it (ids are hex or
+    UUIDs, the schema id is the record's own), else HEADER_INVALID: a header
+    is never a place a name or an NHS number can ride along with a valid record.
     """
     names = [k for k, _ in headers or ()]
     if any(k not in HEADER_NAMES for k in names):
@@ -121,12 +123,19 @@ def verify_origin(
             "send everything else inside the signed record",
         )
     if len(set(names)) != len(names) or any(
-        not v or len(v) > MAX_HEADER_BYTES for _, v in headers or ()
+        not v or len(v) > MAX_HEADER_BYTES or not header_has_form(k, v) for k, v in headers or ()
     ):
         raise SignatureError(
-            "record carries a repeated, empty or oversized header",
+            "record carries a repeated, empty, oversized or malformed header",
             code=ReasonCode.HEADER_INVALID,
-            hint="publish through a SAFER adapter, which sets each header once",
+            hint="publish through a SAFER adapter, which sets each header once, in its form",
+        )
+    stated_schema = header(headers, Headers.SCHEMA_ID)
+    if stated_schema is not None and int(stated_schema) != split_wire(value)[0]:
+        raise SignatureError(
+            "the schema id header differs from the record's own",
+            code=ReasonCode.HEADER_INVALID,
+            hint="publish through a SAFER adapter, which sets it from the record",
         )
     key_id = header(headers, Headers.KEY_ID)
     signature = header(headers, Headers.SIGNATURE)

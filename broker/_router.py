@@ -303,7 +303,9 @@ class RouterCore:
             source=topic,
             reason_codes=(plan.quarantine_code.value,) if plan.quarantine_code else (),
             reasons=(
-                f"re-submitted from quarantine record {quarantine_id} (`safer quarantine replay`)",
+                f"marked as a replay of quarantine record {quarantine_id} (the "
+                "safer-replay-of header `safer quarantine replay` sets; a header is not "
+                "signed, so this records the claim, not who made it)",
                 f"outcome of the replay: {outcome}",
             ),
             at=now,

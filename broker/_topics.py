@@ -59,8 +59,8 @@ _HEADER_FORMS: dict[str, re.Pattern[bytes]] = {
     Headers.SIGNATURE: re.compile(rb"\A.{64}\Z", re.DOTALL),
     Headers.CONCERN_ID: re.compile(rb"\A[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\Z"),
     Headers.DISCLOSURE_ID: re.compile(rb"\A[0-9a-f]{32}\Z"),
-    #: No SAFER component sets one yet: hex digits and hyphens (a W3C trace id, a UUID).
-    Headers.TRACE_ID: re.compile(rb"\A[0-9a-f-]{1,64}\Z"),
+    #: A W3C trace id (32 lower-case hex digits); nothing SAFER sends sets one yet.
+    Headers.TRACE_ID: re.compile(rb"\A[0-9a-f]{32}\Z"),
     Headers.REPLAY_OF: re.compile(rb"\A[0-9a-f]{32}\Z"),
 }
 

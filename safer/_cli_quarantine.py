@@ -28,7 +28,7 @@ from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["register"]
 
-_REPLAY_REASON = "re-submitted from quarantine record "
+_REPLAY_REASON = "marked as a replay of quarantine record "
 
 
 def _time(text: str, flag: str) -> datetime:

@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters import PoliceAdapter, synthetic_concerns, synthetic_people
 from broker import SIZE_LIMITS, Headers, OutRecord, SigningIdentity, sign_record, signed_record
+from broker._topics import header_has_form
 from safer import Runtime
 from schemas import (
     CONCERN,
@@ -196,6 +197,11 @@ def _first_difference(a: bytes, b: bytes) -> int:
         if x != y:
             return i
     raise ValueError("no difference")
+
+
+def _form_or(name: str, value: bytes, otherwise: ReasonCode) -> ReasonCode:
+    """A damaged header value that lost its form is HEADER_INVALID before anything else."""
+    return otherwise if header_has_form(name, value) else ReasonCode.HEADER_INVALID
 
 
 def _flip(data: bytes, index: int, bit: int) -> bytes:
@@ -437,13 +443,12 @@ class _Builder:
         for i in range(64):
             record = self.signed()
             sig = _header(record, Headers.SIGNATURE)
-            headers = _replace_header(
-                record.headers, Headers.SIGNATURE, _flip(sig, i, self.rng.randrange(8))
-            )
+            flipped = _flip(sig, i, self.rng.randrange(8))
+            headers = _replace_header(record.headers, Headers.SIGNATURE, flipped)
             self.add(
                 "bitflip-signature",
                 OutRecord(self.topic, record.key, record.value, headers),
-                ReasonCode.SIGNATURE_INVALID,
+                _form_or(Headers.SIGNATURE, flipped, ReasonCode.SIGNATURE_INVALID),
             )
         for fixed in (bytes(64), b"\xff" * 64, None, None, None):
             record = self.signed()
@@ -461,7 +466,7 @@ class _Builder:
                     record.value,
                     _replace_header(record.headers, Headers.SIGNATURE, value),
                 ),
-                ReasonCode.SIGNATURE_INVALID,
+                _form_or(Headers.SIGNATURE, value, ReasonCode.SIGNATURE_INVALID),
             )
         for _ in range(20):
             record = self.signed()
@@ -475,7 +480,7 @@ class _Builder:
                     record.value,
                     _replace_header(record.headers, Headers.KEY_ID, flipped),
                 ),
-                ReasonCode.UNKNOWN_PUBLISHER,
+                _form_or(Headers.KEY_ID, flipped, ReasonCode.UNKNOWN_PUBLISHER),
             )
         for _ in range(20):
             record = self.signed()
@@ -489,7 +494,7 @@ class _Builder:
                     record.value,
                     _replace_header(record.headers, Headers.CONCERN_ID, flipped),
                 ),
-                ReasonCode.SIGNATURE_INVALID,
+                _form_or(Headers.CONCERN_ID, flipped, ReasonCode.SIGNATURE_INVALID),
             )
 
     def invalid_utf8(self) -> None:
@@ -765,7 +770,7 @@ class _Builder:
                     record.value,
                     _replace_header(record.headers, name, value),
                 ),
-                code,
+                _form_or(name, value, code),
             )
         missing: list[tuple[str, ...]] = [
             (Headers.SIGNATURE,),
@@ -891,7 +896,7 @@ class _Builder:
             self.add(
                 "spoof-concern-id",
                 OutRecord(self.topic, resigned.key, resigned.value, headers),
-                ReasonCode.SIGNATURE_INVALID,
+                _form_or(Headers.CONCERN_ID, name.encode(), ReasonCode.SIGNATURE_INVALID),
             )
 
     def replays(self, valid: Sequence[ConcernModel], records: Sequence[OutRecord]) -> None:
@@ -1156,7 +1161,8 @@ class _Builder:
                 self.add(
                     "schema-invalid",
                     self.sign_dict(data, key=self.signed(concern).key, record_id=bad_id),
-                    ReasonCode.SCHEMA_INVALID,
+                    # Its id header is not a UUID either: that is caught first.
+                    _form_or(Headers.CONCERN_ID, bad_id.encode(), ReasonCode.SCHEMA_INVALID),
                 )
                 continue
             fresh: ConcernModel

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from audit import AuditRecord
 from broker import SIZE_LIMITS, Headers, Plan, RouterCore, Settings, header
 from broker._topics import header_has_form
 from safer import Runtime
@@ -169,10 +168,7 @@ def test_every_case_gets_exactly_its_code_from_the_router(
 
 def _check_plan(runtime: Runtime, case: HostileCase, plan: Plan) -> None:
     """What a quarantine or replay writes: one audit record, a bounded copy, nothing else."""
-    audits = [
-        AuditRecord.from_avro(runtime.codec.decode(a.value, expect="audit_record").record)
-        for a in plan.audits
-    ]
+    audits = list(plan.audits)
     assert plan.bookkeeping == [], case.label
     if case.expected == REPLAY:
         assert plan.outputs == [] and [a.event.value for a in audits] == ["REPLAYED"]
@@ -206,7 +202,7 @@ def test_no_personal_data_from_the_corpus_reaches_audit_or_quarantine_metadata(
     assert len(needles) > 300
     blobs: list[bytes] = []
     for _, plan in planned:
-        metadata = b"".join(a.value for a in plan.audits)
+        metadata = b"".join(a.canonical_bytes() for a in plan.audits)
         for out in plan.outputs:
             q = runtime.codec.decode(out.value, expect="quarantine").record
             metadata += q["detail"].encode() + (q["original_key"] or b"")

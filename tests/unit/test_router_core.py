@@ -165,8 +165,8 @@ def test_an_empty_allowed_header_is_invalid(
 def test_a_quarantine_copies_only_headers_of_their_own_form(
     runtime: Runtime, example_concern: dict[str, Any]
 ) -> None:
-    # A name where the concern id goes (short enough to pass the length check) fails the
-    # signature; its quarantine record must not keep the name, nor echo a bad key id.
+    # A name where the concern id goes (short enough to pass the length check) is not of
+    # its header's form; its quarantine record must not keep the name, nor echo a bad key id.
     record = _signed(runtime, example_concern)
     headers = dict(record.headers)
     headers[Headers.CONCERN_ID] = b"Poppy Walker"
@@ -175,13 +175,13 @@ def test_a_quarantine_copies_only_headers_of_their_own_form(
         runtime.router_core(),
         OutRecord(record.topic, record.key, record.value, tuple(headers.items())),
     )
-    assert _code(runtime, plan) == ReasonCode.UNKNOWN_PUBLISHER
+    assert _code(runtime, plan) == ReasonCode.HEADER_INVALID
     quarantined = runtime.codec.decode(plan.outputs[0].value, expect="quarantine").record
     assert set(quarantined["original_headers"]) == {Headers.SCHEMA_ID, Headers.SIGNATURE}
     assert quarantined["dropped_headers"] == 2
     kept = b"".join(quarantined["original_headers"].values()) + quarantined["detail"].encode()
     for value in (b"Poppy", b"Gemma", b"9993185620"):
-        assert value not in plan.audits[0].value and value not in kept
+        assert value not in plan.audits[0].canonical_bytes() and value not in kept
 
 
 def test_an_unexpected_header_is_quarantined(
@@ -273,3 +273,27 @@ def test_quarantine_keeps_the_original_bytes_and_no_personal_data_in_detail(
     assert quarantined["original_value"] == record.value
     assert quarantined["concern_id"] == example_concern["concern_id"]
     assert "Poppy" not in quarantined["detail"] and "Walker" not in quarantined["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("safer-trace-id", b"Gemma Walker"),
+        ("safer-trace-id", b"9993185620"),
+        ("safer-disclosure-id", b"Poppy Walker 9993185620"),
+        ("safer-replay-of", b"NHS 999 318 5620"),
+        ("safer-schema-id", b"12"),
+    ],
+)
+def test_personal_data_in_an_allowed_header_is_refused_even_on_a_valid_concern(
+    runtime: Runtime, example_concern: dict[str, Any], name: str, value: bytes
+) -> None:
+    """Every header value must have the form SAFER gives it (the schema id must be the
+    record's own), so nothing can ride along with a concern that would otherwise route."""
+    record = _signed(runtime, example_concern)
+    headers = {**dict(record.headers), name: value}
+    plan = _plan(
+        runtime.router_core(),
+        OutRecord(record.topic, record.key, record.value, tuple(headers.items())),
+    )
+    assert _code(runtime, plan) == ReasonCode.HEADER_INVALID

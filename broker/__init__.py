@@ -3,6 +3,15 @@
 Floor 3: imports schemas, consent and audit; never adapters or safer.
 """
 
+from ._cluster import (
+    INTERNAL_TOPICS,
+    BrokerInfo,
+    ClusterHealth,
+    PartitionHealth,
+    PartitionState,
+    cluster_health,
+    wait_healthy,
+)
 from ._config import ROUTER_ID, Deployment, Settings, default_deploy_dir, load_deployment
 from ._consent_view import (
     ConsentView,
@@ -40,7 +49,15 @@ from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_
 from ._keys import KeyStore
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS, SizeLimits
+from ._local_cluster import (
+    CLUSTER_MIN_INSYNC_REPLICAS,
+    CLUSTER_NODES,
+    CLUSTER_REPLICATION_FACTOR,
+    cluster_settings,
+    loopback_cluster,
+)
 from ._local_kafka import ENGINE_NAME, Engine, LocalKafka, kafka_engine, running_kafka_pids
+from ._manifests import STRIMZI_API_VERSION, strimzi_topics
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._process import child_preexec
 from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
@@ -57,14 +74,21 @@ from ._routing import (
 from ._topics import HEADER_NAMES, Headers, TopicLayout, Topics, TopicSpec, topic_plan
 
 __all__ = [
+    "CLUSTER_MIN_INSYNC_REPLICAS",
+    "CLUSTER_NODES",
+    "CLUSTER_REPLICATION_FACTOR",
     "ENGINE_NAME",
     "HEADER_NAMES",
+    "INTERNAL_TOPICS",
     "KAFKA_VERSION",
     "RECEIPT_PREFIX",
     "ROUTER_ID",
     "SIZE_LIMITS",
+    "STRIMZI_API_VERSION",
     "AuditFeed",
+    "BrokerInfo",
     "Candidate",
+    "ClusterHealth",
     "ConsentView",
     "Deployment",
     "Engine",
@@ -74,6 +98,8 @@ __all__ = [
     "Keyring",
     "LocalKafka",
     "OutRecord",
+    "PartitionHealth",
+    "PartitionState",
     "Plan",
     "PostcodeTable",
     "QuarantineItem",
@@ -96,6 +122,8 @@ __all__ = [
     "candidate_recipients",
     "caught_up",
     "child_preexec",
+    "cluster_health",
+    "cluster_settings",
     "consent_out_record",
     "create_topics",
     "default_deploy_dir",
@@ -108,6 +136,7 @@ __all__ = [
     "kafka_engine",
     "key_id",
     "load_deployment",
+    "loopback_cluster",
     "make_consumer",
     "make_producer",
     "open_sealed",
@@ -124,10 +153,12 @@ __all__ = [
     "send_all",
     "sign_record",
     "signed_record",
+    "strimzi_topics",
     "subject_key",
     "topic_plan",
     "tracked_from_records",
     "verify_consent_record",
     "verify_origin",
     "verify_record",
+    "wait_healthy",
 ]

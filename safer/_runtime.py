@@ -61,7 +61,10 @@ __all__ = [
     "BROKER_FILE",
     "ROUTER_READY_LINE",
     "Runtime",
+    "adopt_running_engine",
+    "refuse_second_engine",
     "resolve_bootstrap",
+    "running_engine",
     "write_broker_file",
 ]
 
@@ -78,29 +81,97 @@ BROKER_FILE = "broker.json"
 AUDIT_LOG_ID = "safer-audit-log"
 
 
-def write_broker_file(data_dir: Path, bootstrap: str) -> Path:
+def write_broker_file(
+    data_dir: Path,
+    bootstrap: str,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> Path:
+    """Advertise the local engine this process runs, and how its topics are replicated."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / BROKER_FILE
-    path.write_text(json.dumps({"bootstrap_servers": bootstrap, "pid": os.getpid()}))
+    path.write_text(
+        json.dumps(
+            {
+                "bootstrap_servers": bootstrap,
+                "pid": os.getpid(),
+                "replication_factor": replication_factor,
+                "min_insync_replicas": min_insync_replicas,
+            }
+        )
+    )
     return path
 
 
+def running_engine(settings: Settings) -> dict[str, Any] | None:
+    """What a live `safer up` / `safer broker` / `safer cluster up` on this data dir advertises."""
+    path = settings.data_dir / BROKER_FILE
+    if not path.exists():
+        return None
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        pid = int(info.get("pid", 0))
+    except (OSError, ValueError, TypeError):
+        return None
+    if pid and Path(f"/proc/{pid}").exists():
+        return info
+    return None
+
+
+def adopt_running_engine(settings: Settings) -> Settings:
+    """Settings with the topic layout of the local engine that runs on this data dir.
+
+    With no KAFKA_BOOTSTRAP_SERVERS, client commands talk to the engine that
+    ``broker.json`` advertises; topics they create or reconcile (``safer topics
+    create``, ``safer route``) must keep that engine's replication, so a command
+    run beside `safer cluster up` never resets ``min.insync.replicas`` to 1.
+    """
+    if settings.bootstrap_servers:
+        return settings
+    info = running_engine(settings)
+    if info is None or "replication_factor" not in info:
+        return settings
+    return settings.model_copy(
+        update={
+            "replication_factor": int(info["replication_factor"]),
+            "min_insync_replicas": int(info["min_insync_replicas"]),
+        }
+    )
+
+
+def refuse_second_engine(settings: Settings) -> None:
+    """Raise if another process already runs a local engine on this data directory.
+
+    Two engines on one data dir would mean two audit feeds writing one audit log.
+    """
+    if settings.bootstrap_servers:
+        return
+    info = running_engine(settings)
+    if info is not None and int(info.get("pid", 0)) != os.getpid():
+        raise BrokerError(
+            f"another safer process (pid {info.get('pid')}) already runs Kafka for "
+            f"{settings.data_dir} at {info.get('bootstrap_servers')}",
+            code=ReasonCode.CONFIG_INVALID,
+            retriable=False,
+            hint="stop it first (Ctrl-C in its terminal), or use another --data-dir; "
+            "other safer commands talk to the running one as they are",
+        )
+
+
 def resolve_bootstrap(settings: Settings) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the embedded broker a running `safer up` advertises."""
+    """KAFKA_BOOTSTRAP_SERVERS, else the local engine a running `safer up` advertises."""
     if settings.bootstrap_servers:
         return settings.bootstrap_servers
-    path = settings.data_dir / BROKER_FILE
-    if path.exists():
-        info = json.loads(path.read_text())
-        pid = int(info.get("pid", 0))
-        if pid and Path(f"/proc/{pid}").exists():
-            return str(info["bootstrap_servers"])
+    info = running_engine(settings)
+    if info is not None:
+        return str(info["bootstrap_servers"])
     raise BrokerError(
         "no Kafka broker to talk to",
         code=ReasonCode.BROKER_UNAVAILABLE,
         retriable=True,
-        hint="start one with `safer up` (or `safer broker`) in another terminal, "
-        "or set KAFKA_BOOTSTRAP_SERVERS",
+        hint="start one with `safer up` (or `safer broker`, `safer cluster up`) in another "
+        "terminal, or set KAFKA_BOOTSTRAP_SERVERS",
     )
 
 

@@ -3,6 +3,15 @@
 Floor 3: imports schemas, consent and audit; never adapters or safer.
 """
 
+from ._cluster import (
+    INTERNAL_TOPICS,
+    BrokerInfo,
+    ClusterHealth,
+    PartitionHealth,
+    PartitionState,
+    cluster_health,
+    wait_healthy,
+)
 from ._config import (
     ROUTER_ID,
     ClientAccess,
@@ -49,7 +58,15 @@ from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_
 from ._keys import KeyStore
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS, SizeLimits
+from ._local_cluster import (
+    CLUSTER_MIN_INSYNC_REPLICAS,
+    CLUSTER_NODES,
+    CLUSTER_REPLICATION_FACTOR,
+    cluster_settings,
+    loopback_cluster,
+)
 from ._local_kafka import ENGINE_NAME, Engine, LocalKafka, kafka_engine, running_kafka_pids
+from ._manifests import STRIMZI_API_VERSION, strimzi_topics
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._process import child_preexec
 from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
@@ -95,8 +112,12 @@ __all__ = [
     "ADMIN_PRINCIPAL",
     "AUDIT_FEED_PRINCIPAL",
     "BROKER_PRINCIPAL",
+    "CLUSTER_MIN_INSYNC_REPLICAS",
+    "CLUSTER_NODES",
+    "CLUSTER_REPLICATION_FACTOR",
     "ENGINE_NAME",
     "HEADER_NAMES",
+    "INTERNAL_TOPICS",
     "KAFKA_VERSION",
     "MONITOR_PRINCIPAL",
     "RECEIPT_PREFIX",
@@ -104,14 +125,17 @@ __all__ = [
     "ROUTER_PRINCIPAL",
     "SCRAM_MECHANISM",
     "SIZE_LIMITS",
+    "STRIMZI_API_VERSION",
     "AclBinding",
     "AclChanges",
     "AclOperation",
     "AclPermission",
     "AclResource",
     "AuditFeed",
+    "BrokerInfo",
     "Candidate",
     "ClientAccess",
+    "ClusterHealth",
     "ConsentView",
     "Deployment",
     "Engine",
@@ -121,6 +145,8 @@ __all__ = [
     "Keyring",
     "LocalKafka",
     "OutRecord",
+    "PartitionHealth",
+    "PartitionState",
     "PatternType",
     "Plan",
     "PostcodeTable",
@@ -150,6 +176,8 @@ __all__ = [
     "candidate_recipients",
     "caught_up",
     "child_preexec",
+    "cluster_health",
+    "cluster_settings",
     "consent_out_record",
     "create_topics",
     "default_deploy_dir",
@@ -163,6 +191,7 @@ __all__ = [
     "kafka_engine",
     "key_id",
     "load_deployment",
+    "loopback_cluster",
     "make_ca",
     "make_consumer",
     "make_producer",
@@ -186,10 +215,12 @@ __all__ = [
     "sign_record",
     "signed_record",
     "start_client",
+    "strimzi_topics",
     "subject_key",
     "topic_plan",
     "tracked_from_records",
     "verify_consent_record",
     "verify_origin",
     "verify_record",
+    "wait_healthy",
 ]

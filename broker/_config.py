@@ -121,6 +121,11 @@ class Settings(BaseModel):
         return self.data_dir / "kafka"
 
     @property
+    def cluster_home(self) -> Path:
+        """Where the local 3-node cluster keeps its data (`safer cluster up`)."""
+        return self.data_dir / "cluster"
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 

@@ -35,7 +35,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,6 +248,7 @@ class LocalKafka:
         heap_mb: int = 512,
         startup_timeout: float = 120.0,
         config_overrides: Mapping[str, str] | None = None,
+        jvm_options: Sequence[str] = (),
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
@@ -258,6 +259,8 @@ class LocalKafka:
         self._security: ListenerSecurity = security or Plaintext()
         self._progress = progress or (lambda _: None)
         self._heap_mb = heap_mb
+        #: Extra JVM flags for the nodes and the storage formatter (e.g. JIT settings).
+        self._jvm_options = list(jvm_options)
         self._startup_timeout = startup_timeout
         self._overrides = dict(config_overrides or {})
         self._lock = threading.RLock()
@@ -441,6 +444,7 @@ class LocalKafka:
         argv = [
             str(dist.java),
             "-Xmx256m",
+            *self._jvm_options,
             f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
             "-cp",
             dist.classpath,
@@ -509,6 +513,7 @@ class LocalKafka:
             f"-Xmx{self._heap_mb}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            *self._jvm_options,
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={node.home / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={node.logs}",

@@ -16,6 +16,8 @@ from rich.console import Console
 
 from broker import Settings
 
+from ._runtime import adopt_running_engine
+
 __all__ = ["FORMATTER", "err", "out", "run_async", "settings_from"]
 
 err = Console(stderr=True)
@@ -26,7 +28,12 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(data_dir=args.data_dir, deploy_dir=args.deploy_dir)
+    """Settings from the environment and the global options; with no
+    KAFKA_BOOTSTRAP_SERVERS, the topic layout of a local engine running on the
+    data directory (so commands run beside `safer cluster up` keep replication 3)."""
+    return adopt_running_engine(
+        Settings.from_env(data_dir=args.data_dir, deploy_dir=args.deploy_dir)
+    )
 
 
 def run_async(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:

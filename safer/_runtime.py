@@ -66,8 +66,11 @@ __all__ = [
     "BROKER_FILE",
     "ROUTER_READY_LINE",
     "Runtime",
+    "adopt_running_engine",
     "advertised_access",
+    "refuse_second_engine",
     "resolve_bootstrap",
+    "running_engine",
     "write_broker_file",
 ]
 
@@ -84,16 +87,26 @@ BROKER_FILE = "broker.json"
 AUDIT_LOG_ID = "safer-audit-log"
 
 
-def write_broker_file(data_dir: Path, bootstrap: str, access: ClientAccess | None = None) -> Path:
-    """Advertise the running local broker to client commands on this data directory.
-
-    In secure mode it also names the CA and the credentials file (paths only,
-    never a password), so `safer publish` or `safer inbox` connect as their own
-    principal.
-    """
+def write_broker_file(
+    data_dir: Path,
+    bootstrap: str,
+    access: ClientAccess | None = None,
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> Path:
+    """Advertise the local engine this process runs to client commands on this data dir:
+    where it listens, how its topics are replicated, and in secure mode the CA and the
+    credentials file (paths only, never a password), so `safer publish` or `safer inbox`
+    connect as their own principal."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / BROKER_FILE
-    info: dict[str, Any] = {"bootstrap_servers": bootstrap, "pid": os.getpid()}
+    info: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "pid": os.getpid(),
+        "replication_factor": replication_factor,
+        "min_insync_replicas": min_insync_replicas,
+    }
     if access is not None:
         info["access"] = access.to_json()
     path.write_text(json.dumps(info))
@@ -116,22 +129,74 @@ def advertised_access(settings: Settings, bootstrap: str) -> ClientAccess | None
         return None  # plaintext: the file names no CA or credentials
 
 
+def running_engine(settings: Settings) -> dict[str, Any] | None:
+    """What a live `safer up` / `safer broker` / `safer cluster up` on this data dir advertises."""
+    path = settings.data_dir / BROKER_FILE
+    if not path.exists():
+        return None
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+        pid = int(info.get("pid", 0))
+    except (OSError, ValueError, TypeError):
+        return None
+    if pid and Path(f"/proc/{pid}").exists():
+        return info
+    return None
+
+
+def adopt_running_engine(settings: Settings) -> Settings:
+    """Settings with the topic layout of the local engine that runs on this data dir.
+
+    With no KAFKA_BOOTSTRAP_SERVERS, client commands talk to the engine that
+    ``broker.json`` advertises; topics they create or reconcile (``safer topics
+    create``, ``safer route``) must keep that engine's replication, so a command
+    run beside `safer cluster up` never resets ``min.insync.replicas`` to 1.
+    """
+    if settings.bootstrap_servers:
+        return settings
+    info = running_engine(settings)
+    if info is None or "replication_factor" not in info:
+        return settings
+    return settings.model_copy(
+        update={
+            "replication_factor": int(info["replication_factor"]),
+            "min_insync_replicas": int(info["min_insync_replicas"]),
+        }
+    )
+
+
+def refuse_second_engine(settings: Settings) -> None:
+    """Raise if another process already runs a local engine on this data directory.
+
+    Two engines on one data dir would mean two audit feeds writing one audit log.
+    """
+    if settings.bootstrap_servers:
+        return
+    info = running_engine(settings)
+    if info is not None and int(info.get("pid", 0)) != os.getpid():
+        raise BrokerError(
+            f"another safer process (pid {info.get('pid')}) already runs Kafka for "
+            f"{settings.data_dir} at {info.get('bootstrap_servers')}",
+            code=ReasonCode.CONFIG_INVALID,
+            retriable=False,
+            hint="stop it first (Ctrl-C in its terminal), or use another --data-dir; "
+            "other safer commands talk to the running one as they are",
+        )
+
+
 def resolve_bootstrap(settings: Settings) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the embedded broker a running `safer up` advertises."""
+    """KAFKA_BOOTSTRAP_SERVERS, else the local engine a running `safer up` advertises."""
     if settings.bootstrap_servers:
         return settings.bootstrap_servers
-    path = settings.data_dir / BROKER_FILE
-    if path.exists():
-        info = json.loads(path.read_text())
-        pid = int(info.get("pid", 0))
-        if pid and Path(f"/proc/{pid}").exists():
-            return str(info["bootstrap_servers"])
+    info = running_engine(settings)
+    if info is not None:
+        return str(info["bootstrap_servers"])
     raise BrokerError(
         "no Kafka broker to talk to",
         code=ReasonCode.BROKER_UNAVAILABLE,
         retriable=True,
-        hint="start one with `safer up` (or `safer broker`) in another terminal, "
-        "or set KAFKA_BOOTSTRAP_SERVERS",
+        hint="start one with `safer up` (or `safer broker`, `safer cluster up`) in another "
+        "terminal, or set KAFKA_BOOTSTRAP_SERVERS",
     )
 
 

@@ -28,6 +28,8 @@ from broker import (
 from schemas import SaferError
 
 from ._cli_audit import register as register_audit
+from ._cli_cluster import register as register_cluster
+from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
@@ -38,7 +40,13 @@ from ._cli_track import record_published
 from ._cli_track import register as register_track
 from ._demo import run_demo
 from ._logging import configure_logging
-from ._runtime import ROUTER_READY_LINE, Runtime, resolve_bootstrap, write_broker_file
+from ._runtime import (
+    ROUTER_READY_LINE,
+    Runtime,
+    refuse_second_engine,
+    resolve_bootstrap,
+    write_broker_file,
+)
 
 __all__ = ["main"]
 
@@ -51,6 +59,7 @@ decided per recipient, minimised, encrypted, and recorded in an audit log.
 Start here:
   safer demo                         run everything on synthetic data and summarise
   safer up                           run broker, router, recipients and audit feed
+  safer up --cluster                 the same on 3 brokers that survive losing one
   safer publish --agency police deploy/examples/concern-domestic-abuse.json
   safer audit verify                 check the audit log has not been tampered with
 
@@ -132,6 +141,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
             f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.bootstrap_servers}); nothing started."
         )
         return 0
+    refuse_second_engine(settings)
 
     async def serve(stop: asyncio.Event) -> int:
         async with _engine(settings, args) as engine:
@@ -216,7 +226,19 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.cluster:
+        if args.port is not None:
+            err.print("--port is for the single broker; the cluster keeps its ports")
+            return 2
+        if args.secure:
+            err.print(
+                "--secure runs on one broker for now: TLS, SCRAM and ACLs for the loopback "
+                "cluster are not wired in (docs/OPERATIONS.md, 'Secure mode'). Use one of them."
+            )
+            return 2
+        return run_cluster(args, services=True)
     settings = settings_from(args)
+    refuse_second_engine(settings)
 
     async def up(stop: asyncio.Event) -> int:
         async with _engine(settings, args) as engine:
@@ -526,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
         "the same data directory (publish, inbox, consent) find their credentials.\n\n"
-        "example:\n  safer up\n  safer up --secure\n  # in another terminal:\n"
+        "With --cluster, Kafka is three brokers on loopback that survive losing one\n"
+        "(replication factor 3, min.insync.replicas 2, data in <data-dir>/cluster);\n"
+        "`safer cluster status` shows their state.\n\n"
+        "example:\n  safer up\n  safer up --secure\n  safer up --cluster\n"
+        "  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
     up.add_argument(
@@ -536,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kafka client port (default: the one this data directory used before)",
     )
     up.add_argument("--secure", action="store_true", help=_SECURE_HELP)
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run a 3-broker cluster (replication 3, min.insync.replicas 2, data in "
+        "<data-dir>/cluster) instead of one broker; see `safer cluster --help`",
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -560,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         register_topics,
         register_quarantine,
+        register_cluster,
         register_audit,
         register_policy,
         register_inbox,

@@ -42,6 +42,16 @@ SUBCOMMANDS = [
     ["track"],
     ["overdue"],
     ["notices"],
+    ["quarantine"],
+    ["quarantine", "list"],
+    ["quarantine", "show"],
+    ["quarantine", "replay"],
+    ["secure"],
+    ["secure", "acls"],
+    ["cluster"],
+    ["cluster", "up"],
+    ["cluster", "status"],
+    ["cluster", "manifests"],
 ]
 
 

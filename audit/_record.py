@@ -51,6 +51,8 @@ _OPTIONAL_STR = (
     "consent_state",
     "policy_revision",
     "payload_sha256",
+    "credential",
+    "input_sha256",
 )
 _STR_ARRAYS = ("subject_pseudonyms", "reason_codes", "reasons", "fields_disclosed")
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -191,6 +193,11 @@ class AuditRecord:
     deadline: datetime | None = None
     at: datetime
     actor: str
+    # v4 extensions: in the canonical entry only when set, so every entry written
+    # before them is still canonical, and still hashes to its leaf.
+    credential: str | None = None
+    input_sha256: str | None = None
+    test: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -215,6 +222,8 @@ class AuditRecord:
                 raise ValidationError(f"{name} must contain only strings", fields=(name,))
             if isinstance(value, list):
                 put(self, name, tuple(value))
+        if not isinstance(self.test, bool):
+            raise ValidationError("test must be a boolean", fields=("test",))
         put(self, "at", utc_millis("at", self.at))
         if self.deadline is not None:
             put(self, "deadline", utc_millis("deadline", self.deadline))
@@ -289,6 +298,7 @@ class AuditRecord:
             "seq": seq,
             "source": v["source"],
             "subject_pseudonyms": v["subject_pseudonyms"],
+            **{name: v[name] for name in _EXTENSIONS if v[name] != _EXTENSIONS[name]},
         }
 
     def reference_bytes(self, seq: int | None) -> bytes:
@@ -307,6 +317,9 @@ class AuditRecord:
         # that too), so copying it and letting orjson sort the keys is cheaper
         # than building ``_canonical_dict``; enums serialise as their values.
         values = self.__dict__.copy()
+        for name, default in _EXTENSIONS.items():
+            if values[name] == default:
+                del values[name]
         values["seq"] = seq
         values["at"] = _at_text(values["at"])
         deadline = values["deadline"]
@@ -342,9 +355,9 @@ class AuditRecord:
         if not isinstance(parsed, dict):
             raise DecodeError("log entry is not a JSON object", code=ReasonCode.DECODE_ERROR)
         names = _FIELD_NAMES
-        if parsed.keys() != names:
+        if not _BASE_NAMES <= parsed.keys() <= names:
             unexpected = sorted(set(parsed) - names)
-            missing = sorted(names - set(parsed))
+            missing = sorted(_BASE_NAMES - set(parsed))
             raise DecodeError(
                 f"log entry fields differ from the audit record (missing {missing}, "
                 f"unexpected {unexpected})",
@@ -380,11 +393,12 @@ class AuditRecord:
             parsed = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise DecodeError("log entry is not UTF-8 JSON", code=ReasonCode.DECODE_ERROR) from None
-        if not isinstance(parsed, dict) or parsed.keys() != _FIELD_NAMES:
+        if not isinstance(parsed, dict) or not _BASE_NAMES <= parsed.keys() <= _FIELD_NAMES:
             return cls.from_canonical(data)  # raises with the details
         try:
             record = object.__new__(cls)
             values = record.__dict__
+            values.update(_EXTENSIONS)
             values.update(parsed)
             values["event"] = AuditEvent(parsed["event"])
             values["at"] = parse_time(parsed["at"])
@@ -402,3 +416,7 @@ class AuditRecord:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(AuditRecord))
+#: Fields added after the log format was fixed, with the default that leaves them out.
+_EXTENSIONS: dict[str, Any] = {"credential": None, "input_sha256": None, "test": False}
+#: The fields every canonical entry has.
+_BASE_NAMES = _FIELD_NAMES - _EXTENSIONS.keys()

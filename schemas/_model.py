@@ -150,6 +150,14 @@ class AuditEvent(StrEnum):
     REPLAYED = "REPLAYED"
     #: Issue 11: an operator re-submitted a quarantined record (`safer quarantine replay`).
     QUARANTINE_REPLAYED = "QUARANTINE_REPLAYED"
+    #: Issue 15: key lifecycle and retention.
+    KEY_ROTATED = "KEY_ROTATED"
+    KEY_REVOKED = "KEY_REVOKED"
+    PURGED = "PURGED"
+    #: Issue 14: a view of a subject's trail or SAR (BALP Query).
+    QUERIED = "QUERIED"
+    #: Issue 16: a cumulative-concern flag raised for a child.
+    RISK_FLAGGED = "RISK_FLAGGED"
 
 
 class Lscp(StrEnum):

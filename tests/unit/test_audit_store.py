@@ -150,8 +150,35 @@ def test_canonical_bytes_are_stable_and_round_trip() -> None:
     assert parsed["at"] == "2025-03-04T08:30:05.123Z"
     assert parsed["deadline"] == "2025-03-05T08:30:00.123Z"
     assert parsed["subject_pseudonyms"] == list(a.subject_pseudonyms)
-    assert set(parsed) == {f.name for f in dataclasses.fields(AuditRecord)}
+    # v4 extensions (credential, input_sha256, test) appear only when set.
+    assert set(parsed) == {f.name for f in dataclasses.fields(AuditRecord)} - {
+        "credential",
+        "input_sha256",
+        "test",
+    }
     assert a.entry_bytes(3) == a.with_seq(3).canonical_bytes()
+
+
+def test_v4_extensions_are_canonical_only_when_set_so_old_entries_stay_valid() -> None:
+    old = make_record(5)
+    extended = dataclasses.replace(
+        old, credential="gateway:client-cert:ab12", input_sha256="f" * 64, test=True
+    )
+    # An entry written before v4 is byte-identical to a v4 record with nothing set.
+    assert "credential" not in old.canonical_bytes().decode()
+    for record in (old, extended):
+        data = record.with_seq(9).canonical_bytes()
+        assert AuditRecord.from_canonical(data) == record.with_seq(9)
+        assert AuditRecord.from_log(data) == record.with_seq(9)
+    parsed = json.loads(extended.canonical_bytes())
+    assert parsed["credential"] == "gateway:client-cert:ab12" and parsed["test"] is True
+    # Spelling a default out is not canonical: one record, one byte string.
+    spelled = json.loads(old.canonical_bytes())
+    spelled["test"] = False
+    with pytest.raises(DecodeError):
+        AuditRecord.from_canonical(
+            json.dumps(spelled, sort_keys=True, separators=(",", ":")).encode()
+        )
 
 
 _AWKWARD = [

@@ -34,6 +34,7 @@ from broker import (
     open_sealed,
     send_all,
     signed_record,
+    stop_clients,
     verify_origin,
 )
 from consent import Recipient
@@ -105,8 +106,7 @@ class RecipientAdapter:
                 # Also flushes OPENED/ACTIONED receipts queued by `safer inbox`.
                 await self._send_receipts(producer)
         finally:
-            await consumer.stop()
-            await producer.stop()
+            await stop_clients(consumer, producer)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         await assign_stored(consumer, self._topics, self.inbox.offsets())

@@ -52,6 +52,7 @@ from ._kafka import (
     send_all,
     signed_record,
     start_client,
+    stop_clients,
     verify_origin,
 )
 from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
@@ -215,6 +216,7 @@ __all__ = [
     "sign_record",
     "signed_record",
     "start_client",
+    "stop_clients",
     "strimzi_topics",
     "subject_key",
     "topic_plan",

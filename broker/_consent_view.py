@@ -39,7 +39,15 @@ from schemas import (
 )
 
 from ._crypto import Keyring, SigningIdentity
-from ._kafka import OutRecord, assign_stored, fetch, make_consumer, signed_record, verify_origin
+from ._kafka import (
+    OutRecord,
+    assign_stored,
+    fetch,
+    make_consumer,
+    signed_record,
+    stop_clients,
+    verify_origin,
+)
 from ._kafka import caught_up as at_end
 
 __all__ = [
@@ -189,7 +197,7 @@ class ConsentView:
                     caught_up.set()
                     _log.info("consent_view.caught_up", subjects=len(self._latest))
         finally:
-            await consumer.stop()
+            await stop_clients(consumer)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         # From the beginning every time: the view is rebuilt from the compacted topic.

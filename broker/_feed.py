@@ -46,7 +46,7 @@ from audit import AuditRecord, AuditStore, LogSigner, entry_id_for
 from schemas import AUDIT_BATCH, AUDIT_RECORD, RECEIPT, AuditEvent, Codec, ReasonCode, SaferError
 
 from ._crypto import Keyring
-from ._kafka import assign_stored, fetch, make_consumer, verify_origin
+from ._kafka import assign_stored, fetch, make_consumer, stop_clients, verify_origin
 from ._topics import Headers, Topics
 
 __all__ = ["AuditFeed", "audit_records_in"]
@@ -126,7 +126,7 @@ class AuditFeed:
                 self._maybe_checkpoint()
             self._maybe_checkpoint(final=True)
         finally:
-            await consumer.stop()
+            await stop_clients(consumer)
             _log.info("audit_feed.stopped", **dict(self.totals))
 
     async def _gather(

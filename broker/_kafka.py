@@ -46,6 +46,7 @@ __all__ = [
     "send_all",
     "signed_record",
     "start_client",
+    "stop_clients",
     "verify_origin",
 ]
 
@@ -207,6 +208,34 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap_se
             "agency's Kafka user exists and its password is current (docs/OPERATIONS.md, "
             "'Secure mode')",
         ) from None
+
+
+#: How long a service waits for its Kafka clients to close before giving up on them.
+STOP_TIMEOUT_S = 10.0
+
+
+async def stop_clients(
+    *clients: AIOKafkaProducer | AIOKafkaConsumer, timeout: float = STOP_TIMEOUT_S
+) -> None:
+    """Stop each client, in order, within ``timeout`` seconds each.
+
+    A service must always finish stopping: a client whose coordinator is gone
+    (the broker died, or the event loop is being torn down and cancelled the
+    client's own tasks) can otherwise wait for a LeaveGroup or an end of
+    transaction that never comes. Nothing is lost by giving up: positions are
+    committed with the work they belong to, and an open transaction is aborted
+    by the broker or fenced by the next instance.
+    """
+    for client in clients:
+        try:
+            async with asyncio.timeout(timeout):
+                await client.stop()
+        except TimeoutError:
+            _log.warning("kafka.stop_timed_out", client=type(client).__name__, timeout_s=timeout)
+        except KafkaError as exc:
+            _log.warning(
+                "kafka.stop_failed", client=type(client).__name__, error=type(exc).__name__
+            )
 
 
 async def send_all(producer: AIOKafkaProducer, records: Iterable[OutRecord]) -> None:

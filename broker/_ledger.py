@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ._kafka import OutRecord, assign_stored, caught_up, fetch, make_consumer
+from ._kafka import OutRecord, assign_stored, caught_up, fetch, make_consumer, stop_clients
 
 __all__ = ["RoutedLedger", "Seen", "routed_digest"]
 
@@ -115,4 +115,4 @@ class RoutedLedger:
                     caught_up_event.set()
                     _log.info("ledger.caught_up", routed=len(self._routed))
         finally:
-            await consumer.stop()
+            await stop_clients(consumer)

@@ -28,7 +28,7 @@ from consent import AlertLevel, Directory, DueAlert, Tracked, alerts_due
 from schemas import AUDIT_RECORD, AgencyType, AuditEvent, Codec, ReasonCode
 
 from ._crypto import SigningIdentity
-from ._kafka import OutRecord, make_producer, send_all, signed_record
+from ._kafka import OutRecord, make_producer, send_all, signed_record, stop_clients
 from ._topics import Headers, Topics
 
 __all__ = ["RECEIPT_PREFIX", "TimelinessMonitor", "tracked_from_records"]
@@ -271,4 +271,4 @@ class TimelinessMonitor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._interval)
         finally:
-            await producer.stop()
+            await stop_clients(producer)

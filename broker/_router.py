@@ -83,6 +83,7 @@ from ._kafka import (
     make_producer,
     send_all,
     signed_record,
+    stop_clients,
     verify_origin,
 )
 from ._ledger import RoutedLedger, Seen, routed_digest
@@ -855,8 +856,7 @@ class Router:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await consumer.stop()
-            await producer.stop()
+            await stop_clients(consumer, producer)
             _log.info("router.stopped", **dict(self.totals))
 
     def _producer(self) -> AIOKafkaProducer:

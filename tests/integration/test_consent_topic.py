@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from audit import AuditRecord, AuditStore, entry_id_for
 from broker import (
     OutRecord,
+    audit_records_in,
     consent_out_record,
     make_producer,
     pseudonym,
@@ -37,7 +38,7 @@ from broker import (
 )
 from consent import ConsentRecord
 from safer import Runtime
-from schemas import AUDIT_RECORD, CONSENT_RECORD, AuditEvent, ConcernModel, ConsentState
+from schemas import CONSENT_RECORD, AuditEvent, ConcernModel, ConsentState
 
 from .spine import make_runtime
 
@@ -128,9 +129,10 @@ async def audit_follower(runtime: Runtime) -> AIOKafkaConsumer:
 async def poll_audits(runtime: Runtime, consumer: AIOKafkaConsumer) -> list[AuditRecord]:
     batch = await consumer.getmany(timeout_ms=20)
     return [
-        AuditRecord.from_avro(runtime.codec.decode(m.value, expect=AUDIT_RECORD).record)
+        AuditRecord.from_avro(record)
         for records in batch.values()
         for m in records
+        for record in audit_records_in(runtime.codec, m.value)
     ]
 
 
@@ -225,6 +227,11 @@ async def test_a_withdrawal_changes_new_decisions_within_one_second(
                 for a in await poll_audits(runtime, audits)
                 if a.concern_id in probes and a.recipient == "hampshire-csc"
             ]
+    except BaseException:
+        stop.set()  # a failure above: stop the services too, so the loop can close
+        await services
+        store.close()
+        raise
     finally:
         await audits.stop()
         await producer.stop()

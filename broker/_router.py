@@ -50,6 +50,8 @@ from consent import (
     decide,
     minimise,
     missing_minimum_dataset,
+    risk_problems,
+    risk_warnings,
 )
 from schemas import (
     AUDIT_BATCH,
@@ -427,6 +429,7 @@ class RouterCore:
                 code=ReasonCode.MINIMUM_DATASET_MISSING,
                 fields=tuple(missing),
             )
+        _refuse(risk_problems(concern))
         routing = resolve_partnerships(concern, self._deployment.postcodes)
         if not routing.lscps:
             raise ValidationError(
@@ -558,7 +561,8 @@ class RouterCore:
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
-        reasons = decision.reasons
+        # A DASH score that disagrees with its grade is recorded with every decision.
+        reasons = (*decision.reasons, *risk_warnings(concern))
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None
@@ -568,7 +572,7 @@ class RouterCore:
         else:
             payload = minimise(concern, decision.profile, decision.withheld_subject_refs)
             # What minimisation cut from the free text is part of why this is lawful.
-            reasons = (*decision.reasons, *payload.redaction_reasons)
+            reasons = (*reasons, *payload.redaction_reasons)
             plaintext = payload.canonical_bytes()
             sealed = seal(
                 plaintext,

@@ -37,6 +37,7 @@ from schemas import (
     ConcernType,
     PolicyError,
     ReasonCode,
+    RiskFactor,
     RiskGrade,
     SubjectRole,
 )
@@ -400,6 +401,10 @@ class Profile(BaseModel):
     description: str = Field(min_length=1)
     fields: tuple[str, ...] = Field(min_length=1)
     subject_roles: tuple[SubjectRole, ...] = tuple(SubjectRole)
+    #: Issue 16: which coded risk factors of a child's risk assessment this recipient
+    #: sees (None: every factor the assessment records). Only meaningful when
+    #: ``fields`` shares ``risk_assessments`` or ``risk_assessments.factors``.
+    risk_factors: tuple[RiskFactor, ...] | None = None
 
     @pydantic.field_validator("fields")
     @classmethod

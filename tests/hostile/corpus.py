@@ -1337,7 +1337,8 @@ class _Builder:
             (LIMITS.third_party_protection + 5, 45),
             (60_000, 60_000),
         ):
-            concern = self.fresh(third_party_protection=("S1",))
+            # No risk assessment: its "S1" subject_ref would match the search below.
+            concern = self.fresh(third_party_protection=("S1",), risk_assessments=())
             record = self.signed(concern)
             _, body = split_wire(record.value)
             one = zigzag(1) + zigzag(2) + b"S1" + zigzag(0)  # [ "S1" ] as it is encoded

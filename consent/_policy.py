@@ -42,6 +42,8 @@ from schemas import (
     SubjectRole,
 )
 
+from ._signal import CumulativeThreshold
+
 __all__ = [
     "LAWFUL_BASES",
     "Agreement",
@@ -578,6 +580,8 @@ class PolicySet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     agreements: tuple[Agreement, ...]
     profiles: tuple[Profile, ...]
+    #: Issue 16: cumulative-concern thresholds (``[[cumulative_threshold]]``), by id.
+    thresholds: tuple[CumulativeThreshold, ...] = ()
     revision: str = ""
 
     @pydantic.model_validator(mode="before")
@@ -587,6 +591,7 @@ class PolicySet(BaseModel):
             data = dict(data)
             data["agreements"] = sorted(data.get("agreements", ()), key=_key("id"))
             data["profiles"] = sorted(data.get("profiles", ()), key=_key("name"))
+            data["thresholds"] = sorted(data.get("thresholds", ()), key=_key("id"))
         return data
 
     @pydantic.model_validator(mode="after")
@@ -595,6 +600,7 @@ class PolicySet(BaseModel):
         for kind, ids in (
             ("agreement", [a.id for a in self.agreements]),
             ("profile", [p.name for p in self.profiles]),
+            ("cumulative_threshold", [t.id for t in self.thresholds]),
         ):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             problems.extend(f"duplicate {kind} id '{d}'" for d in dupes)
@@ -606,11 +612,14 @@ class PolicySet(BaseModel):
         )
         if problems:
             raise ValueError("; ".join(problems))
+        hashed: dict[str, Any] = {
+            "agreements": [a.model_dump(mode="json") for a in self.agreements],
+            "profiles": [p.model_dump(mode="json") for p in self.profiles],
+        }
+        if self.thresholds:  # a policy without thresholds keeps the revision it had
+            hashed["thresholds"] = [t.model_dump(mode="json") for t in self.thresholds]
         canonical = json.dumps(
-            {
-                "agreements": [a.model_dump(mode="json") for a in self.agreements],
-                "profiles": [p.model_dump(mode="json") for p in self.profiles],
-            },
+            hashed,
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -668,6 +677,7 @@ class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agreement: list[dict[str, Any]] = []
     profile: list[dict[str, Any]] = []
+    cumulative_threshold: list[dict[str, Any]] = []
 
 
 def _where(loc: Sequence[int | str]) -> str:
@@ -720,6 +730,7 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
         raise _fail("no policy files given")
     agreements: list[Agreement] = []
     profiles: list[Profile] = []
+    thresholds: list[CumulativeThreshold] = []
     origin: dict[tuple[str, str], str] = {}
     problems: list[str] = []
 
@@ -734,12 +745,16 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
         except pydantic.ValidationError as exc:
             problems.append(f"{filename}: {_describe(exc)}")
             continue
-        if not shape.agreement and not shape.profile:
-            problems.append(f"{filename}: holds no [[agreement]] or [[profile]] table")
-        for kind, entries, model, id_field in (
+        if not shape.agreement and not shape.profile and not shape.cumulative_threshold:
+            problems.append(
+                f"{filename}: holds no [[agreement]], [[profile]] or [[cumulative_threshold]] table"
+            )
+        entries_by_kind: tuple[tuple[str, list[dict[str, Any]], type[BaseModel], str], ...] = (
             ("profile", shape.profile, Profile, "name"),
             ("agreement", shape.agreement, Agreement, "id"),
-        ):
+            ("cumulative_threshold", shape.cumulative_threshold, CumulativeThreshold, "id"),
+        )
+        for kind, entries, model, id_field in entries_by_kind:
             for index, entry in enumerate(entries):
                 ident = entry.get(id_field)
                 label = f"{kind} '{ident}'" if isinstance(ident, str) else f"{kind} #{index + 1}"
@@ -760,6 +775,8 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
                     profiles.append(item)
                 elif isinstance(item, Agreement):
                     agreements.append(item)
+                elif isinstance(item, CumulativeThreshold):
+                    thresholds.append(item)
 
     names = {p.name for p in profiles}
     for agreement in agreements:
@@ -774,6 +791,8 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
     if problems:
         raise _fail(*problems)
     try:
-        return PolicySet(agreements=tuple(agreements), profiles=tuple(profiles))
+        return PolicySet(
+            agreements=tuple(agreements), profiles=tuple(profiles), thresholds=tuple(thresholds)
+        )
     except pydantic.ValidationError as exc:  # pragma: no cover - checked above
         raise _fail(_describe(exc)) from None

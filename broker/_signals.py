@@ -30,9 +30,10 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from consent import SignalEvent, prune_events
-from schemas import RiskGrade
+from schemas import BrokerError, ReasonCode, RiskGrade
 
 from ._kafka import (
     OutRecord,
@@ -183,17 +184,34 @@ async def erase_signals(
     topic: str,
     pseudonyms: Iterable[str],
     security: dict[str, Any] | None = None,
+    *,
+    timeout: float = 30.0,
 ) -> int:
     """Tombstone each pseudonym's state on ``hips.signals`` (compaction then deletes it;
-    every router drops it as it reads the tombstone). Returns how many were sent."""
+    every router drops it as it reads the tombstone). Returns how many were sent.
+
+    Raises:
+        BrokerError: the broker did not take them within ``timeout`` seconds (retriable).
+    """
     keys = [p for p in dict.fromkeys(pseudonyms) if _PSEUDONYM.match(p)]
     if not keys:
         return 0
     producer = make_producer(bootstrap_servers, **(security or {}))
-    await producer.start()
-    try:
+
+    async def send() -> None:
+        await producer.start()
         futures = [await producer.send(topic, None, key=k.encode("ascii")) for k in keys]
         await asyncio.gather(*futures)
+
+    try:
+        await asyncio.wait_for(send(), timeout)
+    except (TimeoutError, KafkaError) as exc:
+        raise BrokerError(
+            f"the cumulative-concern counts could not be erased ({type(exc).__name__})",
+            code=ReasonCode.BROKER_UNAVAILABLE,
+            retriable=True,
+            hint=f"check the broker and that this client may write {topic}, then try again",
+        ) from None
     finally:
         await stop_clients(producer)
     _log.info("signals.erased", subjects=len(keys))

@@ -74,6 +74,15 @@ from ._reports import (
     subject_access_report,
     trail,
 )
+from ._risk import (
+    RISK_CSV_HEADER,
+    SUPPRESSED,
+    RiskRow,
+    parse_risk_reason,
+    risk_assessment_reasons,
+    risk_report,
+    suppress,
+)
 from ._vault import (
     SHRED_REASONS,
     ShredOutcome,
@@ -87,9 +96,12 @@ from ._vault import (
 )
 
 __all__ += [
+    "RISK_CSV_HEADER",
     "SHRED_REASONS",
+    "SUPPRESSED",
     "Labels",
     "Period",
+    "RiskRow",
     "S62Entry",
     "ShredOutcome",
     "Stats",
@@ -104,9 +116,13 @@ __all__ += [
     "enrol_subjects",
     "fhir_audit_events",
     "fhir_bundle",
+    "parse_risk_reason",
+    "risk_assessment_reasons",
+    "risk_report",
     "s62_log",
     "shred_subject",
     "subject_access_report",
+    "suppress",
     "trail",
     "vault_path_for",
 ]

@@ -36,7 +36,7 @@ from aiokafka import (
 from aiokafka.errors import KafkaError, ProducerFenced, UnsupportedVersionError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from audit import AuditRecord, entry_id_for
+from audit import AuditRecord, entry_id_for, risk_assessment_reasons
 from consent import (
     LONDON,
     Consent,
@@ -654,8 +654,13 @@ class RouterCore:
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
-        # A DASH score that disagrees with its grade is recorded with every decision.
-        reasons = (*decision.reasons, *risk_warnings(concern))
+        # Each child's risk assessment, in codes (read back by `safer audit risk`), and a
+        # DASH score that disagrees with its grade, are recorded with every decision.
+        reasons = (
+            *decision.reasons,
+            *risk_assessment_reasons(concern.risk_assessments),
+            *risk_warnings(concern),
+        )
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None

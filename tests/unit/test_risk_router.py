@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit import parse_risk_reason
 from safer import Runtime
 from schemas import ConcernModel, ReasonCode
 from tests.unit.test_router_core import _audits, _plan, _signed
@@ -47,6 +48,12 @@ def test_a_dash_score_against_the_grade_is_a_warning_in_every_decision(
     )
     agreeing = _plan(runtime.router_core(), _signed(runtime, _assessed(example_concern)))
     assert not any("warning:" in r for a in _audits(runtime, agreeing) for r in a.reasons)
+    # Every decision records the assessment in codes, for `safer audit risk` to read back.
+    for audit in _audits(runtime, agreeing):
+        parsed = [p for p in map(parse_risk_reason, audit.reasons) if p is not None]
+        assert [(p.subject_ref, p.grade.value, [f.value for f in p.factors]) for p in parsed] == [
+            ("S1", "HIGH", ["DOMESTIC_ABUSE"])
+        ]
 
 
 def test_the_police_adapter_refuses_high_without_a_rationale(

@@ -380,3 +380,47 @@ def test_router_core_flags_the_third_low_concern_and_audits_it(
         else:
             assert door.event is AuditEvent.DISCLOSED
     assert flagged_at == [3]
+
+
+def _moved(data: dict[str, Any], la_code: str, incident_la: str) -> dict[str, Any]:
+    data["subjects"][0]["address"] = {
+        **data["subjects"][0]["address"],
+        "la_code": la_code,
+        "postcode": "SO14 2AA",
+        "town": "Southampton",
+    }
+    data["incident_location"] = {**data["incident_location"], "la_code": incident_la}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("incident_la", "flagged_doors"),
+    [
+        ("E06000045", set()),  # moved to Southampton: earlier concerns never went there
+        ("E06000044", {"portsmouth-csc"}),  # the incident was in Portsmouth: it goes to both
+    ],
+)
+def test_the_signal_crosses_a_partnership_boundary_only_with_the_childs_routing(
+    runtime: Runtime, example_concern: dict[str, Any], incident_la: str, flagged_doors: set[str]
+) -> None:
+    core = _core(runtime)
+    assert core.signals is not None
+    items = [_low(example_concern, 1, 0), _low(example_concern, 2, 35)]
+    items.append(_moved(_low(example_concern, 3, 56), "E06000045", incident_la))
+    for n, data in enumerate(items, start=1):
+        record = _signed(runtime, data)
+        plan = core.plan(
+            topic="hips.inbound.police",
+            partition=0,
+            offset=n,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            now=NOW,
+        )
+        core.signals.committed()
+        assert plan.quarantine_code is None
+    audits = _audits(runtime, plan)
+    assert "southampton-csc" in {a.recipient for a in audits}
+    flags = [a for a in audits if a.event is AuditEvent.RISK_FLAGGED]
+    assert {a.recipient for a in flags} == flagged_doors

@@ -207,3 +207,12 @@ def test_safer_audit_risk_prints_suppressed_csv_and_json(
     ]
     assert _safer(runtime, "audit", "risk") == 0
     assert "Risk assessments" in capsys.readouterr().out
+
+
+def test_policy_check_lists_the_cumulative_thresholds(
+    runtime: Runtime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _safer(runtime, "policy", "check") == 0
+    text = capsys.readouterr().out
+    assert "Cumulative-concern thresholds" in text
+    assert "third-conc" in text and "365 days" in text  # the console may wrap long cells

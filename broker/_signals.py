@@ -138,7 +138,13 @@ class SignalStore:
         self._pending.clear()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of ``hips.signals``: a state, or a tombstone (malformed: ignored)."""
+        """One record of ``hips.signals``: a state, or a tombstone (malformed: ignored).
+
+        A state is merged into what is known (by concern id), never put in its place:
+        the router's own commit updates the store at once, and the follower reading
+        the topic behind it must not take the newest count away again by applying an
+        older record of the same child. A tombstone removes the child's counts.
+        """
         if key is None:
             return
         try:
@@ -152,7 +158,11 @@ class SignalStore:
             return
         events = decode_signal_state(value)
         if events is not None:
-            self._state[pseudonym] = events
+            known = {e.concern_id: e for e in self._state.get(pseudonym, ())}
+            known.update((e.concern_id, e) for e in events)
+            self._state[pseudonym] = tuple(
+                sorted(known.values(), key=lambda e: (e.reported_at, e.concern_id))
+            )
 
     # -- following the topic -----------------------------------------------------------
 

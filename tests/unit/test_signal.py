@@ -306,6 +306,20 @@ def test_the_store_rebuilds_from_records_and_a_tombstone_erases() -> None:
     assert store.history([p]) == [] and len(store) == 1
 
 
+def test_a_lagging_follower_never_takes_a_count_away() -> None:
+    store = SignalStore(topic="hips.signals", bootstrap_servers="127.0.0.1:1", keep_days=365)
+    p = "f" * 32
+    (first,) = store.note([p], ev(1, 0))
+    store.committed()
+    (second,) = store.note([p], ev(2, 5))
+    store.committed()
+    # The follower now reads the router's own records, the older one first.
+    store.apply(first.key, first.value)
+    assert [e.concern_id for e in store.history([p])] == ["c1", "c2"]
+    store.apply(second.key, second.value)
+    assert [e.concern_id for e in store.history([p])] == ["c1", "c2"]
+
+
 def test_a_child_under_two_pseudonyms_is_counted_once() -> None:
     store = SignalStore(topic="hips.signals", bootstrap_servers="127.0.0.1:1", keep_days=365)
     nhs, police = "d" * 32, "e" * 32

@@ -75,6 +75,7 @@ from ._reports import (
     trail,
 )
 from ._risk import (
+    HIDDEN,
     RISK_CSV_HEADER,
     SUPPRESSED,
     RiskRow,
@@ -82,6 +83,7 @@ from ._risk import (
     risk_assessment_reasons,
     risk_report,
     suppress,
+    suppress_parts,
 )
 from ._vault import (
     SHRED_REASONS,
@@ -96,6 +98,7 @@ from ._vault import (
 )
 
 __all__ += [
+    "HIDDEN",
     "RISK_CSV_HEADER",
     "SHRED_REASONS",
     "SUPPRESSED",
@@ -123,6 +126,7 @@ __all__ += [
     "shred_subject",
     "subject_access_report",
     "suppress",
+    "suppress_parts",
     "trail",
     "vault_path_for",
 ]

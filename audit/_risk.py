@@ -10,9 +10,13 @@ RISK_FLAGGED entries.
 
 ``risk_report`` aggregates per partnership and calendar month (Europe/London):
 children assessed, their grades, each coded factor, and flags. Aggregates
-leave the exchange only with small-number suppression: every count below
-``SUPPRESS_BELOW`` (5) is shown as ``"<5"`` (zero included, so a suppressed
-cell never says whether anyone is behind it).
+leave the exchange only with small-number suppression, the rule of the
+analysts' dashboard: a count from 1 to 4 is shown as ``"<5"`` (0 stays 0:
+nothing to protect), and because the grades add up to the children assessed,
+when exactly one grade is suppressed the next smallest non-zero grade is
+hidden too (``"x"``), so the total cannot give the suppressed one away. Risk
+factors do not add up to anything (a child may have several), so they need
+no secondary suppression.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ._record import AuditRecord
 from ._reports import ALL_TIME, Period
 
 __all__ = [
+    "HIDDEN",
     "RISK_CSV_HEADER",
     "SUPPRESSED",
     "SUPPRESS_BELOW",
@@ -40,11 +45,14 @@ __all__ = [
     "risk_assessment_reasons",
     "risk_report",
     "suppress",
+    "suppress_parts",
 ]
 
-#: Counts below this are shown as ``SUPPRESSED``.
+#: Counts from 1 to below this are shown as ``SUPPRESSED``.
 SUPPRESS_BELOW = 5
 SUPPRESSED = "<5"
+#: What hides a second cell of a row with a total (secondary suppression).
+HIDDEN = "x"
 _LONDON = ZoneInfo("Europe/London")
 _LINE = re.compile(
     r"\Arisk assessment of child (?P<ref>[A-Za-z0-9._-]+): grade (?P<grade>HIGH|MEDIUM|LOW)"
@@ -99,8 +107,20 @@ def parse_risk_reason(reason: str) -> ParsedAssessment | None:
 
 
 def suppress(count: int) -> int | str:
-    """``count``, or ``"<5"`` when it is below ``SUPPRESS_BELOW``."""
-    return SUPPRESSED if count < SUPPRESS_BELOW else count
+    """``count``, or ``"<5"`` when it is from 1 to 4 (0 stays 0)."""
+    return SUPPRESSED if 0 < count < SUPPRESS_BELOW else count
+
+
+def suppress_parts(counts: Sequence[int]) -> list[int | str]:
+    """Counts that add up to a published total: primary suppression, then, if exactly
+    one is suppressed, the next smallest non-zero one is hidden (``"x"``) too."""
+    shown = [suppress(c) for c in counts]
+    hidden = [i for i, c in enumerate(counts) if 0 < c < SUPPRESS_BELOW]
+    if len(hidden) == 1:
+        others = sorted((c, i) for i, c in enumerate(counts) if i not in hidden and c > 0)
+        if others:
+            shown[others[0][1]] = HIDDEN
+    return shown
 
 
 @dataclass
@@ -116,23 +136,26 @@ class RiskRow:
 
     def to_json(self, *, suppressed: bool = True) -> dict[str, Any]:
         show = suppress if suppressed else (lambda n: n)
+        grades = [self.grades[g.value] for g in RiskGrade]
+        shown = suppress_parts(grades) if suppressed else list(grades)
         return {
             "partnership": self.lscp,
             "month": self.month,
             "children_assessed": show(self.children_assessed),
-            "grades": {g.value: show(self.grades[g.value]) for g in RiskGrade},
+            "grades": {g.value: v for g, v in zip(RiskGrade, shown, strict=True)},
             "factors": {f.value: show(self.factors[f.value]) for f in RiskFactor},
             "cumulative_flags": show(self.flags),
         }
 
     def csv_row(self) -> list[int | str]:
+        data = self.to_json()
         return [
             self.lscp,
             self.month,
-            suppress(self.children_assessed),
-            *(suppress(self.grades[g.value]) for g in RiskGrade),
-            *(suppress(self.factors[f.value]) for f in RiskFactor),
-            suppress(self.flags),
+            data["children_assessed"],
+            *(data["grades"][g.value] for g in RiskGrade),
+            *(data["factors"][f.value] for f in RiskFactor),
+            data["cumulative_flags"],
         ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from audit import RISK_CSV_HEADER, SUPPRESSED, risk_report
+from audit import HIDDEN, RISK_CSV_HEADER, SUPPRESSED, risk_report
 from schemas import Lscp, RiskFactor, RiskGrade
 
 from ._cli_audit_reports import _format_arg, _period, _period_args, _scan, _store
@@ -26,7 +26,8 @@ from ._cli_common import FORMATTER, out, settings_from
 __all__ = ["register_risk"]
 
 _NOTE = (
-    'counts below 5 are shown as "<5" (zero included); a child\'s assessment counts once per '
+    'counts from 1 to 4 are shown as "<5" (0 stays 0); an "x" hides a second grade so the '
+    "children total cannot reveal a suppressed one; a child's assessment counts once per "
     "partnership that decided on the concern, in the month of the decision"
 )
 
@@ -39,7 +40,12 @@ def cmd_risk(args: argparse.Namespace) -> int:
     if args.format == "json":
         body = {
             "period": period.to_json(),
-            "suppression": {"below": 5, "shown_as": SUPPRESSED},
+            "suppression": {
+                "counts_1_to_4_shown_as": SUPPRESSED,
+                "zero_shown_as": 0,
+                "secondary": f'"{HIDDEN}" hides a second grade so the children total cannot '
+                "reveal a suppressed one",
+            },
             "note": _NOTE,
             "rows": [row.to_json() for row in rows],
         }
@@ -85,8 +91,9 @@ def register_risk(audit_sub: Any) -> None:
         description="Aggregate the structured risk assessments recorded with each decision\n"
         "(children assessed, grades, each coded risk factor) and the cumulative-concern\n"
         "flags raised (RISK_FLAGGED), per partnership and calendar month (Europe/London).\n"
-        'Small-number suppression: every count below 5 is shown as "<5". docs/RISK.md\n'
-        "explains the fields and the thresholds.\n\n"
+        'Small-number suppression: a count from 1 to 4 is shown as "<5" (0 stays 0), and\n'
+        '"x" hides a second grade so the total cannot reveal a suppressed one.\n'
+        "docs/RISK.md explains the fields and the thresholds.\n\n"
         "examples:\n  safer audit risk\n"
         "  safer audit risk --format csv --from 2026-04-01 --to 2027-03-31 > risk.csv\n"
         "  safer audit risk --partnership portsmouth --format json",

@@ -23,6 +23,7 @@ from audit import (
     risk_assessment_reasons,
     risk_report,
     suppress,
+    suppress_parts,
 )
 from audit._reports import Period
 from safer import Runtime
@@ -76,9 +77,25 @@ def test_other_reasons_are_not_risk_lines() -> None:
     assert parse_risk_reason("risk assessment of child S1: grade PURPLE by X; factors: a") is None
 
 
-@pytest.mark.parametrize(("count", "shown"), [(0, "<5"), (1, "<5"), (4, "<5"), (5, 5), (40, 40)])
-def test_counts_below_five_are_suppressed(count: int, shown: int | str) -> None:
+@pytest.mark.parametrize(("count", "shown"), [(0, 0), (1, "<5"), (4, "<5"), (5, 5), (40, 40)])
+def test_counts_from_one_to_four_are_suppressed(count: int, shown: int | str) -> None:
     assert suppress(count) == shown
+
+
+@pytest.mark.parametrize(
+    ("counts", "shown"),
+    [
+        ([0, 6, 1], [0, "x", "<5"]),  # the total would give the 1 away: hide the 6 too
+        ([2, 9, 7], ["<5", 9, "x"]),  # the smallest other non-zero is hidden
+        ([2, 3, 9], ["<5", "<5", 9]),  # two suppressed: the total cannot tell them apart
+        ([0, 0, 3], [0, 0, "<5"]),  # nothing else to hide
+        ([5, 6, 0], [5, 6, 0]),
+    ],
+)
+def test_parts_of_a_total_get_secondary_suppression(
+    counts: list[int], shown: list[int | str]
+) -> None:
+    assert suppress_parts(counts) == shown
 
 
 def _decision(
@@ -155,7 +172,8 @@ def test_the_report_counts_children_once_per_partnership_and_month() -> None:
     assert march.factors == {"DOMESTIC_ABUSE": 6, "MISSING_EPISODES": 6, "NEGLECT": 1}
     assert march.flags == 2
     shown = march.to_json()
-    assert shown["children_assessed"] == 7 and shown["grades"]["LOW"] == "<5"
+    assert shown["children_assessed"] == 7
+    assert shown["grades"] == {"HIGH": 0, "MEDIUM": "x", "LOW": "<5"}
     assert shown["factors"]["NEGLECT"] == "<5" and shown["factors"]["DOMESTIC_ABUSE"] == 6
     assert shown["cumulative_flags"] == "<5"
     assert rows[("hampshire", "2026-03")].children_assessed == 1  # a withheld decision counts
@@ -198,10 +216,11 @@ def test_safer_audit_risk_prints_suppressed_csv_and_json(
     march = next(r for r in rows[1:] if r[:2] == ["portsmouth", "2026-03"])
     row = dict(zip(rows[0], march, strict=True))
     assert row["children_assessed"] == "7" and row["factor_NEGLECT"] == "<5"
-    assert row["cumulative_flags"] == "<5" and row[f"grade_{RiskGrade.MEDIUM}"] == "6"
+    assert row["cumulative_flags"] == "<5" and row[f"grade_{RiskGrade.MEDIUM}"] == "x"
+    assert row[f"grade_{RiskGrade.HIGH}"] == "0"
     assert _safer(runtime, "audit", "risk", "--format", "json", "--partnership", "hampshire") == 0
     body = json.loads(capsys.readouterr().out)
-    assert body["suppression"] == {"below": 5, "shown_as": "<5"}
+    assert body["suppression"]["counts_1_to_4_shown_as"] == "<5"
     assert [(r["partnership"], r["children_assessed"]) for r in body["rows"]] == [
         ("hampshire", "<5")
     ]

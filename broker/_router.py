@@ -1132,4 +1132,7 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             pass
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        # For operators sharing the work across routers: which partitions this one has.
+        _log.info(
+            "router.assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+        )

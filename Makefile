@@ -36,10 +36,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint kafka
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
+	$(BIN)/python bench/bench_scale_out.py
+	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_week.py
 	$(BIN)/python bench/bench_audit.py

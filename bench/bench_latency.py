@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench_common import last_routed_at, show_result
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from adapters import Inbox, synthetic_concerns
 from audit import AuditStore
@@ -50,26 +50,6 @@ console = Console(stderr=True)
 def _percentiles(values: list[float]) -> dict[str, float]:
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "p99": round(cuts[98], 1)}
-
-
-async def _count_routed(runtime: Runtime, expected: int, timeout: float) -> float:
-    """Wait until ``expected`` concerns are on the routed ledger; the last one's time (s)."""
-    consumer = make_consumer(runtime.bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    seen: dict[bytes, int] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        consumer.subscribe([runtime.settings.topics.routed])
-        while len(seen) < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(seen)} of {expected} routed in {timeout} s")
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    if record.key is not None:
-                        seen.setdefault(record.key, record.timestamp)
-    finally:
-        await consumer.stop()
-    return max(seen.values()) / 1000
 
 
 async def _watch_topics(runtime: Runtime, arrived: dict[str, float], stop: asyncio.Event) -> None:
@@ -125,7 +105,7 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                 console.print(f"capacity: a burst of {burst} concerns …")
                 started = time.time()
                 await send_all(producer, [police.prepare(c) for c in burst_items])
-                capacity = burst / (await _count_routed(runtime, burst, 600) - started)
+                capacity = burst / (await last_routed_at(runtime, burst, 600) - started)
                 rate = capacity * load
                 offered = max(int(rate * seconds), 20)
                 console.print(
@@ -147,7 +127,7 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                         sent_at[item.concern_id] = time.time()
                         await send_all(producer, [record])
                         progress.advance(task)
-                await _count_routed(runtime, burst + offered, 120)
+                await last_routed_at(runtime, burst + offered, 120)
                 await asyncio.sleep(3)  # the inboxes and the watcher catch up
             finally:
                 watch_stop.set()
@@ -183,12 +163,7 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
         "publish_to_topic_ms": _percentiles(to_topic),
         "publish_to_inbox_ms": _percentiles(to_inbox),
     }
-    table = Table(title=f"latency under safer up at {load:.0%} of capacity")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    console.print(table)
+    show_result(f"latency under safer up at {load:.0%} of capacity", result)
     return result
 
 

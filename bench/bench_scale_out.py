@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench_common import last_routed_at, show_result
 from rich.console import Console
-from rich.table import Table
 
 from adapters import synthetic_concerns
-from broker import Settings, kafka_engine, make_consumer, make_producer, send_all
+from broker import Settings, kafka_engine, make_producer, send_all
 from safer import Runtime
 from safer._logging import configure_logging
 from schemas import ConcernModel
@@ -55,27 +55,6 @@ def _assigned(log: Path) -> set[str]:
                 if event.get("event") == "router.assigned":
                     latest = set(event["partitions"])
     return latest
-
-
-async def _last_routed_at(runtime: Runtime, expected: int, timeout: float) -> float:
-    """Follow hips.routed until ``expected`` concerns are routed; the last one's time (s)."""
-    consumer = make_consumer(runtime.bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    seen: dict[bytes, int] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        consumer.subscribe([runtime.settings.topics.routed])
-        while len(seen) < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(seen)} of {expected} routed in {timeout} s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    if record.key is not None:
-                        seen.setdefault(record.key, record.timestamp)
-    finally:
-        await consumer.stop()
-    return max(seen.values()) / 1000
 
 
 async def measure(
@@ -113,7 +92,7 @@ async def measure(
             await send_all(producer, records)
         finally:
             await producer.stop()
-        span = await _last_routed_at(runtime, len(records), timeout=600) - started
+        span = await last_routed_at(runtime, len(records), timeout=600) - started
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -150,14 +129,9 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
         "all_one_router_per_s": [round(r, 1) for r in rates[1]],
         "all_two_routers_per_s": [round(r, 1) for r in rates[2]],
     }
-    table = Table(
-        title=f"router scale-out on {engine.name} ({concerns} concerns, best of {rounds})"
+    show_result(
+        f"router scale-out on {engine.name} ({concerns} concerns, best of {rounds})", result
     )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    console.print(table)
     return result
 
 

@@ -38,6 +38,7 @@ from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
+from ._cli_users import register as register_users
 from ._demo import run_demo
 from ._logging import configure_logging
 from ._runtime import (
@@ -598,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_inbox,
         register_track,
         register_secure,
+        register_users,
     ):
         register(sub)
     return parser

@@ -155,7 +155,7 @@ class Chart:
         segment of a fixed small width labelled with what the table shows.
         """
         palette = ("#1d70b8", "#d4351c", "#f47738", "#00703c", "#4c2c92", "#505a5f")
-        width, left, bar, gap = 640, 170, 22, 10
+        width, left, bar, gap = 720, 240, 22, 10
         biggest = max((sum(c.value or 0 for c in cells) for _, cells, _ in self.rows), default=0)
         scale = (width - left - 60) / max(biggest, 1)
         height = 30 + len(self.rows) * (bar + gap) + 30

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -79,9 +80,18 @@ class UserStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()  # the web app calls from worker threads
 
     def close(self) -> None:
         self._db.close()
+
+    def _sql(
+        self, sql: str, params: tuple[object, ...] = ()
+    ) -> tuple[list[tuple[object, ...]], int]:
+        """Rows and row count of one statement, one thread at a time."""
+        with self._lock:
+            cursor = self._db.execute(sql, params)
+            return cursor.fetchall(), cursor.rowcount
 
     def __enter__(self) -> UserStore:
         return self
@@ -114,7 +124,7 @@ class UserStore:
         scope = _check_scope(role, scope, recipients)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
-            self._db.execute(
+            self._sql(
                 "INSERT INTO users (name, role, scope, password_hash, created_at)"
                 " VALUES (?,?,?,?,?)",
                 (name, role.value, scope, _hasher.hash(password), now),
@@ -128,13 +138,13 @@ class UserStore:
         return User(name, role, scope, False, now)
 
     def get(self, name: str) -> User | None:
-        row = self._db.execute(
+        rows, _ = self._sql(
             "SELECT name, role, scope, disabled, created_at FROM users WHERE name = ?", (name,)
-        ).fetchone()
-        return _user(row) if row else None
+        )
+        return _user(rows[0]) if rows else None
 
     def list(self) -> list[User]:
-        rows = self._db.execute(
+        rows, _ = self._sql(
             "SELECT name, role, scope, disabled, created_at FROM users ORDER BY name"
         )
         return [_user(r) for r in rows]
@@ -147,14 +157,15 @@ class UserStore:
                 code=ReasonCode.CONFIG_INVALID,
                 hint="run `safer users list` to see the users",
             )
-        cursor = self._db.execute(
+        _, changed = self._sql(
             "UPDATE users SET disabled = 1 WHERE name = ? AND disabled = 0", (name,)
         )
-        return bool(cursor.rowcount)
+        return bool(changed)
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user, if the name and password match and the user is enabled; else None."""
-        row = self._db.execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
+        rows, _ = self._sql("SELECT password_hash FROM users WHERE name = ?", (name,))
+        row = rows[0] if rows else None
         stored = str(row[0]) if row else _DUMMY_HASH
         try:
             _hasher.verify(stored, password)
@@ -163,7 +174,7 @@ class UserStore:
         if row is None:
             return None
         if _hasher.check_needs_rehash(stored):
-            self._db.execute(
+            self._sql(
                 "UPDATE users SET password_hash = ? WHERE name = ?",
                 (_hasher.hash(password), name),
             )

@@ -35,7 +35,7 @@ from typing import Any
 
 from asgi_csrf import asgi_csrf
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -84,12 +84,14 @@ from .._inbox_flow import (
 from .._runtime import Runtime
 from .._users import Role, User, UserStore, users_path
 from ._dashboard import build_dashboard
+from ._lag import consumer_lag
 from ._metrics import AuditCollector
 
 __all__ = ["WebConfig", "create_app"]
 
 HERE = Path(__file__).parent
 QUERY_SOURCE = "safer-web"
+LAG_TTL = 10.0  # seconds between consumer lag measurements, however often /metrics is scraped
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,15 @@ def create_app(config: WebConfig) -> Starlette:
         "safer_web_receipts", "Receipts queued from the web inbox", ["status"], registry=registry
     )
     registry.register(AuditCollector(settings))
+    lag_gauge = Gauge(
+        "safer_consumer_lag",
+        "Records not yet read per consumer (router group, audit feed, each recipient adapter)",
+        ["group"],
+        registry=registry,
+    )
+    kafka_up = Gauge(
+        "safer_kafka_reachable", "1 when the last lag measurement reached Kafka", registry=registry
+    )
     users = UserStore(users_path(settings.data_dir))
     directory = load_deployment(settings.deploy_dir).directory
     recipient_names = {r.id: r.name for r in directory.recipients}
@@ -562,8 +573,18 @@ def create_app(config: WebConfig) -> Starlette:
         status = 200 if not problems else 503
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
 
+    lag_cache: dict[str, Any] = {"at": 0.0}
+
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if time.monotonic() - lag_cache["at"] > LAG_TTL:
+            lag_cache["at"] = time.monotonic()
+            lags = await consumer_lag(settings)
+            kafka_up.set(0 if lags is None else 1)
+            lag_gauge.clear()
+            for group, value in sorted((lags or {}).items()):
+                lag_gauge.labels(group).set(value)
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/", home),

@@ -423,6 +423,7 @@ def test_csrf_health_and_metrics_without_personal_data(site: Site) -> None:
         "partnership",
         "level",
         "kind",
+        "group",
     }
     assert {k for k, _ in labels} <= allowed_keys
     ids = {r.disclosure_id for r in site.records() if r.disclosure_id}
@@ -439,3 +440,13 @@ def test_csrf_health_and_metrics_without_personal_data(site: Site) -> None:
     }
     records = site.records()
     assert routed["QUARANTINED"] == sum(r.event is AuditEvent.QUARANTINED for r in records)
+    # Consumer lag per group, measured against Kafka: groups are service or recipient ids.
+    assert "safer_kafka_reachable 1.0" in body
+    lag = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'safer_consumer_lag\{group="([^"]+)"\} ([0-9.e+]+)', body)
+    }
+    recipients = {p.stem for p in (site.data / "inbox").glob("*.db")}
+    assert {"safer-router", "safer-audit-feed", PRACTITIONER_RECIPIENT} <= set(lag)
+    assert set(lag) <= recipients | {"safer-router", "safer-audit-feed"}
+    assert all(v >= 0 for v in lag.values())

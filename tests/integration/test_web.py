@@ -41,6 +41,7 @@ SHOTS = REPO / "docs" / "screenshots"
 PASSWORD = "a long synthetic passphrase"
 PRACTITIONER_RECIPIENT = "portsmouth-csc"
 PARTNERSHIP = "portsmouth"
+FRONT_DOOR = "hampshire-csc"  # seed 11 refers at least one concern to its triage queue
 DEMO_BAD_CODES = {
     "DECODE_ERROR",
     "MINIMUM_DATASET_MISSING",
@@ -134,6 +135,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             scope=PRACTITIONER_RECIPIENT,
             recipients=frozenset(directory_recipients),
         )
+        users.add(
+            "fd",
+            Role.PRACTITIONER,
+            PASSWORD,
+            scope=FRONT_DOOR,
+            recipients=frozenset(directory_recipients),
+        )
         users.add("aud", Role.AUDITOR, PASSWORD)
         users.add("dee", Role.DPO, PASSWORD)
         users.add("ana", Role.ANALYST, PASSWORD, scope=PARTNERSHIP)
@@ -218,7 +226,7 @@ def test_practitioner_sees_only_their_inbox_opens_and_actions(browser: Any, site
     shown = page.locator("[data-testid=inbox] tbody tr[data-disclosure]")
     ids = [shown.nth(i).get_attribute("data-disclosure") for i in range(shown.count())]
     assert ids and set(ids) <= own, "the inbox lists this recipient's disclosures only"
-    lefts = [t.strip() for t in page.locator("td.left").all_inner_texts()]
+    lefts = [t.strip() for t in page.locator("[data-testid=inbox] td.left").all_inner_texts()]
     overdue = [t.startswith("OVERDUE") for t in lefts]
     assert overdue == sorted(overdue, reverse=True), "overdue ones first"
     _shot(page, "inbox")
@@ -260,6 +268,21 @@ def test_practitioner_sees_only_their_inbox_opens_and_actions(browser: Any, site
     assert page.locator("[data-testid=reason-code]").inner_text() == "NOT_ADDRESSEE"
     response = page.goto("/audit")
     assert response is not None and response.status == 403
+    page.context.close()
+
+
+def test_referrals_appear_in_the_front_doors_triage_queue(browser: Any, site: Site) -> None:
+    referred = {
+        r.disclosure_id
+        for r in site.records()
+        if r.event is AuditEvent.REFERRED and r.recipient == FRONT_DOOR
+    }
+    assert referred, "the seeded data refers something to this front door"
+    page = _sign_in(browser, site, "fd")
+    page.goto("/inbox?all=1")
+    rows = page.locator("[data-testid=triage] tbody tr[data-disclosure]")
+    shown = {rows.nth(i).get_attribute("data-disclosure") for i in range(rows.count())}
+    assert shown == referred
     page.context.close()
 
 

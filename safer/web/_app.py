@@ -27,7 +27,6 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +54,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from audit import (
     AuditRecord,
     AuditStore,
+    Period,
     TrailQuery,
     entry_id_for,
     s62_log,
@@ -645,9 +645,7 @@ def protect(app: ASGIApp, config: WebConfig) -> ASGIApp:
     return wrapped
 
 
-def _period(start: str, end: str) -> Any:
-    from audit import Period
-
+def _period(start: str, end: str) -> Period:
     return Period(
         start=parse_when(start, end=False) if start else None,
         end=parse_when(end, end=True) if end else None,
@@ -672,7 +670,6 @@ class _Counting:
                 status[0] = int(message["status"])
             await send(message)
 
-        started = time.monotonic()
         try:
             await self.app(scope, receive, sending)  # type: ignore[arg-type]
         finally:
@@ -680,8 +677,4 @@ class _Counting:
             template = getattr(route, "path", None) or "(unmatched)"
             if template.startswith("/static"):
                 template = "/static"
-            _ = started
             self.counter.labels(template, scope.get("method", ""), str(status[0])).inc()
-
-
-AppFactory = Callable[[WebConfig], Awaitable[None]]

@@ -82,6 +82,7 @@ from ._risk import (
     parse_risk_reason,
     risk_assessment_reasons,
     risk_report,
+    risk_tables,
     suppress,
     suppress_parts,
 )
@@ -122,6 +123,7 @@ __all__ += [
     "parse_risk_reason",
     "risk_assessment_reasons",
     "risk_report",
+    "risk_tables",
     "s62_log",
     "shred_subject",
     "subject_access_report",

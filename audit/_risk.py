@@ -44,6 +44,7 @@ __all__ = [
     "parse_risk_reason",
     "risk_assessment_reasons",
     "risk_report",
+    "risk_tables",
     "suppress",
     "suppress_parts",
 ]
@@ -59,6 +60,7 @@ _LINE = re.compile(
     r" by (?P<method>[A-Z_]+)(?: \(DASH score (?P<dash>\d+)\))?; factors: (?P<factors>.*)\Z"
 )
 _NONE = "none recorded"
+_THRESHOLD = re.compile(r"cumulative-concern threshold '([a-z0-9][a-z0-9-]*)'")
 
 
 def risk_assessment_reasons(assessments: Sequence[RiskAssessment]) -> tuple[str, ...]:
@@ -217,3 +219,42 @@ def risk_report(
             row.grades[parsed.grade.value] += 1
             row.factors.update(f.value for f in set(parsed.factors))
     return [rows[k] for k in sorted(rows)]
+
+
+def risk_tables(
+    records: Iterable[AuditRecord], *, lscp: str, start: datetime, end: datetime
+) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+    """For the analysts' dashboard: one partnership's ``[start, end)``.
+
+    Returns (children assessed per risk factor, with the child's grade as the
+    column: each child once, in the period of the first decision about its
+    concern; a child with no factor is under "none recorded"), and (flags per
+    threshold, column ``RISK_FLAGGED``; a flag that met two thresholds counts
+    under each). Counts only: no id, pseudonym or text leaves this function.
+    """
+    factors: dict[str, Counter[str]] = {}
+    flags: dict[str, Counter[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    flagged: set[tuple[str, tuple[str, ...]]] = set()
+    decisions = {AuditEvent.DISCLOSED, AuditEvent.WITHHELD, AuditEvent.REFERRED}
+    for r in sorted(records, key=lambda r: r.at):
+        if r.lscp != lscp or not r.concern_id or not start <= r.at < end:
+            continue
+        if r.event is AuditEvent.RISK_FLAGGED:
+            key = (r.concern_id, tuple(sorted(r.subject_pseudonyms)))
+            if key in flagged:
+                continue
+            flagged.add(key)
+            for threshold in dict.fromkeys(m for x in r.reasons for m in _THRESHOLD.findall(x)):
+                flags.setdefault(threshold, Counter())["RISK_FLAGGED"] += 1
+            continue
+        if r.event not in decisions:
+            continue
+        for reason in r.reasons:
+            parsed = parse_risk_reason(reason)
+            if parsed is None or (r.concern_id, parsed.subject_ref) in seen:
+                continue
+            seen.add((r.concern_id, parsed.subject_ref))
+            for factor in dict.fromkeys(f.value for f in parsed.factors) or (_NONE,):
+                factors.setdefault(factor, Counter())[parsed.grade.value] += 1
+    return factors, flags

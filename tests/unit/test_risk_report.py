@@ -133,6 +133,10 @@ def _flag(n: int, concern: str, lscp: str, at: datetime) -> AuditRecord:
         recipient="portsmouth-csc",
         lscp=lscp,
         reason_codes=("CUMULATIVE_CONCERN",),
+        reasons=(
+            "child S1: cumulative-concern threshold 'third-concern-12-months' (third) met: …",
+            "front-door decision: REFER",
+        ),
         at=at,
         actor="safer-router",
     )
@@ -235,3 +239,28 @@ def test_policy_check_lists_the_cumulative_thresholds(
     text = capsys.readouterr().out
     assert "Cumulative-concern thresholds" in text
     assert "third-conc" in text and "365 days" in text  # the console may wrap long cells
+
+
+def test_the_analysts_dashboard_charts_risk_factors_and_flags() -> None:
+    from safer.web._dashboard import build_dashboard
+
+    board = build_dashboard(
+        records(), [], partnership="portsmouth", grain="month", bucket="2026-03"
+    )
+    factors = board.chart("risk-factors")
+    flags = board.chart("cumulative-flags")
+    assert factors is not None and flags is not None
+    rows = {row[0]: row[1:] for row in factors.csv_rows()[1:]}
+    assert factors.csv_rows()[0] == ["risk factor", "HIGH", "MEDIUM", "LOW", "total"]
+    assert rows["DOMESTIC_ABUSE"] == ["0", "6", "0", "6"]
+    assert rows["NEGLECT"] == ["0", "0", "<5", "<5"]
+    assert flags.csv_rows()[1:] == [["third-concern-12-months", "<5", "<5"]]
+    april = build_dashboard(
+        records(), [], partnership="portsmouth", grain="month", bucket="2026-04"
+    )
+    april_factors = april.chart("risk-factors")
+    assert april_factors is not None
+    assert {row[0] for row in april_factors.csv_rows()[1:]} == {
+        "DOMESTIC_ABUSE",
+        "MISSING_EPISODES",
+    }

@@ -25,6 +25,7 @@ from schemas import (
     CONCERN,
     Codec,
     ConcernModel,
+    EthnicGroup,
     Problem,
     ReasonCode,
     limit_problems,
@@ -84,6 +85,52 @@ def _problems(problems: Sequence[Problem]) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
+#: The police "18+1" self-defined ethnicity codes (NPCC; the ONS 2011 groups) and
+#: the ONS 2021 category each maps to (docs/police-json-format.md §3.3). Roma, new in
+#: 2021, has no 18+1 code: send WHITE_ROMA.
+SDE_CODES: dict[str, EthnicGroup] = {
+    "A1": EthnicGroup.ASIAN_INDIAN,
+    "A2": EthnicGroup.ASIAN_PAKISTANI,
+    "A3": EthnicGroup.ASIAN_BANGLADESHI,
+    "A4": EthnicGroup.ASIAN_CHINESE,
+    "A9": EthnicGroup.ASIAN_OTHER,
+    "B1": EthnicGroup.BLACK_CARIBBEAN,
+    "B2": EthnicGroup.BLACK_AFRICAN,
+    "B9": EthnicGroup.BLACK_OTHER,
+    "M1": EthnicGroup.MIXED_WHITE_AND_BLACK_CARIBBEAN,
+    "M2": EthnicGroup.MIXED_WHITE_AND_BLACK_AFRICAN,
+    "M3": EthnicGroup.MIXED_WHITE_AND_ASIAN,
+    "M9": EthnicGroup.MIXED_OTHER,
+    "O2": EthnicGroup.OTHER_ARAB,
+    "O9": EthnicGroup.OTHER_ANY,
+    "W1": EthnicGroup.WHITE_BRITISH,
+    "W2": EthnicGroup.WHITE_IRISH,
+    "W3": EthnicGroup.WHITE_GYPSY_OR_IRISH_TRAVELLER,
+    "W9": EthnicGroup.WHITE_OTHER,
+    "NS": EthnicGroup.NOT_STATED,
+}
+
+
+def _with_ethnicity_codes(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` with each subject's 18+1 ethnicity code (or lower-case category name)
+    replaced by the ONS 2021 category; anything else is left for validation to refuse."""
+    subjects = item.get("subjects")
+    if not isinstance(subjects, list):
+        return item
+    mapped = []
+    changed = False
+    for subject in subjects:
+        code = subject.get("ethnicity") if isinstance(subject, dict) else None
+        if isinstance(code, str):
+            key = code.strip().upper()
+            group = SDE_CODES.get(key) or (key if key in EthnicGroup.__members__ else None)
+            if group is not None and group != code:
+                subject = {**subject, "ethnicity": str(group)}
+                changed = True
+        mapped.append(subject)
+    return {**item, "subjects": mapped} if changed else item
+
+
 def parse_police_json(
     text: str, *, source: str, publisher_id: str, now: datetime | None = None
 ) -> list[ParsedRecord]:
@@ -123,7 +170,7 @@ def parse_police_json(
             )
             continue
         try:
-            concern = ConcernModel.model_validate(item)
+            concern = ConcernModel.model_validate(_with_ethnicity_codes(item))
         except pydantic.ValidationError as exc:
             parsed.append(
                 ParsedRecord(

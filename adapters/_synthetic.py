@@ -656,6 +656,75 @@ def _risk_assessments(
     return out
 
 
+#: Children's high-level ethnic groups per partnership, in percent, roughly as in the
+#: shipped reference data (deploy/equality/population-0-17.toml), for the generator only.
+_ETHNIC_SHARES: dict[str, tuple[tuple[str, float], ...]] = {
+    "hampshire": (("WHITE", 87.0), ("MIXED", 5.5), ("ASIAN", 4.6), ("BLACK", 1.6), ("OTHER", 1.3)),
+    "isle-of-wight": (
+        ("WHITE", 94.6),
+        ("MIXED", 3.1),
+        ("ASIAN", 1.4),
+        ("BLACK", 0.5),
+        ("OTHER", 0.4),
+    ),
+    "portsmouth": (("WHITE", 76.0), ("MIXED", 7.6), ("ASIAN", 9.2), ("BLACK", 4.6), ("OTHER", 2.6)),
+    "southampton": (
+        ("WHITE", 69.0),
+        ("MIXED", 8.0),
+        ("ASIAN", 12.5),
+        ("BLACK", 6.5),
+        ("OTHER", 4.0),
+    ),
+}
+#: Detailed ONS 2021 categories within each high-level group, with rough weights.
+_ETHNIC_DETAIL: dict[str, tuple[tuple[str, float], ...]] = {
+    "WHITE": (
+        ("WHITE_BRITISH", 88.0),
+        ("WHITE_IRISH", 0.8),
+        ("WHITE_GYPSY_OR_IRISH_TRAVELLER", 0.7),
+        ("WHITE_ROMA", 0.5),
+        ("WHITE_OTHER", 10.0),
+    ),
+    "MIXED": (
+        ("MIXED_WHITE_AND_ASIAN", 30.0),
+        ("MIXED_WHITE_AND_BLACK_AFRICAN", 15.0),
+        ("MIXED_WHITE_AND_BLACK_CARIBBEAN", 25.0),
+        ("MIXED_OTHER", 30.0),
+    ),
+    "ASIAN": (
+        ("ASIAN_BANGLADESHI", 15.0),
+        ("ASIAN_CHINESE", 10.0),
+        ("ASIAN_INDIAN", 30.0),
+        ("ASIAN_PAKISTANI", 20.0),
+        ("ASIAN_OTHER", 25.0),
+    ),
+    "BLACK": (("BLACK_AFRICAN", 70.0), ("BLACK_CARIBBEAN", 15.0), ("BLACK_OTHER", 15.0)),
+    "OTHER": (("OTHER_ARAB", 35.0), ("OTHER_ANY", 65.0)),
+}
+#: Share of concerns whose children have no ethnicity recorded, and "asked, not said".
+P_ETHNICITY_NOT_RECORDED = 0.08
+P_ETHNICITY_NOT_STATED = 0.05
+
+
+def _ethnicities(concern_id: str, lscp: str, subjects: Sequence[dict[str, Any]]) -> None:
+    """Give the concern's children an ethnicity (concern v4), drawn from a random
+    stream of their own (seeded by the concern id), so a seed gives the same people,
+    places and decisions as before v4. Siblings share the family's group; adults get
+    none (only children are monitored: data minimisation)."""
+    rng = random.Random(f"ethnicity|{concern_id}")  # noqa: S311 (test data, not security)
+    draw = rng.random()
+    if draw < P_ETHNICITY_NOT_RECORDED:
+        return
+    if draw < P_ETHNICITY_NOT_RECORDED + P_ETHNICITY_NOT_STATED:
+        detail = "NOT_STATED"
+    else:
+        high = _weighted(rng, _ETHNIC_SHARES.get(lscp, _ETHNIC_SHARES["hampshire"]))
+        detail = _weighted(rng, _ETHNIC_DETAIL[high])
+    for person in subjects:
+        if person["role"] in (SubjectRole.CHILD.value, SubjectRole.SIBLING.value):
+            person["ethnicity"] = detail
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -783,6 +852,7 @@ class _Generator:
             "responsible_la": None,
             "home_educated": False,
             "care_leaver": False,
+            "ethnicity": None,
         }
 
     def given_name(self, female: bool, *, adult: bool) -> str:
@@ -986,6 +1056,7 @@ class _Generator:
             adults = [s for s in subjects if s["role"] != SubjectRole.CHILD.value]
             carers_first = [s for s in adults if s["role"] == SubjectRole.PARENT_CARER.value]
             third_party = [rng.choice(carers_first or adults)["subject_ref"]]
+        _ethnicities(concern_id, home.lscp, subjects)
         return {
             "concern_id": concern_id,
             "source_agency": SOURCE_AGENCY,

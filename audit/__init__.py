@@ -60,6 +60,17 @@ __all__ = [
 ]
 
 # The questions auditors and DPOs ask, the FHIR export and the subject vault.
+from ._equality import (
+    MONITORED_GROUPS,
+    Population,
+    equality_counts,
+    equality_reasons,
+    is_equality_reason,
+    load_population,
+    parse_equality_reason,
+    rate_per_10k,
+    relative_rate_index,
+)
 from ._fhir import fhir_audit_events, fhir_bundle
 from ._reports import (
     Labels,
@@ -100,11 +111,13 @@ from ._vault import (
 
 __all__ += [
     "HIDDEN",
+    "MONITORED_GROUPS",
     "RISK_CSV_HEADER",
     "SHRED_REASONS",
     "SUPPRESSED",
     "Labels",
     "Period",
+    "Population",
     "RiskRow",
     "S62Entry",
     "ShredOutcome",
@@ -118,9 +131,16 @@ __all__ += [
     "canonical_identifier",
     "derive_vault_key",
     "enrol_subjects",
+    "equality_counts",
+    "equality_reasons",
     "fhir_audit_events",
     "fhir_bundle",
+    "is_equality_reason",
+    "load_population",
+    "parse_equality_reason",
     "parse_risk_reason",
+    "rate_per_10k",
+    "relative_rate_index",
     "risk_assessment_reasons",
     "risk_report",
     "risk_tables",

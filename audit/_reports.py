@@ -37,6 +37,7 @@ from typing import Any
 
 from schemas import AuditEvent, ConcernType, ReasonCode, ValidationError
 
+from ._equality import is_equality_reason
 from ._record import AuditRecord
 
 __all__ = [
@@ -176,6 +177,14 @@ def restricted_concerns(records: Iterable[AuditRecord]) -> set[str]:
     return {r.concern_id for r in records if r.concern_id and _RESTRICTED in r.reason_codes}
 
 
+def _shown_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
+    """Reasons for a view of trails and the s.62 log: without the router's equality
+    monitoring line (counts of the concern's children by ethnic group), which is only
+    ever read in aggregate (docs/EQUALITY.md). The hashed record keeps it; the subject
+    access report shows it to the subject, whose data it is."""
+    return tuple(r for r in reasons if not is_equality_reason(r))
+
+
 def concern_type_of(record: AuditRecord) -> str | None:
     """The concern type a decision record names in its reasons, if any.
 
@@ -313,7 +322,7 @@ def trail(
                 consent_state=r.consent_state,
                 fields=r.fields_disclosed,
                 reason_codes=r.reason_codes,
-                reasons=r.reasons,
+                reasons=_shown_reasons(r.reasons),
                 payload_sha256=r.payload_sha256,
                 restricted=r.concern_id in restricted,
             )
@@ -421,7 +430,7 @@ def s62_log(records: Iterable[AuditRecord], period: Period) -> list[S62Entry]:
             purpose=r.purpose,
             consent_state=r.consent_state,
             reason_codes=r.reason_codes,
-            reasons=r.reasons,
+            reasons=_shown_reasons(r.reasons),
             policy_revision=r.policy_revision,
             fields=r.fields_disclosed,
             payload_sha256=r.payload_sha256,

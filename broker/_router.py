@@ -36,7 +36,7 @@ from aiokafka import (
 from aiokafka.errors import KafkaError, ProducerFenced, UnsupportedVersionError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from audit import AuditRecord, entry_id_for, risk_assessment_reasons
+from audit import AuditRecord, entry_id_for, equality_reasons, risk_assessment_reasons
 from consent import (
     LONDON,
     Consent,
@@ -660,6 +660,9 @@ class RouterCore:
             *decision.reasons,
             *risk_assessment_reasons(concern.risk_assessments),
             *risk_warnings(concern),
+            # Equality monitoring (issue 14, docs/EQUALITY.md): the concern's children
+            # counted by high-level ethnic group only; no subject ref, no detailed group.
+            *equality_reasons(concern),
         )
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD

@@ -82,6 +82,10 @@ class MinimisedPayload:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
+#: The path a profile must name for a recipient to see a person's ethnicity.
+ETHNICITY_PATH = "subjects.ethnicity"
+
+
 @functools.lru_cache(maxsize=64)
 def _tree(fields: tuple[str, ...]) -> _Tree:
     root: _Tree = {}
@@ -590,7 +594,13 @@ def minimise(
     if "subjects" in tree:
         roles = {role.value for role in profile.subject_roles}
         subjects: list[dict[str, Any]] = []
+        # Ethnicity (concern v4) is special category data kept for aggregate equality
+        # monitoring: it reaches a recipient only if the profile names
+        # subjects.ethnicity itself, never through a bare "subjects" (docs/EQUALITY.md).
+        ethnicity_listed = ETHNICITY_PATH in profile.fields
         for subject in doc["subjects"]:
+            if not ethnicity_listed:
+                subject = {k: v for k, v in subject.items() if k != "ethnicity"}
             if subject["role"] not in roles:
                 continue
             if subject["subject_ref"] in withheld:

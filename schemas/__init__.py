@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._model import (
     DASH_MAX,
+    ETHNIC_GROUP_HIGH,
     LA_CODES,
     NOT_SOUGHT_REASONS,
     OVERRIDE_JUSTIFICATIONS,
@@ -32,6 +33,8 @@ from ._model import (
     ConcernType,
     ConsentState,
     ConsentStatement,
+    EthnicGroup,
+    EthnicGroupHigh,
     IncidentLocation,
     Lscp,
     NotSoughtReason,
@@ -74,6 +77,7 @@ __all__ = [
     "CONSENT_RECORD",
     "DASH_MAX",
     "DISCLOSURE",
+    "ETHNIC_GROUP_HIGH",
     "LA_CODES",
     "LIMITS",
     "NOT_SOUGHT_REASONS",
@@ -95,6 +99,8 @@ __all__ = [
     "DecodeError",
     "Decoded",
     "EmbeddedRegistry",
+    "EthnicGroup",
+    "EthnicGroupHigh",
     "IncidentLocation",
     "Limits",
     "LogTamperedError",

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 __all__ = [
     "DASH_MAX",
+    "ETHNIC_GROUP_HIGH",
     "LA_CODES",
     "NOT_SOUGHT_REASONS",
     "OVERRIDE_JUSTIFICATIONS",
@@ -26,6 +27,8 @@ __all__ = [
     "ConcernType",
     "ConsentState",
     "ConsentStatement",
+    "EthnicGroup",
+    "EthnicGroupHigh",
     "IncidentLocation",
     "Lscp",
     "NotSoughtReason",
@@ -106,6 +109,61 @@ class SubjectRole(StrEnum):
     SIBLING = "SIBLING"
     ALLEGED_PERPETRATOR = "ALLEGED_PERPETRATOR"
     OTHER_ADULT = "OTHER_ADULT"
+
+
+class EthnicGroup(StrEnum):
+    """ONS Census 2021 ethnic group, the 19 detailed categories (concern v4, issue 14;
+    docs/EQUALITY.md), plus NOT_STATED (asked, and the person did not say).
+
+    Special category data (UK GDPR Art. 9): for aggregate equality monitoring only.
+    Never rename or reuse a value.
+    """
+
+    ASIAN_BANGLADESHI = "ASIAN_BANGLADESHI"
+    ASIAN_CHINESE = "ASIAN_CHINESE"
+    ASIAN_INDIAN = "ASIAN_INDIAN"
+    ASIAN_PAKISTANI = "ASIAN_PAKISTANI"
+    ASIAN_OTHER = "ASIAN_OTHER"
+    BLACK_AFRICAN = "BLACK_AFRICAN"
+    BLACK_CARIBBEAN = "BLACK_CARIBBEAN"
+    BLACK_OTHER = "BLACK_OTHER"
+    MIXED_WHITE_AND_ASIAN = "MIXED_WHITE_AND_ASIAN"
+    MIXED_WHITE_AND_BLACK_AFRICAN = "MIXED_WHITE_AND_BLACK_AFRICAN"
+    MIXED_WHITE_AND_BLACK_CARIBBEAN = "MIXED_WHITE_AND_BLACK_CARIBBEAN"
+    MIXED_OTHER = "MIXED_OTHER"
+    WHITE_BRITISH = "WHITE_BRITISH"
+    WHITE_IRISH = "WHITE_IRISH"
+    WHITE_GYPSY_OR_IRISH_TRAVELLER = "WHITE_GYPSY_OR_IRISH_TRAVELLER"
+    WHITE_ROMA = "WHITE_ROMA"
+    WHITE_OTHER = "WHITE_OTHER"
+    OTHER_ARAB = "OTHER_ARAB"
+    OTHER_ANY = "OTHER_ANY"
+    NOT_STATED = "NOT_STATED"
+
+    @property
+    def high_level(self) -> EthnicGroupHigh:
+        """The ONS high-level group (5 groups, or NOT_STATED)."""
+        if self is EthnicGroup.NOT_STATED:
+            return EthnicGroupHigh.NOT_STATED
+        return EthnicGroupHigh(self.value.split("_", 1)[0])
+
+
+class EthnicGroupHigh(StrEnum):
+    """The five ONS 2021 high-level ethnic groups, plus NOT_STATED. The only form of
+    ethnicity the exchange keeps after routing (docs/EQUALITY.md)."""
+
+    ASIAN = "ASIAN"  # Asian, Asian British or Asian Welsh
+    BLACK = "BLACK"  # Black, Black British, Black Welsh, Caribbean or African
+    MIXED = "MIXED"  # Mixed or Multiple ethnic groups
+    WHITE = "WHITE"  # White
+    OTHER = "OTHER"  # Other ethnic group
+    NOT_STATED = "NOT_STATED"  # not recorded, or asked and not said
+
+
+#: Each high-level group and its detailed categories, in ONS order.
+ETHNIC_GROUP_HIGH: dict[EthnicGroupHigh, tuple[EthnicGroup, ...]] = {
+    high: tuple(g for g in EthnicGroup if g.high_level is high) for high in EthnicGroupHigh
+}
 
 
 class ConsentState(StrEnum):
@@ -258,6 +316,8 @@ class Subject(BaseModel):
     responsible_la: str | None = None
     home_educated: bool = False
     care_leaver: bool = False
+    #: v4 (issue 14): ONS 2021 ethnic group; None when not recorded. Monitoring only.
+    ethnicity: EthnicGroup | None = None
 
     @field_validator("nhs_number")
     @classmethod

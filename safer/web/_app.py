@@ -55,8 +55,11 @@ from audit import (
     AuditRecord,
     AuditStore,
     Period,
+    Population,
     TrailQuery,
     entry_id_for,
+    is_equality_reason,
+    load_population,
     s62_log,
     subject_access_report,
     trail,
@@ -134,6 +137,8 @@ def create_app(config: WebConfig) -> Starlette:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # The disclosure page leaves out the router's equality line (docs/EQUALITY.md).
+    env.globals["is_equality_reason"] = is_equality_reason
     registry = CollectorRegistry()
     requests_total = Counter(
         "safer_web_requests",
@@ -166,6 +171,12 @@ def create_app(config: WebConfig) -> Starlette:
     users = UserStore(users_path(settings.data_dir))
     directory = load_deployment(settings.deploy_dir).directory
     recipient_names = {r.id: r.name for r in directory.recipients}
+    # Equality monitoring's denominators (docs/EQUALITY.md); without the file the
+    # dashboard shows counts and says there are no rates.
+    population_file = settings.deploy_dir / "equality" / "population-0-17.toml"
+    population: Population | None = (
+        load_population(population_file) if population_file.exists() else None
+    )
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
         user: User | None = request.state.user if hasattr(request.state, "user") else None
@@ -531,6 +542,7 @@ def create_app(config: WebConfig) -> Starlette:
             partnership=user.scope or "",
             grain=request.query_params.get("grain", "month"),
             bucket=request.query_params.get("period"),
+            population=population,
         )
 
     def analyst_page(request: Request) -> Response:

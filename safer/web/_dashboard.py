@@ -26,7 +26,15 @@ from html import escape
 from statistics import median
 from zoneinfo import ZoneInfo
 
-from audit import AuditRecord, risk_tables
+from audit import (
+    MONITORED_GROUPS,
+    AuditRecord,
+    Population,
+    equality_counts,
+    rate_per_10k,
+    relative_rate_index,
+    risk_tables,
+)
 from audit._reports import concern_type_of  # the concern type the router wrote in the reasons
 from consent import Tracked, completed_at
 from schemas import AuditEvent
@@ -36,6 +44,7 @@ __all__ = [
     "Cell",
     "Chart",
     "Dashboard",
+    "EqualityTable",
     "bucket_of",
     "buckets",
     "build_dashboard",
@@ -224,6 +233,148 @@ def _chart(
     return Chart(key, title, row_label, tuple(columns), tuple(rows), note)
 
 
+# -- equality monitoring (issue 14, docs/EQUALITY.md) ----------------------------------------
+
+#: The equality chart's columns: the five ONS 2021 high-level groups, then not stated.
+ETHNIC_COLUMNS = (*(g.value for g in MONITORED_GROUPS), "NOT_STATED")
+_RATE_GROUPS = tuple(g.value for g in MONITORED_GROUPS)
+
+
+@dataclass(frozen=True)
+class EqualityTable:
+    """Rates per 10,000 children and the relative rate index, per concern type.
+
+    Built from the suppressed cells of the ``equality`` chart, never from raw
+    counts alone: where a count is hidden (``<5`` or ``x``) its rate and RRI are
+    hidden with the same mark, and where the White count is hidden every RRI of
+    that row is too (an RRI and a rate would give the White rate back).
+    """
+
+    key: str
+    title: str
+    rows: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (type, ((rate, rri) per group))
+    source: str
+    warning: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "chart": self.key,
+            "title": self.title,
+            "measure": "children in concerns in the period per 10,000 children aged 0-17 "
+            "of the group; RRI = rate for the group / rate for the White group",
+            "suppression": "a rate or RRI is hidden (<5 or x) wherever its count is; every "
+            "RRI of a row is hidden (x) when the White count is",
+            "population_source": self.source,
+            "population_warning": self.warning,
+            "columns": [
+                "concern type",
+                *(f"{g} {m}" for g in _RATE_GROUPS for m in ("rate per 10k", "RRI")),
+            ],
+            "rows": [[label, *(v for pair in pairs for v in pair)] for label, pairs in self.rows],
+        }
+
+    def csv_rows(self) -> list[list[str]]:
+        data = self.to_json()
+        columns, rows = data["columns"], data["rows"]
+        assert isinstance(columns, list) and isinstance(rows, list)
+        return [[str(c) for c in columns], *[[str(v) for v in row] for row in rows]]
+
+    def svg(self) -> str:
+        """RRI per group and concern type as bars around a line at 1 (parity with White).
+
+        Hidden values are not drawn; the table says why.
+        """
+        palette = ("#1d70b8", "#d4351c", "#f47738", "#00703c", "#4c2c92")
+        width, left, bar = 720, 240, 8
+        values = [float(rri) for _, pairs in self.rows for _, rri in pairs if _is_number(rri)]
+        top = max([2.0, *values])
+        scale = (width - left - 60) / top
+        block = bar * len(_RATE_GROUPS) + 10
+        height = 30 + len(self.rows) * block + 20
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart" '
+            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'aria-label="{escape(self.title)}" data-chart="{escape(self.key)}">'
+        ]
+        for n, group in enumerate(_RATE_GROUPS):
+            key_x = left + n * 90
+            parts.append(
+                f'<rect x="{key_x}" y="4" width="12" height="12" fill="{palette[n]}"/>'
+                f'<text x="{key_x + 16}" y="14" font-size="11">{escape(group.lower())}</text>'
+            )
+        parity = left + scale
+        parts.append(
+            f'<line x1="{parity:.1f}" y1="22" x2="{parity:.1f}" y2="{height - 16}" '
+            'stroke="#0b0c0c" stroke-dasharray="4 3"/>'
+            f'<text x="{parity:.1f}" y="{height - 4}" font-size="11" text-anchor="middle">'
+            "RRI 1</text>"
+        )
+        for i, (label, pairs) in enumerate(self.rows):
+            y = 30 + i * block
+            parts.append(
+                f'<text x="{left - 6}" y="{y + block / 2:.0f}" font-size="12" '
+                f'text-anchor="end">{escape(label)}</text>'
+            )
+            for n, (_, rri) in enumerate(pairs):
+                if not _is_number(rri):
+                    continue
+                w = float(rri) * scale
+                parts.append(
+                    f'<rect x="{left}" y="{y + n * bar}" width="{w:.1f}" height="{bar - 1}" '
+                    f'fill="{palette[n]}" data-column="{_RATE_GROUPS[n]}" data-shown="{rri}">'
+                    f"<title>{escape(label)}, {_RATE_GROUPS[n].lower()}: RRI {rri}</title>"
+                    "</rect>"
+                )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _equality_table(chart: Chart, population: Population | None, partnership: str) -> EqualityTable:
+    title = "Rate per 10,000 children and relative rate index (RRI, White = 1), by concern type"
+    people = population.of(partnership) if population is not None else {}
+    rows = []
+    white = ETHNIC_COLUMNS.index("WHITE")
+    for label, cells, _ in chart.rows:
+        white_cell = cells[white]
+        white_rate = (
+            rate_per_10k(white_cell.value, people.get("WHITE", 0))
+            if white_cell.value is not None
+            else None
+        )
+        pairs = []
+        for n, group in enumerate(_RATE_GROUPS):
+            cell = cells[n]
+            if cell.value is None:
+                pairs.append((cell.shown, cell.shown))
+                continue
+            rate = rate_per_10k(cell.value, people.get(group, 0))
+            if rate is None:
+                pairs.append(("no population", "no population"))
+                continue
+            if white_cell.value is None:
+                rri = white_cell.shown if group == "WHITE" else "x"
+            else:
+                index = relative_rate_index(rate, white_rate)
+                rri = f"{index:.2f}" if index is not None else "n/a (White rate 0)"
+            pairs.append((f"{rate:.1f}", rri))
+        rows.append((label, tuple(pairs)))
+    return EqualityTable(
+        "equality-rri",
+        title,
+        tuple(rows),
+        population.source if population is not None else "no reference data loaded",
+        population.warning if population is not None else "no reference data: no rates",
+    )
+
+
 # -- the dashboard -----------------------------------------------------------------------------
 
 
@@ -248,8 +399,11 @@ class Dashboard:
     charts: tuple[Chart, ...]
     timeliness: Timeliness
     notes: tuple[str, ...] = field(default=())
+    equality: EqualityTable | None = None
 
-    def chart(self, key: str) -> Chart | None:
+    def chart(self, key: str) -> Chart | EqualityTable | None:
+        if self.equality is not None and key == self.equality.key:
+            return self.equality
         return next((c for c in self.charts if c.key == key), None)
 
 
@@ -268,6 +422,7 @@ def build_dashboard(
     grain: str,
     bucket: str | None,
     now: datetime | None = None,
+    population: Population | None = None,
 ) -> Dashboard:
     """The partnership's dashboard for one week or month (the newest with data by default).
 
@@ -332,6 +487,14 @@ def build_dashboard(
         "deadlines": Counter({"MET": met, "BREACHED": breached, "OPEN": open_in_time})
     }
     risk_factors, risk_flags = risk_tables(records, lscp=partnership, start=start, end=end)
+    ethnic = equality_counts(records, lscp=partnership, start=start, end=end)
+    equality_chart = _chart(
+        "equality",
+        "Children in concerns, by concern type and ethnic group (ONS 2021 high-level groups)",
+        "concern type",
+        ETHNIC_COLUMNS,
+        ethnic,
+    )
     charts = (
         _chart(
             "concern-type",
@@ -370,6 +533,7 @@ def build_dashboard(
             ("RISK_FLAGGED",),
             risk_flags,
         ),
+        equality_chart,
         _chart(
             "quarantine",
             "Quarantine by reason (the whole exchange: a quarantined record has no partnership)",
@@ -393,4 +557,5 @@ def build_dashboard(
             receipt_median=_hours(receipt_waits),
             action_median=_hours(action_waits),
         ),
+        equality=_equality_table(equality_chart, population, partnership),
     )

@@ -217,7 +217,7 @@ def test_concern_v3_round_trips_the_assessment() -> None:
     wire = codec.encode(CONCERN, concern.to_avro())
     back = ConcernModel.from_avro(codec.decode(wire, expect=CONCERN).record)
     assert back == concern
-    assert catalogue()[CONCERN][-1].version == 3
+    assert catalogue()[CONCERN][-1].version >= 3  # the newest is v4 since issue 14
 
 
 # ---------------------------------------------------------------- who sees what

@@ -533,7 +533,6 @@ def build_dashboard(
             ("RISK_FLAGGED",),
             risk_flags,
         ),
-        equality_chart,
         _chart(
             "quarantine",
             "Quarantine by reason (the whole exchange: a quarantined record has no partnership)",
@@ -541,6 +540,8 @@ def build_dashboard(
             ("QUARANTINED",),
             quarantine,
         ),
+        # Issue 14 (docs/EQUALITY.md): last, so that the rates and RRI follow it.
+        equality_chart,
     )
     cells, total = suppress([met, breached, open_in_time])
     return Dashboard(

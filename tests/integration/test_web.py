@@ -338,6 +338,7 @@ def test_trail_and_sar_views_are_audited_without_the_identifier(browser: Any, si
     page.wait_for_selector("[data-testid=trail]")
     events = _table(page, "trail")
     assert events and any(row[2] == "DISCLOSED" for row in events)
+    assert "ethnic group" not in page.content(), "no per-child view of ethnicity (issue 14)"
     seq = int(page.locator("[data-testid=queried-seq]").inner_text())
     _shot(page, "trail")
     page.goto(f"/audit/sar?subject=nhs:{nhs}")
@@ -420,6 +421,103 @@ def test_analyst_sees_suppressed_aggregates_of_their_partnership_only(
     for path in ("/audit/trail", "/inbox", "/audit/quarantine"):
         response = page.goto(path)
         assert response is not None and response.status == 403, path
+    page.context.close()
+
+
+def test_equality_monitoring_shows_suppressed_counts_rates_and_rri(
+    browser: Any, site: Site
+) -> None:
+    """Issue 14 point 2: recomputed here from the router's equality lines in the log."""
+    from audit import load_population
+    from safer.web._dashboard import bucket_of
+
+    page = _sign_in(browser, site, "ana")
+    page.goto("/analyst")
+    period = page.request.get("/analyst/export/equality.json").json()["period"]
+    line = re.compile(
+        r"\Aequality monitoring \(aggregate\): children by ethnic group for concern type "
+        r"([A-Z_]+): (.+)\Z"
+    )
+    raw: dict[str, Counter[str]] = {}
+    seen: set[str] = set()
+    lines = 0
+    for r in site.records():
+        for reason in r.reasons:
+            m = line.match(reason)
+            if not m:
+                continue
+            lines += 1
+            assert not re.search(r"\bS\d+\b", reason), "no subject reference"
+            if (
+                r.lscp != PARTNERSHIP
+                or r.concern_id in seen
+                or r.event.value not in ("DISCLOSED", "WITHHELD", "REFERRED")
+                or bucket_of(r.at, "month") != period
+            ):
+                continue
+            seen.add(r.concern_id or "")
+            for part in m.group(2).split(", "):
+                group, number = part.split(" ")
+                raw.setdefault(m.group(1), Counter())[group] += int(number)
+    assert lines and raw, "the router records the aggregate line for the demo's concerns"
+
+    groups = ("ASIAN", "BLACK", "MIXED", "WHITE", "OTHER", "NOT_STATED")
+    table = _table(page, "table-equality")
+    assert [row[0] for row in table] == sorted(raw)
+    shown_counts: dict[str, list[str]] = {}
+    for label, *cells, total in table:
+        counts = [raw[label].get(g, 0) for g in groups]
+        for shown, count in zip(cells, counts, strict=True):
+            if shown == "<5":
+                assert 1 <= count <= 4
+            elif shown == "x":
+                assert count >= 5
+            else:
+                assert int(shown) == count and (count == 0 or count >= 5)
+        assert total == ("<5" if 0 < sum(counts) < 5 else str(sum(counts)))
+        # secondary suppression: a lone hidden count is only ever the row's only count
+        assert sum(c in ("<5", "x") for c in cells) != 1 or total == "<5"
+        shown_counts[label] = cells
+
+    # Rates and RRIs: from the shown counts and the shipped population, hidden with them.
+    people = load_population(REPO / "deploy" / "equality" / "population-0-17.toml").of(PARTNERSHIP)
+    rates = _table(page, "table-equality-rri")
+    assert [row[0] for row in rates] == sorted(raw)
+    for label, *pairs in rates:
+        cells = shown_counts[label]
+        white = cells[3]
+        for n, group in enumerate(groups[:5]):
+            rate, rri = pairs[2 * n], pairs[2 * n + 1]
+            if cells[n] in ("<5", "x"):
+                assert (rate, rri) == (cells[n], cells[n])
+                continue
+            assert rate == f"{int(cells[n]) * 10_000 / people[group]:.1f}"
+            if white in ("<5", "x"):
+                assert rri in ("<5", "x"), "no RRI beside a hidden White count"
+            elif int(white) > 0:
+                white_rate = int(white) * 10_000 / people["WHITE"]
+                expected = int(cells[n]) * 10_000 / people[group] / white_rate
+                assert rri == f"{expected:.2f}"
+    assert "check" in page.locator("[data-testid=population-warning]").inner_text()
+    assert "TS021" in page.content()
+    _shot(page, "analyst-equality")
+
+    # Exports match the tables; the count chart draws what the table shows.
+    for key in ("equality", "equality-rri"):
+        shown = _table(page, f"table-{key}")
+        exported = page.request.get(f"/analyst/export/{key}.csv").text()
+        assert list(csv.reader(io.StringIO(exported)))[1:] == shown
+        assert page.request.get(f"/analyst/export/{key}.json").json()["rows"] == shown
+    bars = page.locator("svg[data-chart=equality] rect[data-shown]")
+    drawn = [bars.nth(i).get_attribute("data-shown") for i in range(bars.count())]
+    assert drawn == [c for row in table for c in row[1:-1] if c != "0"]
+
+    # Never per child: no detailed category on the page, nor in any recipient's payload.
+    content = page.content()
+    assert not re.search(r"WHITE_BRITISH|ASIAN_[A-Z]+|BLACK_[A-Z]+|MIXED_WHITE", content)
+    for payloads in _inbox_payloads(site.data).values():
+        for _, payload in payloads:
+            assert all("ethnicity" not in s for s in payload.get("subjects", []))
     page.context.close()
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from schemas import AuditEvent, ReasonCode
 
+from ._equality import is_equality_reason
 from ._record import AuditRecord
 from ._reports import (
     ALL_TIME,
@@ -164,7 +165,8 @@ def fhir_audit_events(
         if record.lawful_basis:
             desc += f" under {labels.citation(record.lawful_basis)}"
     else:
-        desc = "; ".join(record.reasons) or "received"
+        # Never the equality line (aggregate use only: docs/EQUALITY.md).
+        desc = "; ".join(r for r in record.reasons if not is_equality_reason(r)) or "received"
     details: list[dict[str, str]] = []
     if record.seq is not None:
         details.append({"type": "audit_log_seq", "valueString": str(record.seq)})

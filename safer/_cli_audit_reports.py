@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import getpass
 import io
 import json
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -40,6 +42,7 @@ from audit import (
     audit_stats,
     canonical_identifier,
     derive_vault_key,
+    entry_id_for,
     fhir_bundle,
     s62_log,
     shred_subject,
@@ -325,6 +328,60 @@ TRAIL_COLUMNS = (
 )
 
 
+#: The ``source`` of a QUERIED entry written by the CLI (the web app's is "safer-web").
+CLI_QUERY_SOURCE = "safer-cli"
+
+
+def _viewer(args: argparse.Namespace) -> str:
+    """Who is looking: ``--as NAME``, or else the operating-system user."""
+    name = (getattr(args, "as_user", None) or "").strip()
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):
+            name = ""
+    if not name or len(name) > 64 or not name.isprintable() or " " in name:
+        raise ValidationError(
+            "cannot tell who is looking at this subject's records",
+            fields=("as",),
+            hint="name yourself with --as NAME (up to 64 characters, no spaces)",
+        )
+    return name
+
+
+def _record_query(
+    settings: Settings, args: argparse.Namespace, kind: str, subject: SubjectQuery, filters: str
+) -> int:
+    """Record the view itself in the audit log, as the web app does (BALP Query).
+
+    Who (``cli:`` + the viewer), what (the kind of view and its filters) and when;
+    the subject by pseudonym only: the identifier typed is never stored.
+    """
+    record = AuditRecord(
+        entry_id=entry_id_for(AuditEvent.QUERIED, uuid.uuid4().hex),
+        event=AuditEvent.QUERIED,
+        subject_pseudonyms=tuple(sorted(subject.pseudonyms)),
+        source=CLI_QUERY_SOURCE,
+        purpose=f"{kind} viewed with safer audit",
+        reasons=(f"view {kind}", f"filters {filters}" if filters else "no filters"),
+        at=datetime.now(UTC),
+        actor=f"cli:{_viewer(args)}",
+    )
+    with _store(settings) as store:
+        result = store.append([record])
+    return int(result[0].seq)
+
+
+def _trail_filters(query: TrailQuery) -> str:
+    parts = [
+        *(f"recipient={r}" for r in sorted(query.recipients)),
+        *(f"lawful_basis={b}" for b in sorted(query.lawful_bases)),
+        *(f"event={e.value}" for e in sorted(query.events, key=lambda e: e.value)),
+        *(f"{k}={v}" for k, v in query.period.to_json().items() if v),
+    ]
+    return " ".join(parts)
+
+
 def cmd_trail(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     subject = _subject(args, settings)
@@ -335,9 +392,12 @@ def cmd_trail(args: argparse.Namespace) -> int:
         events=_events(args.event),
         period=_period(args),
     )
+    viewer = _viewer(args)  # before reading: refuse early if we cannot say who looks
     with _store(settings) as store:
         records = _subject_records(store, subject, "scanning the audit log")
     entries = trail(records, subjects=subject.pseudonyms, query=query)
+    args.as_user = viewer
+    _record_query(settings, args, "trail", subject, _trail_filters(query))
     rows = [e.to_json(labels) for e in entries]
     if args.format == "json":
         _emit_json(
@@ -592,6 +652,7 @@ def _sar_text(subject: SubjectQuery, report_json: dict[str, Any], verified: str)
 def cmd_sar(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     subject = _subject(args, settings)
+    viewer = _viewer(args)
     labels = _labels(settings)
     try:
         summary = verify_store(settings.audit_db)
@@ -607,6 +668,8 @@ def cmd_sar(args: argparse.Namespace) -> int:
     with _store(settings) as store:
         records = _subject_records(store, subject, "searching the audit log")
     report = subject_access_report(records, subjects=subject.pseudonyms, now=datetime.now(UTC))
+    args.as_user = viewer
+    _record_query(settings, args, "subject access report", subject, "")
     body = report.to_json(labels)
     if args.format == "json":
         _emit_json(
@@ -931,6 +994,16 @@ def _format_arg(parser: argparse.ArgumentParser, choices: Sequence[str], default
     )
 
 
+def _as_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as",
+        dest="as_user",
+        metavar="NAME",
+        help="who is looking, for the QUERIED entry this view writes to the audit log "
+        "(default: your operating-system user name)",
+    )
+
+
 def register_reports(audit_sub: Any) -> None:
     """Adds the reporting actions to the `audit` command group."""
     add: Callable[..., argparse.ArgumentParser] = audit_sub.add_parser
@@ -952,6 +1025,9 @@ def register_reports(audit_sub: Any) -> None:
         "  nhs:9990001234 | 9990001234 | 'nhs:999 000 1234'   NHS number (check digit checked)\n"
         "  police:HC-P-1234567                                  police person id\n"
         "  'name-dob:smith|amy|2014-03-02'                      someone with neither number\n\n"
+        "Each run is itself recorded in the audit log as a QUERIED entry: who looked\n"
+        "(--as NAME, or your operating-system user), at what (the view and its\n"
+        "filters) and when. The subject is recorded by pseudonym, never as typed.\n\n"
         "examples:\n"
         "  safer audit trail --subject nhs:9990001234\n"
         "  safer audit trail --subject 9990001234 --event DISCLOSED --from 2025-04-01\n"
@@ -976,6 +1052,7 @@ def register_reports(audit_sub: Any) -> None:
     )
     _period_args(p)
     _format_arg(p, ("table", "csv", "json"), "table")
+    _as_arg(p)
     p.set_defaults(func=cmd_trail)
 
     report = add(
@@ -1006,13 +1083,15 @@ def register_reports(audit_sub: Any) -> None:
         "Entries of a restricted concern are withheld under DPA 2018 s.45(4), with\n"
         "the reason recorded at the time. Nothing about any other person is included.\n"
         "The log is verified end to end first; exit code 1 if it fails.\n\n"
-        "The identifier forms are those of `safer audit trail --help`.\n\n"
+        "The identifier forms are those of `safer audit trail --help`. Like a trail,\n"
+        "each report is recorded in the audit log as a QUERIED entry (who, what, when).\n\n"
         "examples:\n"
         "  safer audit sar --subject nhs:9990001234 > sar-2025-017.txt\n"
         "  safer audit sar --subject 9990001234 --subject police:HC-P-1234567 --format json",
     )
     _subject_args(p, required=True)
     _format_arg(p, ("text", "json"), "text")
+    _as_arg(p)
     p.set_defaults(func=cmd_sar)
 
     p = add(

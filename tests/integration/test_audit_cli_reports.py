@@ -10,6 +10,7 @@ ask about and to scan every output for anybody else's data.
 from __future__ import annotations
 
 import csv
+import getpass
 import io
 import json
 import os
@@ -181,10 +182,10 @@ def _about(demo: Demo, ids: list[str], data: Path | None = None) -> list[AuditRe
 
 def test_trail_of_a_child_shows_every_event_and_nobody_else(demo: Demo) -> None:
     nhs = demo.child_ids[0]
+    expected = _about(demo, [nhs])  # the log as the view finds it (before its own entry)
     result = _safer(demo.data, "audit", "trail", "--subject", nhs)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    expected = _about(demo, [nhs])
     assert expected, "the chosen child has no audit records"
     assert f"subject identified by: {nhs}" in text
     for record in expected:
@@ -192,6 +193,10 @@ def test_trail_of_a_child_shows_every_event_and_nobody_else(demo: Demo) -> None:
     assert "Protection Act" in text or "Children Act" in text  # citations, wrapped in cells
     assert _leaks(text, demo, allowed=[nhs]) == []
 
+    # The view above is itself in the log now (a QUERIED entry about the child): the
+    # next view shows it too.
+    expected = _about(demo, [nhs])
+    assert expected[-1].event.value == "QUERIED"
     as_json = _safer(
         demo.data, "audit", "trail", "--subject", nhs.split(":")[1], "--format", "json"
     )
@@ -202,7 +207,10 @@ def test_trail_of_a_child_shows_every_event_and_nobody_else(demo: Demo) -> None:
     assert [e["at"] for e in body["events"]] == sorted(e["at"] for e in body["events"])
     disclosed = [e for e in body["events"] if e["event"] == "DISCLOSED"]
     assert disclosed and all(e["fields"] and e["lawful_basis_citation"] for e in disclosed)
-    assert all(e["recipient_name"] for e in body["events"])
+    # A view (QUERIED) has no recipient; it names who looked instead.
+    views = [e for e in body["events"] if e["event"] == "QUERIED"]
+    assert views and all(e["actor"].startswith("cli:") for e in views)
+    assert all(e["recipient_name"] for e in body["events"] if e["event"] != "QUERIED")
     assert _leaks(as_json.stdout, demo, allowed=[nhs]) == []
 
 
@@ -211,6 +219,10 @@ def test_trail_filters_and_csv(demo: Demo) -> None:
     expected = _about(demo, [nhs])
 
     def events(*extra: str) -> list[dict[str, Any]]:
+        # Every view adds a QUERIED entry about the child: what a view shows is the log
+        # as it was when the view began.
+        nonlocal expected
+        expected = _about(demo, [nhs])
         result = _safer(demo.data, "audit", "trail", "--subject", nhs, "--format", "json", *extra)
         assert result.returncode == 0, result.stderr
         found: list[dict[str, Any]] = json.loads(result.stdout)["events"]
@@ -230,6 +242,7 @@ def test_trail_filters_and_csv(demo: Demo) -> None:
     assert events("--from", "2099-01-01") == []
     assert len(events("--from", "2000-01-01", "--to", "2099-12-31")) == len(expected)
 
+    expected = _about(demo, [nhs])
     result = _safer(demo.data, "audit", "trail", "--subject", nhs, "--format", "csv")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -243,6 +256,7 @@ def test_the_vault_links_a_persons_other_identifiers(demo: Demo, tmp_path: Path)
     secret = demo.secret(data)
     with SubjectVault(vault_path_for(data / "audit.db"), vault_key=derive_vault_key(secret)) as v:
         v.enrol([nhs, linked], lambda i: pseudonym(secret, i))
+    before = _about(demo, [nhs, linked], data)  # the view adds its own QUERIED entry
     result = _safer(data, "audit", "trail", "--subject", nhs, "--format", "json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
@@ -251,8 +265,40 @@ def test_the_vault_links_a_persons_other_identifiers(demo: Demo, tmp_path: Path)
         "linked_identifiers": 1,
         "vault_key_shredded_at": [],
     }
-    assert body["count"] == len(_about(demo, [nhs, linked], data))
+    assert body["count"] == len(before)
+    queried = _about(demo, [nhs, linked], data)[-1]
+    assert queried.event.value == "QUERIED"
+    assert set(queried.subject_pseudonyms) == {pseudonym(secret, i) for i in (nhs, linked)}
     assert linked.split(":")[1] not in result.stdout  # searched, never shown
+
+
+def test_trail_and_sar_views_are_audited_without_the_identifier(demo: Demo, tmp_path: Path) -> None:
+    """Issue 14: like the web app, every CLI view of a subject is a QUERIED entry."""
+    data = _copy(demo, tmp_path)
+    nhs = demo.child_ids[0]
+    size = len(demo.records(data))
+    mine = {pseudonym(demo.secret(data), nhs)}
+    result = _safer(
+        data, "audit", "trail", "--subject", nhs, "--event", "DISCLOSED", "--as", "dpo-0042"
+    )
+    assert result.returncode == 0, result.stderr
+    sar = _safer(data, "audit", "sar", "--subject", nhs.split(":")[1], "--format", "json")
+    assert sar.returncode == 0, sar.stderr
+    trail_view, sar_view = demo.records(data)[size:]
+    assert trail_view.event.value == sar_view.event.value == "QUERIED"
+    assert trail_view.actor == "cli:dpo-0042" and trail_view.source == "safer-cli"
+    assert "view trail" in trail_view.reasons and "filters event=DISCLOSED" in trail_view.reasons
+    assert sar_view.actor == f"cli:{getpass.getuser()}"  # no --as: the OS user
+    assert "view subject access report" in sar_view.reasons
+    assert set(trail_view.subject_pseudonyms) == set(sar_view.subject_pseudonyms) == mine
+    with AuditStore(data / "audit.db") as store:
+        for record in (trail_view, sar_view):
+            entry = store.entry_bytes(record.seq or 0)
+            assert entry is not None and nhs.split(":")[1].encode() not in entry
+    assert _safer(data, "audit", "verify").returncode == 0
+    bad = _safer(data, "audit", "trail", "--subject", nhs, "--as", "two words")
+    assert bad.returncode == 2 and "--as NAME" in bad.stderr
+    assert len(demo.records(data)) == size + 2, "a refused view writes nothing"
 
 
 # -- sar ------------------------------------------------------------------------------------
@@ -427,7 +473,12 @@ def test_shred_destroys_the_key_records_it_and_the_log_still_verifies(
 
     again = _safer(data, "audit", "shred", "--subject", ids[0], "--reason", "erasure", "--yes")
     assert again.returncode == 0 and "nothing to shred" in again.stdout
-    assert len(demo.records(data)) == size + 1
+    # The shred, then the trail and SAR views (each recorded as QUERIED); no second shred.
+    assert [r.event.value for r in demo.records(data)[size:]] == [
+        "KEY_SHREDDED",
+        "QUERIED",
+        "QUERIED",
+    ]
 
 
 def test_routed_people_are_enrolled_and_can_be_shredded(demo: Demo, tmp_path: Path) -> None:

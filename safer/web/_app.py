@@ -89,6 +89,7 @@ from .._users import Role, User, UserStore, users_path
 from ._dashboard import build_dashboard
 from ._lag import consumer_lag
 from ._metrics import AuditCollector
+from ._status import VerificationCache, log_fingerprint
 
 __all__ = ["WebConfig", "create_app"]
 
@@ -171,6 +172,7 @@ def create_app(config: WebConfig) -> Starlette:
     users = UserStore(users_path(settings.data_dir))
     directory = load_deployment(settings.deploy_dir).directory
     recipient_names = {r.id: r.name for r in directory.recipients}
+    verification = VerificationCache()
     # Equality monitoring's denominators (docs/EQUALITY.md); without the file the
     # dashboard shows counts and says there are no rates.
     population_file = settings.deploy_dir / "equality" / "population-0-17.toml"
@@ -342,28 +344,32 @@ def create_app(config: WebConfig) -> Starlette:
         except ConfigError:
             key = None
         with _store() as store:
-            size = store.count()
+            head = store.head()
             latest = store.latest_checkpoint(signed=True)
-        problems: list[str] = []
-        try:
-            summary = verify_store(settings.audit_db, key=key)
-            verified = True
-            checkpoints = f"{summary.checkpoints_verified} of {summary.checkpoints} signed"
-        except SaferError as exc:
-            verified = False
-            problems = list(getattr(exc, "problems", [])) or [str(exc)]
-            checkpoints = "-"
-        age = (datetime.now(UTC) - latest.at).total_seconds() if latest else None
+        size = head[0]
+        now = datetime.now(UTC)
+        # Verified end to end only when the log changed since the last verification
+        # (or that is older than the cache's max age, or ?verify=now): _status.py.
+        check = verification.status(
+            log_fingerprint(settings.audit_db, head, latest),
+            size,
+            lambda: verify_store(settings.audit_db, key=key),
+            now,
+            force=request.query_params.get("verify") == "now",
+        )
+        age = (now - latest.at).total_seconds() if latest else None
         return render(
             request,
             "audit_status.html",
-            verified=verified,
-            problems=problems,
+            verified=check.verified,
+            problems=list(check.problems),
             size=size,
             latest=latest,
             age=age,
-            checkpoints=checkpoints,
+            checkpoints=check.checkpoints,
             key_known=key is not None,
+            check=check,
+            check_age=(now - check.at).total_seconds(),
         )
 
     def _record_query(user: User, kind: str, pseudonyms: frozenset[str], filters: str) -> int:

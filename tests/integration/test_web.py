@@ -301,6 +301,10 @@ def test_auditor_pages_show_the_logs_figures(browser: Any, site: Site) -> None:
     after = len(site.records())
     assert page.locator("[data-testid=verified]").inner_text() == "Verified end to end"
     assert before <= int(page.locator("[data-testid=size]").inner_text()) <= after
+    # It says when the log was verified; ?verify=now always verifies for the page.
+    assert page.locator("[data-testid=verified-at]").inner_text().startswith("Verified 20")
+    page.goto("/audit?verify=now")
+    assert "verified for this page" in page.locator("[data-testid=verified-at]").inner_text()
     _shot(page, "audit-status")
 
     page.goto("/audit/quarantine")
@@ -317,6 +321,7 @@ def test_auditor_pages_show_the_logs_figures(browser: Any, site: Site) -> None:
     disclosed = next(r for r in site.records() if r.event is AuditEvent.DISCLOSED)
     page.goto(f"/audit/disclosures/{disclosed.disclosure_id}")
     assert page.locator("[data-testid=decision]").inner_text() == "DISCLOSED"
+    assert "ethnic group" not in page.content(), "no per-child view of ethnicity (issue 14)"
     bundle = page.request.get(
         f"/audit/disclosures/{disclosed.disclosure_id}/proof/{disclosed.seq}.json"
     ).json()

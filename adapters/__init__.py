@@ -6,6 +6,7 @@ recipient topic: everything for a recipient goes through the router.
 """
 
 from ._inbox import STATUS_ORDER, Inbox, InboxItem, PendingReceipt, Rejection
+from ._metrics import ADAPTER_METRICS
 from ._police import ParsedRecord, PoliceAdapter, PublishOutcome, parse_police_json
 from ._recipient import RecipientAdapter, publish_receipts, receipt_id_for, receipt_records
 from ._synthetic import synthetic_concerns, synthetic_people
@@ -26,6 +27,7 @@ from ._webhook import (
 )
 
 __all__ = [
+    "ADAPTER_METRICS",
     "HEADER_DISCLOSURE_ID",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",

@@ -58,6 +58,8 @@ import structlog
 
 from schemas import ConfigError, ReasonCode, SignatureError, ValidationError
 
+from ._metrics import WEBHOOK_DELIVERIES, WEBHOOK_RETRIES
+
 __all__ = [
     "HEADER_DISCLOSURE_ID",
     "HEADER_SIGNATURE",
@@ -475,6 +477,7 @@ class WebhookSender:
                 attempts.append(Attempt(number, status, error))
                 break
             attempts.append(Attempt(number, status, error, delay))
+            WEBHOOK_RETRIES.labels(self._recipient or "unnamed").inc()
             _log.info(
                 "webhook.retry",
                 disclosure_id=disclosure_id,
@@ -505,6 +508,7 @@ class WebhookSender:
         *,
         delivered_at: datetime | None = None,
     ) -> DeliveryResult:
+        WEBHOOK_DELIVERIES.labels(self._recipient or "unnamed", outcome.value).inc()
         log = _log.info if outcome is DeliveryOutcome.DELIVERED else _log.warning
         log(
             f"webhook.{outcome.value.lower()}",

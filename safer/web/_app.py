@@ -51,6 +51,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adapters import ADAPTER_METRICS
 from audit import (
     AuditRecord,
     AuditStore,
@@ -160,6 +161,9 @@ def create_app(config: WebConfig) -> Starlette:
         "safer_web_receipts", "Receipts queued from the web inbox", ["status"], registry=registry
     )
     registry.register(AuditCollector(settings))
+    # The adapters' own counters (webhook deliveries and retries), when they run in
+    # this process (`safer up`); labels are recipient ids and outcomes only.
+    registry.register(ADAPTER_METRICS)
     lag_gauge = Gauge(
         "safer_consumer_lag",
         "Records not yet read per consumer (router group, audit feed, each recipient adapter)",

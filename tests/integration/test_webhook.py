@@ -310,6 +310,39 @@ async def test_transient_statuses_are_retried(receiver_factory: Any, status: str
     assert receiver.requests == 2
 
 
+async def test_retries_and_outcomes_are_counted_for_metrics_without_ids(
+    receiver_factory: Any,
+) -> None:
+    """Issue 14: safer_webhook_retries_total and safer_webhook_deliveries_total."""
+    from prometheus_client import generate_latest
+
+    from adapters import ADAPTER_METRICS
+
+    def value(name: str, **labels: str) -> float:
+        return ADAPTER_METRICS.get_sample_value(name, labels) or 0.0
+
+    recipient = {"recipient": "portsmouth-school-1"}
+    retries = value("safer_webhook_retries_total", **recipient)
+    delivered = value("safer_webhook_deliveries_total", **recipient, outcome="DELIVERED")
+    gave_up = value("safer_webhook_deliveries_total", **recipient, outcome="GAVE_UP")
+    receiver = receiver_factory(["503", "429"])
+    metadata, payload = _disclosure(7)
+    result = await _sender(receiver.url(), FakeTime()).send(metadata, payload)
+    assert result.delivered and len(result.attempts) == 3
+    assert value("safer_webhook_retries_total", **recipient) == retries + 2
+    assert value("safer_webhook_deliveries_total", **recipient, outcome="DELIVERED") == (
+        delivered + 1
+    )
+    policy = RetryPolicy(max_attempts=2, base_delay=1.0, timeout=0.5)
+    failing = receiver_factory(["503"] * 5)
+    await _sender(failing.url(), FakeTime(), retry=policy).send(*_disclosure(8))
+    assert value("safer_webhook_retries_total", **recipient) == retries + 3  # 1 of 2 retried
+    assert value("safer_webhook_deliveries_total", **recipient, outcome="GAVE_UP") == gave_up + 1
+    exposition = generate_latest(ADAPTER_METRICS).decode()
+    assert metadata["disclosure_id"] not in exposition and "127.0.0.1" not in exposition
+    assert metadata["concern_id"] not in exposition
+
+
 async def test_backoff_is_exponential_with_full_jitter_up_to_max_attempts(
     receiver_factory: Any,
 ) -> None:

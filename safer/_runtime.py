@@ -483,6 +483,7 @@ class Runtime:
         max_backoff: float = 30.0,
         monitor: bool = True,
         router_process: bool = False,
+        router_ops_port: int | None = None,
         log_file: Path | None = None,
     ) -> None:
         """Run the chosen services until ``stop`` is set.
@@ -503,7 +504,12 @@ class Runtime:
         runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
         if router and router_process:
             runners.append(
-                ("router", functools.partial(self.run_router_process, log_file=log_file))
+                (
+                    "router",
+                    functools.partial(
+                        self.run_router_process, log_file=log_file, ops_port=router_ops_port
+                    ),
+                )
             )
         elif router:
             runners.append(("router", self.router().run))
@@ -555,6 +561,7 @@ class Runtime:
         instance: str = "0",
         group_id: str = "safer-router",
         log_file: Path | None = None,
+        ops_port: int | None = None,
     ) -> None:
         """Run `safer route` as a child process until ``stop``; raise if it dies.
 
@@ -566,6 +573,8 @@ class Runtime:
         if log_file is not None:
             argv += ["--log-file", str(log_file)]
         argv += ["route", "--group-id", group_id, "--instance", instance]
+        if ops_port is not None:
+            argv += ["--ops-port", str(ops_port)]
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=self.child_env(),

@@ -216,14 +216,50 @@ def cmd_route(args: argparse.Namespace) -> int:
             print(ROUTER_READY_LINE, flush=True)
 
         announcer = asyncio.create_task(announce())
+        ops = _router_ops(args, router, ready, stop)
         try:
             await router.run(stop, ready)
         finally:
             announcer.cancel()
+            if ops is not None:
+                stop.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await ops
         err.print(f"router stopped: {dict(router.totals)}")
         return 0
 
     return run_async(route)
+
+
+def _router_ops(
+    args: argparse.Namespace, router: Any, ready: asyncio.Event, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """`safer route --ops-port N`: /healthz, /readyz and /metrics of this router."""
+    if args.ops_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from ._ops import CountsCollector, ops_app, serve_ops
+
+    registry = CollectorRegistry()
+    registry.register(
+        CountsCollector(
+            "safer_router_records",
+            "Records this router process handled since it started: inbound, and each audit "
+            "event it wrote (DISCLOSED, WITHHELD, REFERRED, QUARANTINED, ...)",
+            "outcome",
+            lambda: router.totals,
+        )
+    )
+    app = ops_app("router", lambda: ready.is_set() and not stop.is_set(), registry)
+
+    async def run() -> None:
+        try:
+            await serve_ops(app, stop, host=args.ops_host, port=args.ops_port)
+        except SaferError as exc:  # routing goes on without its ops endpoints
+            err.print(f"[yellow]ops endpoints not started[/]: {exc.message}; {exc.hint}")
+
+    return asyncio.create_task(run(), name="safer-router-ops")
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -309,6 +345,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     # Its own process: routing gets a core of its own instead of sharing
                     # an event loop with the feed, the monitor and every recipient.
                     router_process=True,
+                    router_ops_port=args.router_ops_port,
                     log_file=args.log_file,
                     on_ready=lambda: err.print(
                         f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
@@ -581,6 +618,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="this router's name in the group; its transactional id is GROUP.INSTANCE "
         "(keep it across restarts, never share it between running routers)",
     )
+    route.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz and /metrics (this router's counts by outcome) on "
+        "this port; none by default",
+    )
+    route.add_argument(
+        "--ops-host", default="127.0.0.1", help="address for --ops-port (default loopback)"
+    )
     route.set_defaults(func=cmd_route)
 
     up = sub.add_parser(
@@ -606,6 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-web", action="store_true", help="do not serve the web app")
     up.add_argument("--web-host", default="127.0.0.1", help="web app address (default loopback)")
     up.add_argument("--web-port", type=int, default=8080, help="web app port (default 8080)")
+    up.add_argument(
+        "--router-ops-port",
+        type=int,
+        default=None,
+        help="the router process's /healthz, /readyz and /metrics on this loopback port "
+        "(default: none; the web app's /metrics covers the rest)",
+    )
     up.add_argument(
         "--port",
         type=int,

@@ -74,6 +74,7 @@ class Site:
     data: Path
     env: dict[str, str]
     cwd: Path
+    router_ops: str = ""  # the router process's /healthz, /readyz, /metrics
 
     def records(self) -> list[Any]:
         with AuditStore(self.data / "audit.db") as store:
@@ -150,9 +151,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         users.add("dee", Role.DPO, PASSWORD)
         users.add("ana", Role.ANALYST, PASSWORD, scope=PARTNERSHIP)
     port = _free_port()
+    ops_port = _free_port()
     log = tmp / "up.log"
+    command = [sys.executable, "-m", "safer", "--log-file", str(log), "up"]
+    command += ["--web-port", str(port), "--router-ops-port", str(ops_port)]
     up = subprocess.Popen(
-        [sys.executable, "-m", "safer", "--log-file", str(log), "up", "--web-port", str(port)],
+        command,
         env=env,
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -170,7 +174,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         _wait_for(lambda: log.exists() and "services.ready" in log.read_text(), what="safer up")
         _wait_for(ready, what="safer web")
-        yield Site(url, data, env, tmp)
+        yield Site(url, data, env, tmp, f"http://127.0.0.1:{ops_port}")
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -530,6 +534,14 @@ def test_equality_monitoring_shows_suppressed_counts_rates_and_rri(
 
 
 def test_csrf_health_and_metrics_without_personal_data(site: Site) -> None:
+    # The router runs in its own process under `safer up`: its own ops endpoints.
+    with httpx.Client(base_url=site.router_ops) as ops:
+        assert ops.get("/healthz").json() == {"status": "ok", "service": "router"}
+        assert ops.get("/readyz").status_code == 200  # `safer up` said ready: so did it
+        router_metrics = ops.get("/metrics").text
+    assert "# TYPE safer_router_records_total counter" in router_metrics
+    for key, value in re.findall(r'(\w+)="([^"]*)"', router_metrics):
+        assert key == "outcome" and (value == "inbound" or value in AuditEvent.__members__)
     with httpx.Client(base_url=site.url) as client:
         refused = client.post("/login", data={"name": "aud", "password": PASSWORD})
         assert refused.status_code == 403, "a sign-in without the CSRF token is refused"
@@ -556,6 +568,7 @@ def test_csrf_health_and_metrics_without_personal_data(site: Site) -> None:
         "level",
         "kind",
         "group",
+        "recipient",  # webhook counters: directory recipient ids
     }
     assert {k for k, _ in labels} <= allowed_keys
     ids = {r.disclosure_id for r in site.records() if r.disclosure_id}

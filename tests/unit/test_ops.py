@@ -1,0 +1,78 @@
+"""/healthz, /readyz and /metrics of a service without the web app (issue 14, point 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+
+import httpx
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+
+from safer._ops import CountsCollector, ops_app, serve_ops
+from safer.cli import build_parser
+
+
+def _app(totals: Counter[str], ready: list[bool]) -> Starlette:
+    registry = CollectorRegistry()
+    registry.register(
+        CountsCollector("safer_router_records", "Records handled", "outcome", lambda: totals)
+    )
+    return ops_app("router", lambda: ready[0], registry)
+
+
+def test_health_readiness_and_counts_by_outcome_only() -> None:
+    totals: Counter[str] = Counter()
+    ready = [False]
+    transport = httpx.ASGITransport(app=_app(totals, ready))
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+            return await client.get(path)
+
+    assert asyncio.run(get("/healthz")).json() == {"status": "ok", "service": "router"}
+    assert asyncio.run(get("/readyz")).status_code == 503
+    ready[0] = True
+    assert asyncio.run(get("/readyz")).status_code == 200
+    totals.update({"inbound": 3, "DISCLOSED": 5, "WITHHELD": 2})
+    body = asyncio.run(get("/metrics")).text
+    assert 'safer_router_records_total{outcome="DISCLOSED"} 5.0' in body
+    assert 'safer_router_records_total{outcome="inbound"} 3.0' in body
+    labels = {line.split("{", 1)[1].split("}")[0] for line in body.splitlines() if "{" in line}
+    assert labels == {'outcome="DISCLOSED"', 'outcome="WITHHELD"', 'outcome="inbound"'}
+
+
+def test_serve_ops_answers_until_stopped() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def scenario() -> tuple[int, int]:
+        stop = asyncio.Event()
+        app = _app(Counter(), [True])
+        task = asyncio.create_task(serve_ops(app, stop, host="127.0.0.1", port=port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(100):
+                try:
+                    status = (await client.get("/readyz")).status_code
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            try:
+                await client.get("/healthz")
+                after = 200
+            except httpx.ConnectError:
+                after = 0
+        return status, after
+
+    assert asyncio.run(scenario()) == (200, 0)
+
+
+def test_route_and_up_take_the_ops_ports() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["route", "--ops-port", "9101"])
+    assert args.ops_port == 9101 and args.ops_host == "127.0.0.1"
+    assert parser.parse_args(["up", "--router-ops-port", "9102"]).router_ops_port == 9102

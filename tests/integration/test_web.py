@@ -509,7 +509,6 @@ def test_equality_monitoring_shows_suppressed_counts_rates_and_rri(
                 assert rri == f"{expected:.2f}"
     assert "check" in page.locator("[data-testid=population-warning]").inner_text()
     assert "TS021" in page.content()
-    _shot(page, "analyst-equality")
 
     # Exports match the tables; the count chart draws what the table shows.
     for key in ("equality", "equality-rri"):

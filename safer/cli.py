@@ -262,6 +262,34 @@ def _router_ops(
     return asyncio.create_task(run(), name="safer-router-ops")
 
 
+def _up_ops(
+    args: argparse.Namespace, settings: Settings, ready: asyncio.Event, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """`safer up --ops-port N`: /healthz, /readyz and /metrics of the services it runs,
+    without the web app (the audit log's figures and the adapters' webhook counters)."""
+    if args.ops_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from adapters import ADAPTER_METRICS
+
+    from ._ops import ops_app, serve_ops
+    from .web._metrics import AuditCollector
+
+    registry = CollectorRegistry()
+    registry.register(AuditCollector(settings))
+    registry.register(ADAPTER_METRICS)
+    app = ops_app("safer-up", lambda: ready.is_set() and not stop.is_set(), registry)
+
+    async def run() -> None:
+        try:
+            await serve_ops(app, stop, host="127.0.0.1", port=args.ops_port)
+        except SaferError as exc:  # the exchange runs on without its ops endpoints
+            err.print(f"[yellow]ops endpoints not started[/]: {exc.message}; {exc.hint}")
+
+    return asyncio.create_task(run(), name="safer-up-ops")
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from .web import serve
 
@@ -339,6 +367,17 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             secure = " in secure mode (each service its own principal)" if engine.access else ""
             web = _web_task(settings, args, stop)
+            services_ready = asyncio.Event()
+            ops = _up_ops(args, settings, services_ready, stop)
+
+            def ready() -> None:
+                services_ready.set()
+                err.print(
+                    f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
+                    f"audit feed and {len(recipients)} recipient adapters. Publish with "
+                    "`safer publish --agency police FILE`. Ctrl-C stops."
+                )
+
             try:
                 await runtime.run_services(
                     stop,
@@ -347,17 +386,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                     router_process=True,
                     router_ops_port=args.router_ops_port,
                     log_file=args.log_file,
-                    on_ready=lambda: err.print(
-                        f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
-                        f"audit feed and {len(recipients)} recipient adapters. Publish with "
-                        "`safer publish --agency police FILE`. Ctrl-C stops."
-                    ),
+                    on_ready=ready,
                 )
             finally:
-                if web is not None:
-                    stop.set()
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await web
+                for task in (web, ops):
+                    if task is not None:
+                        stop.set()
+                        with contextlib.suppress(Exception, asyncio.CancelledError):
+                            await task
                 if watchdog is not None:
                     watchdog.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -653,6 +689,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-web", action="store_true", help="do not serve the web app")
     up.add_argument("--web-host", default="127.0.0.1", help="web app address (default loopback)")
     up.add_argument("--web-port", type=int, default=8080, help="web app port (default 8080)")
+    up.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="/healthz, /readyz and /metrics of the services on this loopback port, "
+        "for --no-web (the web app serves them otherwise)",
+    )
     up.add_argument(
         "--router-ops-port",
         type=int,

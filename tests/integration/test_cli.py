@@ -6,12 +6,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from audit import AuditStore
@@ -171,8 +173,16 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    ops, router_ops = (f"http://127.0.0.1:{p}" for p in ports)
+    command = [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"]
+    command += ["--no-web", "--ops-port", str(ports[0]), "--router-ops-port", str(ports[1])]
     up = subprocess.Popen(
-        [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"],
+        command,
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -214,6 +224,16 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
                     events = {r.event.value for r in store.records(concern_id=concern_id)}
             time.sleep(0.3)
         assert {"DISCLOSED", "RECEIVED"} <= events, events
+
+        # Without the web app: the services' and the router process's ops endpoints.
+        assert httpx.get(f"{ops}/healthz").json() == {"status": "ok", "service": "safer-up"}
+        assert httpx.get(f"{ops}/readyz").status_code == 200
+        assert "safer_audit_log_entries" in httpx.get(f"{ops}/metrics").text
+        assert httpx.get(f"{router_ops}/readyz").status_code == 200
+        routed = httpx.get(f"{router_ops}/metrics").text
+        assert 'safer_router_records_total{outcome="inbound"} 1.0' in routed
+        assert 'safer_router_records_total{outcome="DISCLOSED"}' in routed
+        assert concern_id not in routed
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -529,7 +529,7 @@ class RouterCore:
     def _deadline(
         self, concern: ConcernModel, recipient: Recipient, outcome: str, now: datetime
     ) -> datetime | None:
-        """The statutory clock for this disclosure (docs/TIMELINESS.md), if one applies."""
+        """This disclosure's clock (docs/TIMELINESS.md): statutory, or the local policy's."""
         calendars = self._deployment.calendars
         if calendars is None:
             return None
@@ -543,6 +543,7 @@ class RouterCore:
             school_calendar=calendars.school(recipient.lscp),
             bank_holidays=calendars.bank_holidays,
             zone=_LONDON,
+            local=self._deployment.timeliness,
         )
         return deadline.due if deadline is not None else None
 

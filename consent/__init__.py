@@ -32,10 +32,13 @@ from ._deadlines import (
     Closure,
     Deadline,
     DeadlineRule,
+    LocalRule,
+    LocalTimeliness,
     alert_points,
     deadline_for,
     parse_calendar,
     parse_calendars,
+    parse_local_timeliness,
     parse_response_duration,
 )
 from ._decide import AT_RISK, decide, effective_consent
@@ -102,6 +105,8 @@ __all__ = [
     "Directory",
     "DueAlert",
     "LawfulBasis",
+    "LocalRule",
+    "LocalTimeliness",
     "MinimisedPayload",
     "Permit",
     "PolicyProblems",
@@ -131,6 +136,7 @@ __all__ = [
     "parse_calendar",
     "parse_calendars",
     "parse_directory",
+    "parse_local_timeliness",
     "parse_policy",
     "parse_response_duration",
 ]

@@ -71,6 +71,7 @@ from ._manifests import STRIMZI_API_VERSION, strimzi_topics
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._process import child_preexec
 from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
+from ._replay import Replay, ReplayCheck, replay_decision
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
     Candidate,
@@ -152,6 +153,8 @@ __all__ = [
     "Plan",
     "PostcodeTable",
     "QuarantineItem",
+    "Replay",
+    "ReplayCheck",
     "RoutedLedger",
     "Router",
     "RouterCore",
@@ -204,6 +207,7 @@ __all__ = [
     "read_credentials",
     "read_quarantine",
     "read_topic",
+    "replay_decision",
     "replay_record",
     "resolve_partnerships",
     "routed_digest",

@@ -48,6 +48,8 @@ from consent import (
     current_consent,
     deadline_for,
     decide,
+    decision_input,
+    input_sha256,
     minimise,
     missing_minimum_dataset,
 )
@@ -458,8 +460,11 @@ class RouterCore:
                 now,
                 source_agency_type=publisher.agency_type,
             )
+            digest_in = input_sha256(
+                decision_input(concern, candidate.recipient, decision, consent, now)
+            )
             self._plan_decision(
-                plan, concern, candidate.recipient, decision, pseudonyms, subject, now
+                plan, concern, candidate.recipient, decision, pseudonyms, subject, now, digest_in
             )
         return plan
 
@@ -556,6 +561,7 @@ class RouterCore:
         pseudonyms: tuple[str, ...],
         subject: bytes,
         now: datetime,
+        decision_input_sha256: str | None = None,
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
@@ -651,6 +657,7 @@ class RouterCore:
             deadline=deadline,
             at=now,
             actor=self._actor,
+            input_sha256=decision_input_sha256,
         )
         plan.audits.append(audit)
         plan.outcomes[event.value] += 1

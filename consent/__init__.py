@@ -15,7 +15,9 @@ Public surface:
   ``ConsentRecord`` (the ``hips.consent`` record);
 * ``decide`` → ``Decision`` (``Permit`` | ``Deny`` | ``Refer``);
 * ``minimise`` → ``MinimisedPayload`` (with the ``Redaction`` of free text it made);
-* ``missing_minimum_dataset`` → the fields a concern lacks to be routable.
+* ``missing_minimum_dataset`` → the fields a concern lacks to be routable;
+* ``decision_input``/``input_sha256`` → the canonical input of a decision and its hash;
+* ``deadline_for`` (with ``parse_calendars`` and ``parse_local_timeliness``) → deadlines.
 """
 
 from ._dataset import missing_minimum_dataset
@@ -43,6 +45,7 @@ from ._deadlines import (
 )
 from ._decide import AT_RISK, decide, effective_consent
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
+from ._inputs import INPUT_VERSION, concern_sha256, decision_input, input_sha256
 from ._minimise import FREE_TEXT_PATHS, WITHHELD_REASON, MinimisedPayload, Redaction, minimise
 from ._policy import (
     LAWFUL_BASES,
@@ -80,6 +83,7 @@ __all__ = [
     "DEFAULT_ENCOMPASS_NOTICE",
     "ENCOMPASS_TIME",
     "FREE_TEXT_PATHS",
+    "INPUT_VERSION",
     "LAWFUL_BASES",
     "LONDON",
     "NOT_SOUGHT_CITATIONS",
@@ -122,12 +126,15 @@ __all__ = [
     "alerts_due",
     "completed_at",
     "concern_field_paths",
+    "concern_sha256",
     "consent_record_id_for",
     "current_consent",
     "deadline_for",
     "decide",
     "decision_id_for",
+    "decision_input",
     "effective_consent",
+    "input_sha256",
     "is_overdue",
     "justification_from_text",
     "minimise",

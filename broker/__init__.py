@@ -56,7 +56,7 @@ from ._kafka import (
     verify_origin,
 )
 from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
-from ._keys import KeyStore
+from ._keys import KeyInfo, KeyStore
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS, SizeLimits
 from ._local_cluster import (
@@ -109,6 +109,14 @@ from ._secure import (
     secure_kafka_engine,
 )
 from ._topics import HEADER_NAMES, Headers, TopicLayout, Topics, TopicSpec, topic_plan
+from ._trust import (
+    KEY_ADMIN_ID,
+    KEY_REVOCATION_REASONS,
+    KeyEvent,
+    KeyFollower,
+    key_event_record,
+    read_key_event,
+)
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -121,6 +129,8 @@ __all__ = [
     "HEADER_NAMES",
     "INTERNAL_TOPICS",
     "KAFKA_VERSION",
+    "KEY_ADMIN_ID",
+    "KEY_REVOCATION_REASONS",
     "MONITOR_PRINCIPAL",
     "RECEIPT_PREFIX",
     "ROUTER_ID",
@@ -143,6 +153,9 @@ __all__ = [
     "Engine",
     "Headers",
     "KafkaDistribution",
+    "KeyEvent",
+    "KeyFollower",
+    "KeyInfo",
     "KeyStore",
     "Keyring",
     "LocalKafka",
@@ -193,6 +206,7 @@ __all__ = [
     "issue_broker_certificate",
     "kafka_distribution",
     "kafka_engine",
+    "key_event_record",
     "key_id",
     "load_deployment",
     "loopback_cluster",
@@ -205,6 +219,7 @@ __all__ = [
     "principals",
     "pseudonym",
     "read_credentials",
+    "read_key_event",
     "read_quarantine",
     "read_topic",
     "replay_decision",

@@ -92,6 +92,7 @@ from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS
 from ._routing import candidate_recipients, resolve_partnerships
 from ._topics import Headers, Topics, header_has_form
+from ._trust import KeyFollower
 
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
@@ -216,8 +217,12 @@ class RouterCore:
         actor: str = "safer-router",
         consent_view: ConsentView | None = None,
         ledger: RoutedLedger | None = None,
+        key_follower: KeyFollower | None = None,
     ) -> None:
         self._consent_view = consent_view
+        self._key_follower = key_follower
+        if key_follower is not None:
+            key_follower.watch(keyring)
         self._ledger = ledger
         self._codec = codec
         self._deployment = deployment
@@ -232,6 +237,11 @@ class RouterCore:
     def consent_view(self) -> ConsentView | None:
         """The latest consent records per subject, or None (concern statements only)."""
         return self._consent_view
+
+    @property
+    def key_follower(self) -> KeyFollower | None:
+        """Follows ``hips.keys``: rotations and revocations reach the keyring (issue 15)."""
+        return self._key_follower
 
     @property
     def ledger(self) -> RoutedLedger | None:
@@ -391,7 +401,7 @@ class RouterCore:
                 "record key is not a subject pseudonym", code=ReasonCode.PID_IN_METADATA
             )
         decoded = self._codec.decode(value, expect=CONCERN)
-        origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID)
+        origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID, now=now)
         _refuse(limit_problems(decoded.record))
         try:
             concern = ConcernModel.from_avro(decoded.record)
@@ -875,10 +885,11 @@ class Router:
     async def _start_followers(
         self, producer: Any, stop: asyncio.Event
     ) -> list[asyncio.Task[None]]:
-        """Follow ``hips.consent`` and ``hips.routed``; return once both are caught up.
+        """Follow ``hips.consent``, ``hips.routed`` and ``hips.keys``; return once caught up.
 
-        Routing must not start before the router knows every consent record and
-        every concern already routed (else a replay would be routed again).
+        Routing must not start before the router knows every consent record,
+        every concern already routed (else a replay would be routed again) and
+        every revoked key.
         """
         starts: list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]] = []
         view = self._core.consent_view
@@ -893,6 +904,9 @@ class Router:
         ledger = self._core.ledger
         if ledger is not None:
             starts.append(("routed-ledger", lambda done: ledger.run(stop, done)))
+        follower = self._core.key_follower
+        if follower is not None:
+            starts.append(("key-events", lambda done: follower.run(stop, done)))
         tasks: list[asyncio.Task[None]] = []
         for name, start in starts:
             done = asyncio.Event()

@@ -106,6 +106,11 @@ class Topics:
         return f"{self.prefix}.routed"
 
     @property
+    def keys(self) -> str:
+        """Signed key events: rotation and revocation (compacted; ``broker._trust``)."""
+        return f"{self.prefix}.keys"
+
+    @property
     def alerts(self) -> str:
         return f"{self.prefix}.alerts"
 
@@ -160,6 +165,7 @@ def topic_plan(
     * ``hips.audit`` and ``hips.receipts`` are kept forever: the audit store can be
       rebuilt from them.
     * ``hips.consent`` is compacted: the latest record per subject is what counts.
+    * ``hips.keys`` is compacted: the latest state of each signing key is what counts.
     * Inbound and quarantine hold concerns in clear, so they are kept only long
       enough to route and to replay after a fix.
     """
@@ -187,6 +193,7 @@ def topic_plan(
         TopicSpec(topics.alerts, 1, rf, delivery),
         TopicSpec(topics.consent, 1, rf, {**base, "cleanup.policy": "compact"}),
         TopicSpec(topics.routed, 1, rf, {**base, "cleanup.policy": "compact"}),
+        TopicSpec(topics.keys, 1, rf, {**base, "cleanup.policy": "compact"}),
     ]
     specs += [TopicSpec(topics.notices(a), 1, rf, delivery) for a in agency_types]
     return specs

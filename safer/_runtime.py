@@ -36,6 +36,7 @@ from audit import (
 from broker import (
     ADMIN_PRINCIPAL,
     AUDIT_FEED_PRINCIPAL,
+    KEY_ADMIN_ID,
     MONITOR_PRINCIPAL,
     ROUTER_ID,
     ROUTER_PRINCIPAL,
@@ -43,6 +44,7 @@ from broker import (
     ClientAccess,
     ConsentView,
     Deployment,
+    KeyFollower,
     Keyring,
     KeyStore,
     Plan,
@@ -281,8 +283,22 @@ class Runtime:
         ]
 
     def key_identities(self) -> list[str]:
-        """Every identity with keys: those on Kafka, and the audit log's checkpoint signer."""
-        return [*self.identities(), AUDIT_LOG_ID]
+        """Every identity with keys: those on Kafka, the audit log's checkpoint signer and
+        the key administrator (signs key events on hips.keys)."""
+        return [*self.identities(), AUDIT_LOG_ID, KEY_ADMIN_ID]
+
+    def key_follower(self, principal: str, keyrings: Sequence[Keyring] = ()) -> KeyFollower | None:
+        """A follower of ``hips.keys`` for ``keyrings``, or None before `safer keys init`
+        has made the key administrator (older data directories)."""
+        if not self.keys.has_agency(KEY_ADMIN_ID):
+            return None
+        return KeyFollower(
+            topic=self.settings.topics.keys,
+            bootstrap_servers=self.bootstrap,
+            admin_key=self.keys.signing_public(KEY_ADMIN_ID),
+            keyrings=keyrings,
+            security=self.security_for(principal),
+        )
 
     def init_keys(self, *, overwrite: bool = False) -> int:
         """Create development keys for every identity; returns how many were new."""
@@ -352,6 +368,7 @@ class Runtime:
                 bootstrap_servers=self.bootstrap,
                 security=self.security_for(ROUTER_PRINCIPAL),
             ),
+            key_follower=self.key_follower(ROUTER_PRINCIPAL),
         )
 
     def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:
@@ -422,12 +439,14 @@ class Runtime:
     def inbox_path(self, recipient_id: str) -> Path:
         return self.settings.inbox_dir / f"{recipient_id}.db"
 
-    def recipient_adapter(self, recipient: Recipient) -> RecipientAdapter:
+    def recipient_adapter(
+        self, recipient: Recipient, *, keyring: Keyring | None = None
+    ) -> RecipientAdapter:
         return RecipientAdapter(
             recipient=recipient,
             inbox=Inbox(self.inbox_path(recipient.id)),
             codec=self.codec,
-            keyring=self.keyring(),
+            keyring=keyring if keyring is not None else self.keyring(),
             identity=self.keys.signing_identity(recipient.id),
             private_key=self.keys.encryption_private(recipient.id),
             topics=self.recipient_topics(recipient),
@@ -486,7 +505,15 @@ class Runtime:
             runners.append(("audit-feed", self.audit_feed(audit_store).run))
             if monitor:
                 runners.append(("monitor", self.monitor(audit_store).run))
-        runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
+        # The recipients share one keyring, kept current by one follower of hips.keys:
+        # a revoked router key is refused by every recipient (issue 15).
+        shared = self.keyring() if chosen else None
+        runners += [
+            (f"recipient:{r.id}", self.recipient_adapter(r, keyring=shared).run) for r in chosen
+        ]
+        follower = self.key_follower(ADMIN_PRINCIPAL, [shared]) if shared is not None else None
+        if follower is not None:
+            runners.append(("key-events", follower.run))
         if router and router_process:
             runners.append(
                 ("router", functools.partial(self.run_router_process, log_file=log_file))

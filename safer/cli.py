@@ -32,6 +32,7 @@ from ._cli_cluster import register as register_cluster
 from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
+from ._cli_keys import register_key_actions
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
 from ._cli_secure import register as register_secure
@@ -426,8 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage signing (Ed25519) and encryption (X25519) keys.\n\n"
         "Every publisher signs what it sends; the router verifies it and signs what\n"
         "it emits; each recipient has its own encryption key, so only the addressee\n"
-        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n\n"
-        "example:\n  safer keys init",
+        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n"
+        "Rotation and revocation are audited and published on hips.keys, which the\n"
+        "router and recipients follow (docs/OPERATIONS.md: a key is compromised).\n\n"
+        "examples:\n  safer keys init\n  safer keys list\n"
+        "  safer keys rotate hampshire-constabulary --overlap 24\n"
+        "  safer keys revoke 3f2a9c0d1e2f3a4b --reason compromised",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser(
@@ -448,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing keys (old disclosures become unreadable)",
     )
     init.set_defaults(func=cmd_keys_init)
+    register_key_actions(keys_sub)
 
     kafka = sub.add_parser(
         "kafka",

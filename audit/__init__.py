@@ -86,6 +86,21 @@ from ._vault import (
     vault_path_for,
 )
 
+# The witnessed log (issue 15.3): consistency bundles, cosignatures, the witness's rule.
+from ._witness import (
+    CONSISTENCY_FORMAT,
+    ConsistencySummary,
+    Cosigner,
+    CosignerKey,
+    WitnessRefusal,
+    WitnessState,
+    add_cosignatures,
+    count_cosignatures,
+    make_consistency_bundle,
+    verify_consistency_bundle,
+    witness_step,
+)
+
 __all__ += [
     "SHRED_REASONS",
     "Labels",
@@ -109,4 +124,17 @@ __all__ += [
     "subject_access_report",
     "trail",
     "vault_path_for",
+]
+__all__ += [
+    "CONSISTENCY_FORMAT",
+    "ConsistencySummary",
+    "Cosigner",
+    "CosignerKey",
+    "WitnessRefusal",
+    "WitnessState",
+    "add_cosignatures",
+    "count_cosignatures",
+    "make_consistency_bundle",
+    "verify_consistency_bundle",
+    "witness_step",
 ]

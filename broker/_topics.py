@@ -158,7 +158,11 @@ class TopicSpec:
 
 
 def topic_plan(
-    topics: Topics, layout: TopicLayout, *, publisher_agency_types: Iterable[str]
+    topics: Topics,
+    layout: TopicLayout,
+    *,
+    publisher_agency_types: Iterable[str],
+    agreement_retention_days: Mapping[str, int] | None = None,
 ) -> list[TopicSpec]:
     """Every topic SAFER Exchange uses, with partitions, replication and retention.
 
@@ -168,6 +172,10 @@ def topic_plan(
     * ``hips.keys`` is compacted: the latest state of each signing key is what counts.
     * Inbound and quarantine hold concerns in clear, so they are kept only long
       enough to route and to replay after a fix.
+    * A recipient topic keeps its records for the delivery retention, or for the
+      shortest retention an agreement for that agency type sets if that is shorter
+      (``agreement_retention_days``: agency type -> days; issue 15.5). Triage
+      topics follow the social-care agreements.
     """
     rf = layout.replication_factor
     base = {
@@ -185,7 +193,24 @@ def topic_plan(
     specs = [
         TopicSpec(topics.inbound(a), layout.inbound_partitions, rf, clear) for a in agency_types
     ]
-    specs += [TopicSpec(name, 1, rf, delivery) for name in topics.all_recipient_topics()]
+    shortest = dict(agreement_retention_days or {})
+
+    def for_agency(agency_type: str) -> dict[str, str]:
+        days = shortest.get(agency_type)
+        if days is None or days >= layout.delivery_retention_days:
+            return delivery
+        return retain(max(days, 1))
+
+    specs += [
+        TopicSpec(topics.disclosures(lscp, agency), 1, rf, for_agency(agency.value))
+        for lscp in Lscp
+        for agency in AgencyType
+        if agency is not AgencyType.POLICE
+    ]
+    specs += [
+        TopicSpec(topics.triage(lscp), 1, rf, for_agency(AgencyType.CHILDRENS_SOCIAL_CARE.value))
+        for lscp in Lscp
+    ]
     specs += [
         TopicSpec(topics.quarantine, 1, rf, clear),
         TopicSpec(topics.audit, 1, rf, forever),

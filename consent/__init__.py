@@ -61,6 +61,7 @@ from ._policy import (
 )
 from ._recipient import Directory, Publisher, Recipient, parse_directory
 from ._record import ConsentRecord, consent_record_id_for
+from ._retention import add_retention, governing_agreement, retention_days
 from ._state import (
     NOT_SOUGHT_CITATIONS,
     Consent,
@@ -122,6 +123,7 @@ __all__ = [
     "Refer",
     "SubjectAges",
     "Tracked",
+    "add_retention",
     "alert_points",
     "alerts_due",
     "completed_at",
@@ -134,6 +136,7 @@ __all__ = [
     "decision_id_for",
     "decision_input",
     "effective_consent",
+    "governing_agreement",
     "input_sha256",
     "is_overdue",
     "justification_from_text",
@@ -146,4 +149,5 @@ __all__ = [
     "parse_local_timeliness",
     "parse_policy",
     "parse_response_duration",
+    "retention_days",
 ]

@@ -60,7 +60,7 @@ from broker import (
     pseudonym,
     topic_plan,
 )
-from consent import Publisher, Recipient
+from consent import Publisher, Recipient, retention_days
 from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
 
 __all__ = [
@@ -337,7 +337,17 @@ class Runtime:
             publisher_agency_types=[
                 p.agency_type.value for p in self.deployment.directory.publishers
             ],
+            agreement_retention_days=self.agreement_retention_days(),
         )
+
+    def agreement_retention_days(self) -> dict[str, int]:
+        """Recipient agency type -> the shortest retention any agreement gives it (days)."""
+        days: dict[str, int] = {}
+        for agreement in self.deployment.policy.agreements:
+            for agency in agreement.recipient_agency_types:
+                value = retention_days(agreement.retention)
+                days[agency.value] = min(days.get(agency.value, value), value)
+        return days
 
     async def create_topics(self) -> list[str]:
         """The admin step: create or reconcile every topic; returns what changed."""
@@ -489,13 +499,15 @@ class Runtime:
         monitor: bool = True,
         router_process: bool = False,
         log_file: Path | None = None,
+        extra: Sequence[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = (),
     ) -> None:
         """Run the chosen services until ``stop`` is set.
 
         Each service is supervised: if it fails, the failure is logged (type
         only, never a message that might carry data) and the service restarts
         after an increasing delay. Every service resumes from its stored
-        position, so a restart neither loses nor repeats work.
+        position, so a restart neither loses nor repeats work. ``extra`` adds
+        services of the shell (``safer up`` adds retention).
         """
         own_store = store is None and feed
         audit_store = store or (self.audit_store() if feed else None)
@@ -514,6 +526,7 @@ class Runtime:
         follower = self.key_follower(ADMIN_PRINCIPAL, [shared]) if shared is not None else None
         if follower is not None:
             runners.append(("key-events", follower.run))
+        runners += list(extra)
         if router and router_process:
             runners.append(
                 ("router", functools.partial(self.run_router_process, log_file=log_file))

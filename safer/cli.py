@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -41,6 +42,7 @@ from ._cli_track import record_published
 from ._cli_track import register as register_track
 from ._demo import run_demo
 from ._logging import configure_logging
+from ._retention import run_retention
 from ._runtime import (
     ROUTER_READY_LINE,
     Runtime,
@@ -268,9 +270,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                     # an event loop with the feed, the monitor and every recipient.
                     router_process=True,
                     log_file=args.log_file,
+                    # Inbox copies past their agreement's retention: at start, then hourly.
+                    extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=lambda: err.print(
                         f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
-                        f"audit feed and {len(recipients)} recipient adapters. Publish with "
+                        f"audit feed, retention and {len(recipients)} recipient adapters. "
+                        "Publish with "
                         "`safer publish --agency police FILE`. Ctrl-C stops."
                     ),
                 )

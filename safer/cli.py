@@ -34,6 +34,7 @@ from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_inbox import register as register_inbox
 from ._cli_keys import register_key_actions
+from ._cli_onboard import register as register_onboard
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
 from ._cli_secure import register as register_secure
@@ -609,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_inbox,
         register_track,
         register_secure,
+        register_onboard,
     ):
         register(sub)
     return parser

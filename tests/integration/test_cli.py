@@ -61,6 +61,8 @@ SUBCOMMANDS = [
     ["cluster", "up"],
     ["cluster", "status"],
     ["cluster", "manifests"],
+    ["onboard"],
+    ["onboard", "check"],
 ]
 
 

@@ -10,6 +10,7 @@ One router (with the audit feed) runs on a local Apache Kafka while keys change 
   with it go out every 100 ms; every probe sent 1 s or more after the revocation is
   quarantined as KEY_REVOKED, and the first quarantine's own decision time is within 1 s of
   the publication.
+* Onboarding: `onboard_check` passes every check, the broker's included, for a recipient.
 * Restarts: a router started afresh (new process state) quarantines the revoked key and
   routes the new one. KEY_ROTATED and KEY_REVOKED are in the audit log.
 """
@@ -31,6 +32,7 @@ from audit import AuditStore
 from broker import make_producer, send_all
 from safer import Runtime
 from safer._cli_keys import publish_key_events, revoke_key, rotate_key
+from safer._cli_onboard import onboard_check
 from schemas import AuditEvent, ConcernModel
 
 from .spine import make_runtime
@@ -107,6 +109,9 @@ async def test_rotation_overlap_revocation_within_a_second_and_restart(
 ) -> None:
     runtime = make_runtime(tmp_path, kafka_bootstrap, prefix=f"kt{secrets.token_hex(3)}")
     await runtime.create_topics()
+    # Onboarding on the real broker: the topics check sees the agency's topics (15.2).
+    checks = await asyncio.to_thread(onboard_check, runtime, "portsmouth-csc")
+    assert [c.name for c in checks if c.ok is not True] == [], checks
     old_police = runtime.police_adapter()  # signs with the key that will be rotated out
     store, stop, services = await _start(runtime)
     try:

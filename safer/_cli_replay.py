@@ -71,7 +71,14 @@ def _logged(runtime: Runtime, disclosure_id: str) -> tuple[AuditRecord, list[Aud
 async def _stored_concern(runtime: Runtime, record: AuditRecord) -> ConcernModel:
     """The signed original of the decided concern, from its inbound topic."""
     bootstrap = resolve_bootstrap(runtime.settings)
-    topic = runtime.settings.topics.inbound(record.source)
+    publisher = runtime.deployment.directory.publisher(record.source)
+    if publisher is None:
+        raise ConfigError(
+            f"the decision's publisher {record.source!r} is not in the directory",
+            code=ReasonCode.UNKNOWN_PUBLISHER,
+            hint="give the publisher's copy of the concern as CONCERN.json",
+        )
+    topic = runtime.settings.topics.inbound(publisher.agency_type.value)
     wanted = (record.concern_id or "").encode()
     found = [
         m

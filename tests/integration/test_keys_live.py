@@ -10,6 +10,8 @@ One router (with the audit feed) runs on a local Apache Kafka while keys change 
   with it go out every 100 ms; every probe sent 1 s or more after the revocation is
   quarantined as KEY_REVOKED, and the first quarantine's own decision time is within 1 s of
   the publication.
+* Decision replay: `policy explain --replay` reads the signed concern back from its inbound
+  topic and reproduces the logged input hash.
 * Onboarding: `onboard_check` passes every check, the broker's included, for a recipient.
 * Restarts: a router started afresh (new process state) quarantines the revoked key and
   routes the new one. KEY_ROTATED and KEY_REVOKED are in the audit log.
@@ -33,6 +35,7 @@ from broker import make_producer, send_all
 from safer import Runtime
 from safer._cli_keys import publish_key_events, revoke_key, rotate_key
 from safer._cli_onboard import onboard_check
+from safer._cli_replay import replay_disclosure
 from schemas import AuditEvent, ConcernModel
 
 from .spine import make_runtime
@@ -128,6 +131,15 @@ async def test_rotation_overlap_revocation_within_a_second_and_restart(
         seen = await _outcomes(store, {by_new.concern_id, by_old.concern_id})
         assert _routed(seen[by_new.concern_id]), "the running router did not learn the new key"
         assert _routed(seen[by_old.concern_id]), "the old key stopped before its retirement"
+        # Decision replay (15.4) from the stored concern: the signed original on its topic.
+        decided = next(
+            r
+            for r in store.records(concern_id=by_new.concern_id)
+            if r.event in (AuditEvent.DISCLOSED, AuditEvent.REFERRED, AuditEvent.WITHHELD)
+        )
+        assert decided.disclosure_id is not None
+        replay = await asyncio.to_thread(replay_disclosure, runtime, decided.disclosure_id, None)
+        assert replay.matches, replay.to_json()
 
         _, revocation = revoke_key(
             runtime, old, reason="compromised", actor="ops", now=datetime.now(UTC)

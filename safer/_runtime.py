@@ -411,12 +411,17 @@ class Runtime:
         await asyncio.to_thread(enrol_subjects, self._subject_vault, subjects, pseudonymise)
 
     def audit_feed(
-        self, store: AuditStore, *, checkpoint_interval: float = 60.0, batch_size: int = 2000
+        self,
+        store: AuditStore,
+        *,
+        checkpoint_interval: float = 60.0,
+        batch_size: int = 2000,
+        keyring: Keyring | None = None,
     ) -> AuditFeed:
         return AuditFeed(
             store=store,
             codec=self.codec,
-            keyring=self.keyring(),
+            keyring=keyring if keyring is not None else self.keyring(),
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
@@ -513,13 +518,13 @@ class Runtime:
         audit_store = store or (self.audit_store() if feed else None)
         chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
         runners: list[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = []
+        # One keyring for the feed and the recipients, kept current by one follower of
+        # hips.keys: a rotated key is trusted, a revoked router key refused (issue 15).
+        shared = self.keyring() if (feed or chosen) else None
         if feed and audit_store is not None:
-            runners.append(("audit-feed", self.audit_feed(audit_store).run))
+            runners.append(("audit-feed", self.audit_feed(audit_store, keyring=shared).run))
             if monitor:
                 runners.append(("monitor", self.monitor(audit_store).run))
-        # The recipients share one keyring, kept current by one follower of hips.keys:
-        # a revoked router key is refused by every recipient (issue 15).
-        shared = self.keyring() if chosen else None
         runners += [
             (f"recipient:{r.id}", self.recipient_adapter(r, keyring=shared).run) for r in chosen
         ]

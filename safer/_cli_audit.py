@@ -320,7 +320,9 @@ def register(sub: Any) -> None:
         "  safer audit verify-bundle bundle.json --key 'safer-exchange.hips/audit/v1+…'\n"
         "  safer audit verify-bundle consistency.json --key log.vkey \\\n"
         "      --witness w1.vkey --witness w2.vkey --witness w3.vkey --quorum 2 \\\n"
-        "      --cosigned w1.note --cosigned w2.note",
+        "      --cosigned w1.note --cosigned w2.note\n"
+        "  safer audit verify-bundle consistency.json --key log.vkey "
+        "--witnesses deploy/witnesses.toml --cosigned w1.note",
     )
     verify_bundle_cmd.add_argument(
         "--witness", action="append", metavar="VKEY", help="a trusted witness's verifier key"
@@ -330,6 +332,12 @@ def register(sub: Any) -> None:
     )
     verify_bundle_cmd.add_argument(
         "--quorum", type=int, default=None, metavar="K", help="cosignatures required (k of n)"
+    )
+    verify_bundle_cmd.add_argument(
+        "--witnesses",
+        metavar="FILE",
+        default=None,
+        help="TOML: quorum = K and [[witness]] vkey = ... (adds to --witness)",
     )
     verify_bundle_cmd.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
     verify_bundle_cmd.add_argument("--key", required=True, help=_KEY_HELP)

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,31 @@ def witness_quorum(
     return names, k, len(names) >= k
 
 
+def read_witnesses(path: Path) -> tuple[list[str], int | None]:
+    """The trusted witnesses and the quorum from a TOML file (``quorum``, ``[[witness]] vkey``)."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the witness list {path} ({type(exc).__name__})",
+            code=ReasonCode.CONFIG_INVALID,
+            hint='write quorum = K and one [[witness]] table with vkey = "..." per witness',
+        ) from None
+    entries = data.get("witness", [])
+    quorum = data.get("quorum")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("vkey"), str) for e in entries
+    ):
+        raise ConfigError(
+            f'{path}: every [[witness]] needs vkey = "..."', code=ReasonCode.CONFIG_INVALID
+        )
+    if quorum is not None and (not isinstance(quorum, int) or quorum < 1):
+        raise ConfigError(
+            f"{path}: quorum must be a positive integer", code=ReasonCode.CONFIG_INVALID
+        )
+    return [e["vkey"] for e in entries], quorum
+
+
 def _text_or_file(value: str) -> str:
     path = Path(value)
     return path.read_text("utf-8").strip() if path.is_file() else value
@@ -92,9 +118,12 @@ def verify_consistency_cli(data: bytes, key: LogKey, args: argparse.Namespace) -
             err.print(f"[red]consistency bundle FAILED verification[/]: {exc.message}")
             err.print(exc.hint)
         return 1
-    names, k, witnessed = witness_quorum(
-        summary.checkpoint, args.witness or [], args.cosigned or [], args.quorum
-    )
+    witnesses, quorum = list(args.witness or []), args.quorum
+    if args.witnesses:
+        listed, listed_quorum = read_witnesses(Path(args.witnesses))
+        witnesses += listed
+        quorum = quorum if quorum is not None else listed_quorum
+    names, k, witnessed = witness_quorum(summary.checkpoint, witnesses, args.cosigned or [], quorum)
     answer: dict[str, Any] = {
         "verified": True,
         "format": CONSISTENCY_FORMAT,

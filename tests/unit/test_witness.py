@@ -199,6 +199,22 @@ def test_the_cli_witness_keeps_state_across_runs_and_refuses_loudly(
     assert answer["witnessed"] and answer["cosigned_by"] == ["w.example/1"]
     assert main([*verify, "--witness", witness_vkey]) == 1
     assert json.loads(capsys.readouterr().out)["witnessed"] is False
+    # The same from a witness list file (deploy/witnesses.toml's form), k of n = 1 of 2.
+    other = _witness("w.example/2").key.vkey()
+    listing = tmp_path / "witnesses.toml"
+    listing.write_text(
+        f'quorum = 1\n[[witness]]\nvkey = "{witness_vkey}"\n[[witness]]\nvkey = "{other}"\n'
+    )
+    assert main([*verify, "--witnesses", str(listing), "--cosigned", str(note)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["quorum"], answer["cosigned_by"]) == (1, ["w.example/1"])
+    assert (
+        main([*verify, "--witnesses", str(listing), "--quorum", "2", "--cosigned", str(note)]) == 1
+    )
+    assert json.loads(capsys.readouterr().out)["witnessed"] is False
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "witnesses.toml"
+    assert main([*verify, "--witnesses", str(shipped)]) == 2  # no witness configured yet
+    assert "more than the 0 witnesses" in capsys.readouterr().err.replace("\n", " ")
 
     rollback = _store(tmp_path / "rollback.db", key, list(range(1, 10)))
     assert main([*cosign, str(bundle(rollback, 9, "rb.json"))]) == 3

@@ -221,6 +221,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         actor=args.actor,
         now=now,
     )
+    if args.agency == KEY_ADMIN_ID:
+        err.print(
+            "[yellow]the key administrator's key changed[/]: running services still trust "
+            "the old one for key events; give partners the new public key "
+            f"(<data-dir>/keys/{KEY_ADMIN_ID}/signing.pub) and restart `safer up`"
+        )
     out.print(
         f"[green]rotated[/] {args.agency}: new signing key {new}; old key {old} verifies "
         f"until {retire_at.isoformat(timespec='seconds')} (KEY_ROTATED in the audit log)"

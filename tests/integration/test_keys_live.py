@@ -12,6 +12,8 @@ One router (with the audit feed) runs on a local Apache Kafka while keys change 
   the publication.
 * Decision replay: `policy explain --replay` reads the signed concern back from its inbound
   topic and reproduces the logged input hash.
+* Recipients: after the router's key is revoked, the front doors (following hips.keys in
+  `run_services`) refuse what it still signs (KEY_REVOKED), storing nothing.
 * Onboarding: `onboard_check` passes every check, the broker's included, for a recipient.
 * Restarts: a router started afresh (new process state) quarantines the revoked key and
   routes the new one. KEY_ROTATED and KEY_REVOKED are in the audit log.
@@ -29,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from adapters import PoliceAdapter, synthetic_concerns
+from adapters import Inbox, PoliceAdapter, synthetic_concerns
 from audit import AuditStore
 from broker import make_producer, send_all
 from safer import Runtime
@@ -175,3 +177,58 @@ async def test_rotation_overlap_revocation_within_a_second_and_restart(
         assert [r.credential for r in revoked] == [old]
     finally:
         await _stop(store, stop, services)
+
+
+async def test_recipients_refuse_disclosures_signed_with_a_revoked_router_key(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The recipients in `safer up` follow hips.keys: once the router's key is revoked,
+    what it still signs with it is refused (KEY_REVOKED in the inbox's rejections)."""
+    runtime = make_runtime(tmp_path, kafka_bootstrap, prefix=f"kr{secrets.token_hex(3)}")
+    await runtime.create_topics()
+    doors = [r for r in runtime.deployment.directory.recipients if r.front_door]
+    store = AuditStore(runtime.settings.audit_db)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    services = asyncio.create_task(
+        runtime.run_services(stop, store=store, recipients=doors, monitor=False, on_ready=ready.set)
+    )
+    police = runtime.police_adapter()
+
+    def inboxes() -> tuple[int, list[str]]:
+        held, codes = 0, []
+        for door in doors:
+            path = runtime.inbox_path(door.id)
+            if path.exists():
+                with Inbox(path) as inbox:
+                    held += inbox.count()
+                    codes += [r.reason_code for r in inbox.rejections()]
+        return held, codes
+
+    async def until(check: Any, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if check() or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.2)
+
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        await _send(runtime, police, _concerns(3))
+        await until(lambda: inboxes()[0] > 0)
+        held, codes = inboxes()
+        assert held > 0 and codes == []
+        router_kid = runtime.keys.signing_key_id("safer-router")
+        _, event = revoke_key(
+            runtime, router_kid, reason="compromised", actor="ops", now=datetime.now(UTC)
+        )
+        await publish_key_events(runtime, [event])
+        await asyncio.sleep(1.0)
+        await _send(runtime, police, _concerns(3))
+        await until(lambda: "KEY_REVOKED" in inboxes()[1])
+        after, codes = inboxes()
+        assert "KEY_REVOKED" in codes, "a recipient accepted a revoked router key"
+        assert after == held, "a disclosure signed with the revoked key was stored"
+    finally:
+        stop.set()
+        await services
+        store.close()

@@ -221,6 +221,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         actor=args.actor,
         now=now,
     )
+    if args.agency == "safer-audit-log":
+        err.print(
+            "[yellow]the audit log's key changed[/]: checkpoints from now on are signed with "
+            "it; give auditors and witnesses the new verifier key (`safer audit checkpoint` "
+            "prints it) and keep the old one for older checkpoints"
+        )
     if args.agency == KEY_ADMIN_ID:
         err.print(
             "[yellow]the key administrator's key changed[/]: running services still trust "

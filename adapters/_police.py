@@ -20,7 +20,7 @@ import pydantic
 from aiokafka import AIOKafkaProducer
 
 from broker import Headers, OutRecord, SigningIdentity, send_all, signed_record, subject_key
-from consent import missing_minimum_dataset
+from consent import missing_minimum_dataset, risk_problems
 from schemas import (
     CONCERN,
     Codec,
@@ -164,6 +164,12 @@ def parse_police_json(
                     ReasonCode.MINIMUM_DATASET_MISSING.value,
                     "missing: " + ", ".join(missing),
                 )
+            )
+            continue
+        risky = risk_problems(concern)
+        if risky:
+            parsed.append(
+                ParsedRecord(label, None, concern.concern_id, risky[0].code.value, _problems(risky))
             )
             continue
         parsed.append(ParsedRecord(label, concern, concern.concern_id, ACCEPTED))

@@ -18,6 +18,10 @@ Public surface:
 * ``missing_minimum_dataset`` → the fields a concern lacks to be routable;
 * ``decision_input``/``input_sha256`` → the canonical input of a decision and its hash;
 * ``deadline_for`` (with ``parse_calendars`` and ``parse_local_timeliness``) → deadlines.
+* ``risk_problems`` / ``risk_warnings`` → what refuses a concern's risk
+  assessments, and what is only recorded (a DASH score against its grade);
+* ``CumulativeThreshold``, ``SignalEvent``, ``cumulative_flag`` → the
+  cumulative-concern signal's window arithmetic (issue 16).
 """
 
 from ._dataset import missing_minimum_dataset
@@ -62,6 +66,23 @@ from ._policy import (
 from ._recipient import Directory, Publisher, Recipient, parse_directory
 from ._record import ConsentRecord, consent_record_id_for
 from ._retention import add_retention, governing_agreement, retention_days
+from ._risk import (
+    ASSESSED_ROLES,
+    DASH_HIGH,
+    DASH_MEDIUM,
+    dash_band,
+    risk_problems,
+    risk_warnings,
+)
+from ._signal import (
+    CumulativeFlag,
+    CumulativeThreshold,
+    SignalEvent,
+    ThresholdMet,
+    cumulative_flag,
+    in_window,
+    prune_events,
+)
 from ._state import (
     NOT_SOUGHT_CITATIONS,
     Consent,
@@ -80,7 +101,10 @@ from ._timeliness import (
 )
 
 __all__ = [
+    "ASSESSED_ROLES",
     "AT_RISK",
+    "DASH_HIGH",
+    "DASH_MEDIUM",
     "DEFAULT_ENCOMPASS_NOTICE",
     "ENCOMPASS_TIME",
     "FREE_TEXT_PATHS",
@@ -102,6 +126,8 @@ __all__ = [
     "ConsentRecord",
     "ConsentRule",
     "ConsentSource",
+    "CumulativeFlag",
+    "CumulativeThreshold",
     "Deadline",
     "DeadlineRule",
     "Decision",
@@ -121,7 +147,9 @@ __all__ = [
     "Recipient",
     "Redaction",
     "Refer",
+    "SignalEvent",
     "SubjectAges",
+    "ThresholdMet",
     "Tracked",
     "add_retention",
     "alert_points",
@@ -130,13 +158,16 @@ __all__ = [
     "concern_field_paths",
     "concern_sha256",
     "consent_record_id_for",
+    "cumulative_flag",
     "current_consent",
+    "dash_band",
     "deadline_for",
     "decide",
     "decision_id_for",
     "decision_input",
     "effective_consent",
     "governing_agreement",
+    "in_window",
     "input_sha256",
     "is_overdue",
     "justification_from_text",
@@ -149,5 +180,8 @@ __all__ = [
     "parse_local_timeliness",
     "parse_policy",
     "parse_response_duration",
+    "prune_events",
     "retention_days",
+    "risk_problems",
+    "risk_warnings",
 ]

@@ -52,6 +52,7 @@ from broker import (
     Router,
     RouterCore,
     Settings,
+    SignalStore,
     TimelinessMonitor,
     TopicSpec,
     child_preexec,
@@ -379,6 +380,19 @@ class Runtime:
                 security=self.security_for(ROUTER_PRINCIPAL),
             ),
             key_follower=self.key_follower(ROUTER_PRINCIPAL),
+            signals=self.signal_store(),
+        )
+
+    def signal_store(self) -> SignalStore:
+        """A fresh, empty cumulative-concern store (the router fills it from hips.signals).
+
+        It keeps what the longest configured window can still count (a year at least)."""
+        windows = [t.window_days for t in self.deployment.policy.thresholds]
+        return SignalStore(
+            topic=self.settings.topics.signals,
+            bootstrap_servers=self.bootstrap,
+            keep_days=max([365, *windows]),
+            security=self.security_for(ROUTER_PRINCIPAL),
         )
 
     def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:
@@ -584,6 +598,7 @@ class Runtime:
         ready: asyncio.Event,
         *,
         instance: str = "0",
+        group_id: str = "safer-router",
         log_file: Path | None = None,
     ) -> None:
         """Run `safer route` as a child process until ``stop``; raise if it dies.
@@ -595,7 +610,7 @@ class Runtime:
         argv = [sys.executable, "-m", "safer"]
         if log_file is not None:
             argv += ["--log-file", str(log_file)]
-        argv += ["route", "--instance", instance]
+        argv += ["route", "--group-id", group_id, "--instance", instance]
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=self.child_env(),

@@ -41,6 +41,7 @@ from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
+from ._cli_users import register as register_users
 from ._demo import run_demo
 from ._logging import configure_logging
 from ._retention import run_retention
@@ -229,6 +230,47 @@ def cmd_route(args: argparse.Namespace) -> int:
     return run_async(route)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web import serve
+
+    settings = settings_from(args)
+
+    async def web(stop: asyncio.Event) -> int:
+        await serve(
+            settings,
+            stop,
+            host=args.host,
+            port=args.port,
+            on_ready=lambda url: err.print(f"[green]safer web[/] on {url} (Ctrl-C stops)"),
+        )
+        return 0
+
+    return run_async(web)
+
+
+def _web_task(
+    settings: Settings, args: argparse.Namespace, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """`safer up` also serves the web app (unless --no-web)."""
+    if args.no_web:
+        return None
+    from .web import serve
+
+    async def web() -> None:
+        try:
+            await serve(
+                settings,
+                stop,
+                host=args.web_host,
+                port=args.web_port,
+                on_ready=lambda url: err.print(f"[green]safer web[/] on {url}"),
+            )
+        except SaferError as exc:  # the exchange runs on without its web app
+            err.print(f"[yellow]safer web not started[/]: {exc.message}; {exc.hint}")
+
+    return asyncio.create_task(web(), name="safer-web")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if args.cluster:
         if args.port is not None:
@@ -264,6 +306,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 else None
             )
             secure = " in secure mode (each service its own principal)" if engine.access else ""
+            web = _web_task(settings, args, stop)
             try:
                 await runtime.run_services(
                     stop,
@@ -281,6 +324,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                     ),
                 )
             finally:
+                if web is not None:
+                    stop.set()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await web
                 if watchdog is not None:
                     watchdog.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -555,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
-        "deadline monitor and one adapter per recipient until Ctrl-C.\n\n"
+        "deadline monitor, one adapter per recipient and the web app (`safer web`\n"
+        "on --web-port, default 8080; /metrics, /healthz, /readyz) until Ctrl-C.\n\n"
         "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
@@ -567,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
+    up.add_argument("--no-web", action="store_true", help="do not serve the web app")
+    up.add_argument("--web-host", default="127.0.0.1", help="web app address (default loopback)")
+    up.add_argument("--web-port", type=int, default=8080, help="web app port (default 8080)")
     up.add_argument(
         "--port",
         type=int,
@@ -601,6 +652,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
+    web = sub.add_parser(
+        "web",
+        help="serve the web app (practitioners, auditors, DPOs, analysts)",
+        formatter_class=FORMATTER,
+        description="A read-only web app on the data directory: practitioners' inboxes,\n"
+        "the auditors' and DPOs' log status, trails, s.62 and subject access reports,\n"
+        "the quarantine list, and each partnership's performance dashboard.\n"
+        "Sign-in accounts come from `safer users add`. /metrics, /healthz and /readyz\n"
+        "need no sign-in. `safer up` serves it too (on --web-port, default 8080).\n\n"
+        "example:\n  safer users add sam --role practitioner --recipient portsmouth-csc\n"
+        "  safer web --port 8080   # then open http://127.0.0.1:8080",
+    )
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    web.set_defaults(func=cmd_web)
+
     for register in (
         register_topics,
         register_quarantine,
@@ -611,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_track,
         register_secure,
         register_onboard,
+        register_users,
     ):
         register(sub)
     return parser

@@ -192,20 +192,23 @@ def test_the_services_get_only_what_they_use() -> None:
         TOPICS.consent,
         TOPICS.routed,
         TOPICS.keys,
+        TOPICS.signals,
     }
     assert _topics_with(ROUTER_PRINCIPAL, OP.WRITE) == {
         *TOPICS.all_recipient_topics(),
         TOPICS.quarantine,
         TOPICS.audit,
         TOPICS.routed,
+        TOPICS.signals,
     }
     assert _allowed(ROUTER_PRINCIPAL, OP.READ, "safer-router", AclResource.GROUP)
     assert not _allowed(ROUTER_PRINCIPAL, OP.READ, "another-group", AclResource.GROUP)
     assert _allowed(ROUTER_PRINCIPAL, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
     assert not _allowed(POLICE, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
-    # The admin touches topic metadata, and key events only: never data.
+    # The admin touches topic metadata, key events and, to erase a child's
+    # cumulative-concern counts, the tombstones a shred sends: never other data.
     assert _topics_with(ADMIN_PRINCIPAL, OP.READ) == {TOPICS.keys}
-    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == {TOPICS.keys}
+    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == {TOPICS.keys, TOPICS.signals}
     # Only the broker certificate is a super user; no binding names it.
     assert all(b.principal != BROKER_PRINCIPAL for b in PLAN)
 

@@ -500,21 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser(
         "publish",
-        help="validate, sign and publish concerns from JSON files",
+        help="validate, sign and publish concerns from JSON or CSV files",
         formatter_class=FORMATTER,
         description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
-        "in docs/police-json-format.md), validate each, sign it with the agency's\n"
+        "in docs/police-json-format.md; or, for a file named *.csv, one concern per\n"
+        "row as in docs/csv-format.md), validate each, sign it with the agency's\n"
         "key and publish it to hips.inbound.<agency>. Prints one line per record:\n"
-        "the concern_id and ACCEPTED, or a reason code and what is wrong.\n"
-        "Exit code 1 if any record was rejected.\n\n"
+        "the concern_id and ACCEPTED, or a reason code, the record (FILE#N, or\n"
+        "FILE row N for CSV, counting the header as row 1) and which fields are\n"
+        "wrong, never their values. Good records are published even when others\n"
+        "are refused; exit code 1 if any record was rejected.\n\n"
         "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
         "example:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json\n"
-        "  safer publish --agency police deploy/examples/*.json",
+        "  safer publish --agency police deploy/examples/*.json\n"
+        "  safer publish --agency police deploy/examples/concerns-template.csv",
     )
     publish.add_argument(
         "--agency", default="police", choices=["police"], help="publishing agency type"
     )
-    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON file(s) of concerns")
+    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON or CSV file(s) of concerns")
     publish.set_defaults(func=cmd_publish)
 
     route = sub.add_parser(

@@ -3,10 +3,35 @@
 Floor 4. The police adapter publishes to ``hips.inbound.police`` only; the
 recipient adapter reads a recipient's own topics. No adapter writes to a
 recipient topic: everything for a recipient goes through the router.
+
+Issue 13: CSV batches (``parse_police_csv``), the HTTP ingestion gateway
+(``Gateway``, ``gateway_app``, ``serve_gateway``; per-agency ``CredentialStore``).
+The gateway writes to ``hips.inbound.<agency>`` and, for its own submission
+records, to ``hips.audit``; never to a recipient topic.
 """
 
+from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
+from ._csv import CSV_COLUMNS, csv_columns, parse_police_csv
+from ._gateway import (
+    GATEWAY_SUBMITTED,
+    Gateway,
+    GatewayLimits,
+    IdempotencyStore,
+    Submission,
+    gateway_app,
+    listen,
+    openapi_document,
+    serve_gateway,
+)
 from ._inbox import STATUS_ORDER, Inbox, InboxItem, PendingReceipt, Rejection
-from ._police import ParsedRecord, PoliceAdapter, PublishOutcome, parse_police_json
+from ._police import (
+    ParsedRecord,
+    PoliceAdapter,
+    PublishOutcome,
+    concern_id_for,
+    parse_police_json,
+    validate_record,
+)
 from ._recipient import RecipientAdapter, publish_receipts, receipt_id_for, receipt_records
 from ._synthetic import synthetic_concerns, synthetic_people
 from ._webhook import (
@@ -26,15 +51,24 @@ from ._webhook import (
 )
 
 __all__ = [
+    "CSV_COLUMNS",
+    "GATEWAY_SUBMITTED",
     "HEADER_DISCLOSURE_ID",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "STATUS_ORDER",
     "WEBHOOK_METADATA_FIELDS",
     "Attempt",
+    "Credential",
+    "CredentialStore",
     "DeliveryOutcome",
     "DeliveryReason",
     "DeliveryResult",
+    "Gateway",
+    "GatewayLimits",
+    "GatewayReason",
+    "GatewayRefusal",
+    "IdempotencyStore",
     "Inbox",
     "InboxItem",
     "ParsedRecord",
@@ -44,14 +78,23 @@ __all__ = [
     "RecipientAdapter",
     "Rejection",
     "RetryPolicy",
+    "Submission",
     "WebhookSender",
+    "concern_id_for",
+    "csv_columns",
+    "gateway_app",
+    "listen",
+    "openapi_document",
+    "parse_police_csv",
     "parse_police_json",
     "publish_receipts",
     "receipt_id_for",
     "receipt_records",
+    "serve_gateway",
     "sign_webhook",
     "synthetic_concerns",
     "synthetic_people",
+    "validate_record",
     "verify_webhook",
     "webhook_body",
 ]

@@ -31,6 +31,8 @@ from ._cli_audit import register as register_audit
 from ._cli_cluster import register as register_cluster
 from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_gateway import add_gateway_options, run_gateway
+from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
@@ -225,6 +227,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     return run_async(route)
 
 
+async def _gateway_in_up(runtime: Runtime, stop: asyncio.Event, args: argparse.Namespace) -> None:
+    """The gateway beside the other services: its failure to start is reported, not fatal."""
+    try:
+        await run_gateway(runtime, stop, args)
+    except SaferError as exc:
+        err.print(f"[red]gateway not started[/] [{exc.code}] {exc.message}")
+        if exc.hint:
+            err.print(f"  what to do: {exc.hint}")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if args.cluster:
         if args.port is not None:
@@ -260,6 +272,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 else None
             )
             secure = " in secure mode (each service its own principal)" if engine.access else ""
+            gateway = (
+                None
+                if args.no_gateway
+                else asyncio.create_task(_gateway_in_up(runtime, stop, args), name="gateway")
+            )
             try:
                 await runtime.run_services(
                     stop,
@@ -274,6 +291,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                     ),
                 )
             finally:
+                if gateway is not None:
+                    stop.set()
+                    await gateway
                 if watchdog is not None:
                     watchdog.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -542,12 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="run broker, router, recipient adapters and audit feed together",
+        help="run broker, router, recipient adapters, audit feed and HTTP gateway together",
         formatter_class=FORMATTER,
         description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
-        "deadline monitor and one adapter per recipient until Ctrl-C.\n\n"
+        "deadline monitor, one adapter per recipient and the HTTP ingestion gateway\n"
+        "(127.0.0.1:8480 unless --no-gateway; see `safer gateway --help`) until Ctrl-C.\n\n"
         "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
@@ -572,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a 3-broker cluster (replication 3, min.insync.replicas 2, data in "
         "<data-dir>/cluster) instead of one broker; see `safer cluster --help`",
     )
+    up.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="do not start the HTTP ingestion gateway (see `safer gateway --help`)",
+    )
+    add_gateway_options(up)
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -602,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_inbox,
         register_track,
         register_secure,
+        register_gateway,
     ):
         register(sub)
     return parser

@@ -1,0 +1,317 @@
+"""The HTTP ingestion gateway (issue 13) on real Kafka and a real uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from structlog.testing import capture_logs
+
+from adapters import GATEWAY_SUBMITTED, openapi_document
+from adapters._credentials import GatewayRefusal
+from adapters._gateway import GatewayLimits, _RateLimiter
+from audit import AuditRecord
+from broker import read_topic
+from schemas import AUDIT_BATCH
+
+from .gateway_harness import PUBLISHER, Harness, start_harness
+from .spine import REPO
+
+pytestmark = pytest.mark.kafka
+
+EXAMPLE = json.loads((REPO / "deploy/examples/concern-domestic-abuse.json").read_text())
+PERSONAL = ("Poppy", "Walker", "Darren", "Fletcher", "9992048719", "PO2 8RL", "2017-04-12")
+
+
+@pytest.fixture(scope="module")
+def harness(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    started = start_harness(
+        tmp_path_factory.mktemp("gateway"), kafka_bootstrap, f"gw{secrets.token_hex(4)}"
+    )
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def _concern(source_ref: str | None = None, **changes: Any) -> dict[str, Any]:
+    doc = {k: v for k, v in EXAMPLE.items() if k != "concern_id"}
+    doc["source_ref"] = source_ref or f"GW{secrets.token_hex(5)}"
+    doc.update(changes)
+    return doc
+
+
+def _client(harness: Harness, token: str | None = None, strict: bool = False) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token or harness.token}"}
+    return httpx.Client(
+        base_url=harness.strict_url if strict else harness.url, headers=headers, timeout=30
+    )
+
+
+def _audit_records(harness: Harness) -> list[AuditRecord]:
+    runtime = harness.runtime
+    raw = asyncio.run(read_topic(runtime.bootstrap, runtime.settings.topics.audit, timeout=30))
+    records: list[AuditRecord] = []
+    for message in raw:
+        decoded = runtime.codec.decode(message.value)
+        if decoded.subject == AUDIT_BATCH:
+            records += [AuditRecord.from_avro(r) for r in decoded.record["records"]]
+    return records
+
+
+# --------------------------------------------------------------------------- one concern
+
+
+def test_post_gives_202_status_url_and_a_signed_audited_concern(harness: Harness) -> None:
+    with _client(harness) as client:
+        response = client.post("/v1/concerns", json=_concern())
+        assert response.status_code == 202, response.text
+        body = response.json()
+        concern_id = body["concern_id"]
+        assert body["status_url"] == f"/v1/concerns/{concern_id}"
+        assert response.headers["location"] == body["status_url"]
+        # The status endpoint answers at once (PENDING), then as `safer track` does.
+        deadline = time.monotonic() + 90
+        while True:
+            status = client.get(body["status_url"])
+            assert status.status_code == 200
+            if status.json()["state"] == "ROUTED" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        doc = status.json()
+        assert doc["state"] == "ROUTED", doc
+        recipients = {row["recipient"] for row in doc["recipients"]}
+        assert "portsmouth-csc" in recipients
+        assert all(row["concern_id"] == concern_id for row in doc["recipients"])
+    # The audit record names the credential (never its secret) and the body's hash.
+    submitted = [
+        r
+        for r in _audit_records(harness)
+        if r.concern_id == concern_id and GATEWAY_SUBMITTED in r.reason_codes
+    ]
+    assert len(submitted) == 1
+    assert submitted[0].credential == f"api:{harness.credential_id}"
+    assert submitted[0].source == PUBLISHER
+    assert submitted[0].input_sha256 and len(submitted[0].input_sha256) == 64
+    assert harness.token.rsplit("_", 1)[-1] not in json.dumps(submitted[0].to_avro(), default=str)
+
+
+def test_a_retry_is_the_same_concern_and_a_conflict_is_refused(harness: Harness) -> None:
+    ref = f"GW{secrets.token_hex(5)}"
+    with _client(harness) as client:
+        first = client.post("/v1/concerns", json=_concern(ref))
+        again = client.post("/v1/concerns", json=_concern(ref))
+        assert first.status_code == again.status_code == 202
+        assert first.json()["concern_id"] == again.json()["concern_id"]
+        assert again.json()["repeat"] is True
+        changed = client.post("/v1/concerns", json=_concern(ref, risk_grade="LOW"))
+        assert changed.status_code == 409
+        assert changed.headers["content-type"].startswith("application/problem+json")
+        problem = changed.json()
+        assert problem["reason_code"] == "IDEMPOTENCY_CONFLICT"
+        assert problem["concern_id"] == first.json()["concern_id"]
+        other_id = client.post(
+            "/v1/concerns",
+            json=_concern(ref, concern_id="0b7d5e93-4a1c-4f26-9e8b-d2c6a5f1e380"),
+        )
+        assert other_id.status_code == 409
+    submitted = [
+        r
+        for r in _audit_records(harness)
+        if r.concern_id == first.json()["concern_id"] and GATEWAY_SUBMITTED in r.reason_codes
+    ]
+    assert len(submitted) == 1  # the retry published nothing new
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "code"),
+    [
+        (None, 401, "AUTH_REQUIRED"),
+        ("sfx_000000000000_" + "A" * 43, 401, "CREDENTIAL_UNKNOWN"),
+        ("revoked", 403, "CREDENTIAL_REVOKED"),
+    ],
+)
+def test_unknown_and_revoked_callers_are_refused_with_a_code(
+    harness: Harness, token: str | None, status: int, code: str
+) -> None:
+    headers = {}
+    if token == "revoked":
+        headers["Authorization"] = f"Bearer {harness.revoked_token}"
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = httpx.post(f"{harness.url}/v1/concerns", json=_concern(), headers=headers)
+    assert response.status_code == status
+    assert response.json()["reason_code"] == code
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_wrong_secret_for_a_real_credential_is_refused(harness: Harness) -> None:
+    forged = harness.token[: -len("A")] + ("B" if not harness.token.endswith("B") else "C")
+    response = httpx.post(
+        f"{harness.url}/v1/concerns",
+        json=_concern(),
+        headers={"Authorization": f"Bearer {forged}"},
+    )
+    assert response.status_code == 401
+    assert response.json()["reason_code"] == "CREDENTIAL_UNKNOWN"
+
+
+def test_invalid_concerns_get_422_naming_fields_never_values(harness: Harness) -> None:
+    bad = _concern()
+    bad["subjects"] = [dict(bad["subjects"][0], date_of_birth=None, nhs_number=None)]
+    with _client(harness) as client:
+        response = client.post("/v1/concerns", json=bad)
+        assert response.status_code == 422
+        assert response.json()["reason_code"] == "MINIMUM_DATASET_MISSING"
+        assert "Poppy" not in response.text
+        garbled = client.post(
+            "/v1/concerns", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert garbled.status_code == 400 and garbled.json()["reason_code"] == "DECODE_ERROR"
+        wrong = client.post("/v1/concerns", content=b"x", headers={"Content-Type": "text/plain"})
+        assert wrong.status_code == 415
+        assert wrong.json()["reason_code"] == "UNSUPPORTED_MEDIA_TYPE"
+        other = client.get("/v1/concerns/00000000-0000-4000-8000-000000000000")
+        assert other.status_code == 404 and other.json()["reason_code"] == "NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_a_jsonl_batch_is_partly_accepted_with_a_code_per_record(harness: Harness) -> None:
+    good = _concern()
+    bad = _concern(risk_grade="PURPLE")
+    lines = [json.dumps(good), "{broken", json.dumps(bad), json.dumps(good)]
+    with _client(harness) as client:
+        response = client.post(
+            "/v1/concerns:batch",
+            content="\n".join(lines).encode(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    statuses = [(r["record"], r["status"]) for r in doc["results"]]
+    assert statuses == [
+        (1, "ACCEPTED"),
+        (2, "DECODE_ERROR"),
+        (3, "SCHEMA_INVALID"),
+        (4, "ACCEPTED"),
+    ]
+    assert doc["results"][3]["repeat"] is True
+    assert doc["results"][0]["concern_id"] == doc["results"][3]["concern_id"]
+    assert (doc["accepted"], doc["refused"]) == (2, 2)
+    assert "PURPLE" not in response.text
+
+
+def test_a_csv_batch_reports_spreadsheet_rows(harness: Harness) -> None:
+    text = (REPO / "deploy/examples/concerns-mixed.csv").read_text("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:
+        row["source_ref"] = f"GWCSV{secrets.token_hex(4)}"
+        row["concern_id"] = ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with _client(harness) as client:
+        response = client.post(
+            "/v1/concerns:batch",
+            content=out.getvalue().encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["record"], r["status"]) for r in results] == [
+        (2, "SCHEMA_INVALID"),
+        (3, "MINIMUM_DATASET_MISSING"),
+        (4, "ACCEPTED"),
+    ]
+    assert "subject1.date_of_birth" in results[0]["detail"]
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_body_size_and_rate_limits_are_per_agency_problems(harness: Harness) -> None:
+    with _client(harness, strict=True) as client:
+        big = client.post("/v1/concerns", json=_concern(narrative="x" * 5000))
+        assert big.status_code == 413 and big.json()["reason_code"] == "TOO_LARGE"
+        codes = [client.post("/v1/concerns", json=_concern()).status_code for _ in range(4)]
+        assert codes[:2] == [202, 202]
+        limited = client.post("/v1/concerns", json=_concern())
+        assert limited.status_code == 429
+        assert limited.json()["reason_code"] == "RATE_LIMITED"
+        assert int(limited.headers["retry-after"]) >= 1
+
+
+def test_the_token_bucket_refills() -> None:
+    now = [0.0]
+    limiter = _RateLimiter(GatewayLimits(rate_per_minute=60, burst=2), lambda: now[0])
+    limiter.take("a", 1)
+    limiter.take("a", 1)
+    with pytest.raises(GatewayRefusal):
+        limiter.take("a", 1)
+    limiter.take("b", 2)  # another agency has its own bucket
+    now[0] += 1.0
+    limiter.take("a", 1)
+    with pytest.raises(GatewayRefusal):
+        limiter.take("a", 3)  # more than the burst can ever be
+
+
+# --------------------------------------------------------------------------- logs, OpenAPI
+
+
+def test_access_log_names_route_status_and_credential_and_no_personal_data(
+    harness: Harness,
+) -> None:
+    with capture_logs() as logs, _client(harness) as client:
+        accepted = client.post("/v1/concerns", json=_concern())
+        client.get(f"/v1/concerns/{accepted.json()['concern_id']}?name=Poppy+Walker")
+        client.post("/v1/concerns:batch?nhs=9992048719", content=b"{}")
+    lines = [entry for entry in logs if entry.get("event") == "gateway.request"]
+    assert {(e["route"], e["status"]) for e in lines} >= {
+        ("/v1/concerns", 202),
+        ("/v1/concerns/{concern_id}", 200),
+        ("/v1/concerns:batch", 415),
+    }
+    assert all(e["credential"] == harness.credential_id for e in lines)
+    text = json.dumps(logs, default=str)
+    for value in (*PERSONAL, harness.token):
+        assert value not in text
+
+
+def test_openapi_is_served(harness: Harness) -> None:
+    response = httpx.get(f"{harness.url}/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.json() == json.loads(json.dumps(openapi_document()))
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(ctx: Any, value: Any) -> bytes:
+    """JSON Lines bodies for schemathesis: any generated value, as text."""
+    return value.encode() if isinstance(value, str) else json.dumps(value).encode()
+
+
+SCHEMA = schemathesis.openapi.from_dict(openapi_document())
+
+
+@SCHEMA.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_schemathesis_finds_no_server_error(case: Any, harness: Harness) -> None:
+    response = case.call(base_url=harness.url, headers={"Authorization": f"Bearer {harness.token}"})
+    assert response.status_code < 500, (case.method, case.path, response.text[:300])

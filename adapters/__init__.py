@@ -12,6 +12,19 @@ records, to ``hips.audit``; never to a recipient topic.
 
 from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
 from ._csv import CSV_COLUMNS, csv_columns, parse_police_csv
+from ._fhir import (
+    CONCERN_TYPE_SYSTEM,
+    FHIR_INVALID,
+    FHIR_UNMAPPABLE,
+    NHS_NUMBER_SYSTEM,
+    RISK_GRADE_SYSTEM,
+    FhirRefusal,
+    bundle_to_concern,
+    concern_to_bundle,
+    consent_to_fhir,
+    disclosure_to_communication,
+    validate_r4,
+)
 from ._gateway import (
     GATEWAY_SUBMITTED,
     Gateway,
@@ -51,11 +64,16 @@ from ._webhook import (
 )
 
 __all__ = [
+    "CONCERN_TYPE_SYSTEM",
     "CSV_COLUMNS",
+    "FHIR_INVALID",
+    "FHIR_UNMAPPABLE",
     "GATEWAY_SUBMITTED",
     "HEADER_DISCLOSURE_ID",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
+    "NHS_NUMBER_SYSTEM",
+    "RISK_GRADE_SYSTEM",
     "STATUS_ORDER",
     "WEBHOOK_METADATA_FIELDS",
     "Attempt",
@@ -64,6 +82,7 @@ __all__ = [
     "DeliveryOutcome",
     "DeliveryReason",
     "DeliveryResult",
+    "FhirRefusal",
     "Gateway",
     "GatewayLimits",
     "GatewayReason",
@@ -80,8 +99,12 @@ __all__ = [
     "RetryPolicy",
     "Submission",
     "WebhookSender",
+    "bundle_to_concern",
     "concern_id_for",
+    "concern_to_bundle",
+    "consent_to_fhir",
     "csv_columns",
+    "disclosure_to_communication",
     "gateway_app",
     "listen",
     "openapi_document",
@@ -94,6 +117,7 @@ __all__ = [
     "sign_webhook",
     "synthetic_concerns",
     "synthetic_people",
+    "validate_r4",
     "validate_record",
     "verify_webhook",
     "webhook_body",

@@ -74,6 +74,7 @@ from schemas import AUDIT_BATCH, AuditEvent, Codec, ConcernModel, ReasonCode, Sa
 
 from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
 from ._csv import parse_police_csv
+from ._fhir import FhirRefusal, bundle_to_concern
 from ._police import ACCEPTED, ParsedRecord, PoliceAdapter, concern_id_for, validate_record
 
 __all__ = [
@@ -96,7 +97,7 @@ PROBLEM_JSON = "application/problem+json"
 _log = structlog.get_logger("safer.gateway")
 
 #: Maps a FHIR R4 Bundle (parsed JSON) to a police-JSON-shaped dict for an agency,
-#: or raises ``GatewayRefusal`` naming the FHIR path. Set by the FHIR adapter.
+#: or raises ``FhirRefusal`` naming the FHIR path (default: ``bundle_to_concern``).
 FhirMapper = Callable[[Any, str], dict[str, Any]]
 #: The tracking rows of a concern (as ``safer track --json``), or [] if not routed yet.
 StatusSource = Callable[[str], list[dict[str, Any]]]
@@ -271,7 +272,7 @@ class Gateway:
     producers: Mapping[str, AIOKafkaProducer] = field(default_factory=dict)
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     status_source: StatusSource | None = None
-    fhir_mapper: FhirMapper | None = None
+    fhir_mapper: FhirMapper | None = bundle_to_concern
     on_published: Callable[[list[tuple[str, str]]], None] | None = None
     clock: Callable[[], float] = time.monotonic
     _publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -545,7 +546,12 @@ def gateway_app(gateway: Gateway) -> Starlette:
                 raise GatewayRefusal(
                     415, GatewayReason.UNSUPPORTED_MEDIA_TYPE, "this gateway takes no FHIR"
                 )
-            document = gateway.fhir_mapper(document, credential.agency)
+            try:
+                document = gateway.fhir_mapper(document, credential.agency)
+            except FhirRefusal as exc:
+                return problem(
+                    422, exc.code, f"{exc.path}: {exc.detail}", extra={"fhir_path": exc.path}
+                )
         if not isinstance(document, dict):
             raise GatewayRefusal(422, ReasonCode.SCHEMA_INVALID, "the body must be one JSON object")
         gateway.rate.take(credential.agency, 1)
@@ -795,6 +801,7 @@ def openapi_document() -> dict[str, Any]:
                         "detail": {"type": "string"},
                         "reason_code": {"type": "string"},
                         "concern_id": {"type": "string"},
+                        "fhir_path": {"type": "string"},
                     },
                 },
                 "Accepted": {

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from adapters import GATEWAY_SUBMITTED, openapi_document
 from adapters._credentials import GatewayRefusal
 from adapters._gateway import GatewayLimits, _RateLimiter
-from audit import AuditRecord
+from audit import AuditRecord, AuditStore
 from broker import read_topic
 from schemas import AUDIT_BATCH
 
@@ -104,6 +104,13 @@ def test_post_gives_202_status_url_and_a_signed_audited_concern(harness: Harness
     assert submitted[0].source == PUBLISHER
     assert submitted[0].input_sha256 and len(submitted[0].input_sha256) == 64
     assert harness.token.rsplit("_", 1)[-1] not in json.dumps(submitted[0].to_avro(), default=str)
+    # The audit feed took it into the log (signed by the router family, not quarantined).
+    with AuditStore(harness.runtime.settings.audit_db) as store:
+        logged = list(store.records(concern_id=concern_id))
+    assert [r.credential for r in logged if GATEWAY_SUBMITTED in r.reason_codes] == [
+        f"api:{harness.credential_id}"
+    ]
+    assert not [r for r in logged if r.event.value == "QUARANTINED"]
 
 
 def test_a_retry_is_the_same_concern_and_a_conflict_is_refused(harness: Harness) -> None:
@@ -315,3 +322,64 @@ SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 def test_schemathesis_finds_no_server_error(case: Any, harness: Harness) -> None:
     response = case.call(base_url=harness.url, headers={"Authorization": f"Bearer {harness.token}"})
     assert response.status_code < 500, (case.method, case.path, response.text[:300])
+
+
+# --------------------------------------------------------------------------- FHIR end to end
+
+
+def test_a_fhir_bundle_reaches_the_partnerships_health_and_social_care_inboxes(
+    harness: Harness,
+) -> None:
+    """Browser-free end to end: POST a FHIR R4 Bundle; Southampton's health team and
+    front door receive it in their inboxes, and the audit log shows each step."""
+    bundle = json.loads((REPO / "deploy/examples/fhir-bundle-flag.json").read_text())
+    bundle["identifier"]["value"] = f"UHS-ED-{secrets.token_hex(4)}"
+    bundle.pop("id")  # let the gateway derive the concern id from (agency, source_ref)
+    with _client(harness) as client:
+        response = client.post(
+            "/v1/concerns",
+            content=json.dumps(bundle).encode(),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        assert response.status_code == 202, response.text
+        concern_id = response.json()["concern_id"]
+        wanted = {"southampton-health", "southampton-csc"}
+        deadline = time.monotonic() + 120
+        received: set[str] = set()
+        while time.monotonic() < deadline:
+            rows = client.get(f"/v1/concerns/{concern_id}").json()["recipients"]
+            received = {r["recipient"] for r in rows if r["received"]}
+            if wanted <= received:
+                break
+            time.sleep(0.5)
+        assert wanted <= received, rows
+    from adapters import Inbox
+
+    for recipient in wanted:
+        with Inbox(harness.runtime.inbox_path(recipient)) as inbox:
+            items = [i for i in inbox.items() if i.concern_id == concern_id]
+        assert len(items) == 1
+        assert items[0].concern_type == "PHYSICAL_ABUSE" and items[0].lscp == "southampton"
+    with AuditStore(harness.runtime.settings.audit_db) as store:
+        events = {(r.event.value, r.recipient) for r in store.records(concern_id=concern_id)}
+        credentials = {r.credential for r in store.records(concern_id=concern_id)}
+    for recipient in wanted:
+        assert ("DISCLOSED", recipient) in events
+        assert ("RECEIVED", recipient) in events
+    assert f"api:{harness.credential_id}" in credentials
+
+
+def test_unmappable_fhir_is_refused_with_the_fhir_path(harness: Harness) -> None:
+    bundle = json.loads((REPO / "deploy/examples/fhir-bundle-flag.json").read_text())
+    bundle["entry"].append({"resource": {"resourceType": "Medication", "id": "m1"}})
+    with _client(harness) as client:
+        response = client.post(
+            "/v1/concerns",
+            content=json.dumps(bundle).encode(),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["reason_code"] == "FHIR_UNMAPPABLE"
+    assert problem["fhir_path"] == "Bundle.entry[4].resource"
+    assert "Alfie" not in response.text

@@ -1,0 +1,595 @@
+"""FHIR R4 health adapter: a safeguarding concern as a FHIR Bundle ↔ our Concern.
+
+Models: ``fhir.resources.R4B``. fhir.resources 8.3.0 ships R5 (its default
+package), R4B and STU3, and no R4 package. R4B (4.3.0) left every resource
+used here as R4 had it (Bundle, Patient, RelatedPerson, Practitioner, Flag,
+Observation, Communication, Consent), so an R4 Bundle validates against the
+R4B models unchanged, while R5-only elements are refused as unknown (tested).
+The R5 package would accept R5 shapes an R4 system never sends and refuse
+some R4 ones (e.g. R4's ``Consent.scope``). docs/fhir.md has the full mapping.
+
+In (``bundle_to_concern``): a Bundle with one ``Patient`` (the child),
+``RelatedPerson``s (family), one ``Practitioner`` (who to contact), the concern
+as exactly one ``Flag``, ``Observation`` or ``Communication``, and optionally a
+``Consent``. What cannot be mapped is refused (``FhirRefusal``) with the FHIR
+path and a reason code, never a value:
+
+- ``FHIR_INVALID``: not a valid R4 resource (the path of the first error);
+- ``FHIR_UNMAPPABLE``: valid FHIR that has no place in a Concern (another
+  resource type, a second Patient, a concern type or relationship we do not
+  code, a missing identifier).
+
+Out (``concern_to_bundle``): the same shape from a Concern (the examples in
+deploy/examples/ are made with it, and round-trip tests check that
+``bundle_to_concern(concern_to_bundle(c)) == c`` for what FHIR carries);
+``disclosure_to_communication`` for a health recipient that takes FHIR, and
+``consent_to_fhir`` for consent records.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+
+from schemas import ConcernType, ConsentState, RiskGrade, SubjectRole
+
+__all__ = [
+    "CONCERN_TYPE_SYSTEM",
+    "FHIR_INVALID",
+    "FHIR_UNMAPPABLE",
+    "NHS_NUMBER_SYSTEM",
+    "RISK_GRADE_SYSTEM",
+    "FhirRefusal",
+    "bundle_to_concern",
+    "concern_to_bundle",
+    "consent_to_fhir",
+    "disclosure_to_communication",
+    "validate_r4",
+]
+
+FHIR_INVALID = "FHIR_INVALID"
+FHIR_UNMAPPABLE = "FHIR_UNMAPPABLE"
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+#: Our code systems (the codes are the Avro enum symbols).
+CONCERN_TYPE_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/concern-type"
+RISK_GRADE_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/risk-grade"
+SOURCE_REF_SYSTEM = "https://safer-exchange.example/fhir/Id/source-ref"
+SCHOOL_URN_SYSTEM = "https://fhir.hl7.org.uk/Id/urn-school-number"
+POLICE_PERSON_SYSTEM = "https://safer-exchange.example/fhir/Id/police-person-id"
+ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+LA_CODE = re.compile(r"\AE[0-9]{8}\Z")
+
+#: v3-RoleCode → our role. Unlisted codes are refused (FHIR_UNMAPPABLE).
+_ROLES: dict[str, SubjectRole] = {
+    **{c: SubjectRole.PARENT_CARER for c in ("PRN", "MTH", "FTH", "STPPRN", "FSTPRN", "GUARD")},
+    **{c: SubjectRole.SIBLING for c in ("SIB", "BRO", "SIS", "HSIB")},
+    **{c: SubjectRole.OTHER_ADULT for c in ("GRPRN", "GRMTH", "GRFTH", "AUNT", "UNCLE", "FRND")},
+    "ALLEGED_PERPETRATOR": SubjectRole.ALLEGED_PERPETRATOR,
+}
+_ROLE_OUT = {
+    SubjectRole.CHILD: "SIB",  # a second child travels as the first one's sibling
+    SubjectRole.PARENT_CARER: "PRN",
+    SubjectRole.SIBLING: "SIB",
+    SubjectRole.OTHER_ADULT: "FRND",
+    SubjectRole.ALLEGED_PERPETRATOR: "ALLEGED_PERPETRATOR",
+}
+_PERPETRATOR_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/subject-role"
+_CONCERN_RESOURCES = ("Flag", "Observation", "Communication")
+_CONSENT_IN = {"permit": ConsentState.GIVEN, "deny": ConsentState.REFUSED}
+
+
+class FhirRefusal(Exception):
+    """Content that cannot become a Concern: the FHIR path, a reason code, and why."""
+
+    def __init__(self, code: str, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.code = code
+        self.path = path
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fhir_path(loc: Sequence[int | str], root: str = "Bundle") -> str:
+    path = root
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def validate_r4(document: Any, root: str = "Bundle") -> None:
+    """Validate against the R4(B) models; raise FHIR_INVALID at the first bad path."""
+    if not isinstance(document, dict) or document.get("resourceType") != root:
+        raise FhirRefusal(FHIR_INVALID, root, f"not a FHIR {root} (resourceType)")
+    model = get_fhir_model_class(root)
+    try:
+        model.model_validate(document)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        # The error type, not its message: a message may quote the value.
+        raise FhirRefusal(
+            FHIR_INVALID, _fhir_path(first["loc"], root), f"not valid R4 ({first['type']})"
+        ) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FhirRefusal(FHIR_INVALID, root, f"not valid R4 ({type(exc).__name__})") from None
+
+
+# --------------------------------------------------------------------------- in
+
+
+def _codes(concept: Any, system: str) -> list[str]:
+    if not isinstance(concept, dict):
+        return []
+    return [
+        str(c.get("code"))
+        for c in concept.get("coding") or []
+        if isinstance(c, dict) and c.get("system") == system and c.get("code")
+    ]
+
+
+def _identifier(resource: Mapping[str, Any], system: str) -> str | None:
+    for ident in resource.get("identifier") or []:
+        if ident.get("system") == system and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def _name(resource: Mapping[str, Any], path: str) -> tuple[str, str]:
+    names = resource.get("name") or []
+    if not names:
+        raise FhirRefusal(FHIR_UNMAPPABLE, f"{path}.name", "a person needs a name")
+    name = names[0]
+    given = " ".join(name.get("given") or [])
+    family = name.get("family") or ""
+    if not given or not family:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.name[0]", "a person needs given and family names"
+        )
+    return given, family
+
+
+def _address(resource: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    addresses = resource.get("address") or []
+    if not addresses:
+        return None
+    address = addresses[0]
+    lines = address.get("line") or []
+    if not lines or not address.get("city") or not address.get("postalCode"):
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.address[0]", "an address needs line, city and postalCode"
+        )
+    district = address.get("district")
+    return {
+        "line1": lines[0],
+        "line2": ", ".join(lines[1:]) or None,
+        "town": address["city"],
+        "postcode": address["postalCode"],
+        "la_code": district if isinstance(district, str) and LA_CODE.match(district) else None,
+    }
+
+
+def _telecom(resource: Mapping[str, Any], system: str) -> str | None:
+    for point in resource.get("telecom") or []:
+        if point.get("system") == system and point.get("value"):
+            return str(point["value"])
+    return None
+
+
+def _person(resource: Mapping[str, Any], path: str, role: SubjectRole) -> dict[str, Any]:
+    given, family = _name(resource, path)
+    nhs = _identifier(resource, NHS_NUMBER_SYSTEM)
+    if nhs is not None and not re.fullmatch(r"[0-9]{10}", nhs.replace(" ", "")):
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.identifier", "the NHS number identifier is not 10 digits"
+        )
+    if not resource.get("id"):
+        raise FhirRefusal(FHIR_UNMAPPABLE, f"{path}.id", "every person needs a resource id")
+    return {
+        "subject_ref": resource["id"],
+        "role": role.value,
+        "given_name": given,
+        "family_name": family,
+        "date_of_birth": resource.get("birthDate"),
+        "nhs_number": nhs.replace(" ", "") if nhs else None,
+        "police_person_id": _identifier(resource, POLICE_PERSON_SYSTEM),
+        "phone": _telecom(resource, "phone"),
+        "address": _address(resource, path),
+        "school_urn": _identifier(resource, SCHOOL_URN_SYSTEM),
+    }
+
+
+def _relationship(resource: Mapping[str, Any], path: str) -> SubjectRole:
+    for index, concept in enumerate(resource.get("relationship") or []):
+        for code in (*_codes(concept, ROLE_SYSTEM), *_codes(concept, _PERPETRATOR_SYSTEM)):
+            if code in _ROLES:
+                return _ROLES[code]
+        if concept:
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE,
+                f"{path}.relationship[{index}]",
+                "no v3-RoleCode we map (PRN, MTH, FTH, GUARD, SIB, GRPRN, ...)",
+            )
+    raise FhirRefusal(FHIR_UNMAPPABLE, f"{path}.relationship", "a RelatedPerson needs one")
+
+
+def bundle_to_concern(bundle: Any, source_agency: str) -> dict[str, Any]:
+    """A police-JSON-shaped Concern from a FHIR R4 Bundle (then validated as any record).
+
+    Raises ``FhirRefusal`` with the FHIR path of what cannot be mapped.
+    """
+    validate_r4(bundle)
+    if not _identifier({"identifier": [bundle.get("identifier") or {}]}, SOURCE_REF_SYSTEM):
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE,
+            "Bundle.identifier",
+            f"the Bundle needs an identifier in {SOURCE_REF_SYSTEM} (your reference)",
+        )
+    if not bundle.get("timestamp"):
+        raise FhirRefusal(FHIR_UNMAPPABLE, "Bundle.timestamp", "when it was reported")
+    by_type: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for index, entry in enumerate(bundle.get("entry") or []):
+        resource = entry.get("resource") or {}
+        kind = resource.get("resourceType", "")
+        path = f"Bundle.entry[{index}].resource"
+        if kind not in ("Patient", "RelatedPerson", "Practitioner", "Consent", *_CONCERN_RESOURCES):
+            raise FhirRefusal(FHIR_UNMAPPABLE, path, f"{kind} is not mapped to a Concern")
+        by_type.setdefault(kind, []).append((path, resource))
+    patients = by_type.get("Patient", [])
+    if len(patients) != 1:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, "Bundle.entry", f"{len(patients)} Patients; exactly one (the child)"
+        )
+    concerns = [c for kind in _CONCERN_RESOURCES for c in by_type.get(kind, [])]
+    if len(concerns) != 1:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE,
+            "Bundle.entry",
+            f"{len(concerns)} concern resources; exactly one Flag, Observation or Communication",
+        )
+    practitioners = by_type.get("Practitioner", [])
+    if len(practitioners) != 1:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, "Bundle.entry", "exactly one Practitioner (who to contact)"
+        )
+    subjects = [_person(patients[0][1], patients[0][0], SubjectRole.CHILD)]
+    for path, related in by_type.get("RelatedPerson", []):
+        subjects.append(_person(related, path, _relationship(related, path)))
+    officer_path, officer = practitioners[0]
+    given, family = _name(officer, officer_path)
+    officer_name = f"{given} {family}"
+    path, concern = concerns[0]
+    kind = concern["resourceType"]
+    types = _codes(concern.get("code"), CONCERN_TYPE_SYSTEM)
+    if kind == "Communication":
+        types = [t for c in concern.get("reasonCode") or [] for t in _codes(c, CONCERN_TYPE_SYSTEM)]
+    valid_types = [t for t in types if t in ConcernType.__members__]
+    if not valid_types:
+        where = f"{path}.reasonCode" if kind == "Communication" else f"{path}.code"
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, where, f"needs a coding in {CONCERN_TYPE_SYSTEM} that we know"
+        )
+    grades = [
+        g
+        for c in concern.get("category") or []
+        for g in _codes(c, RISK_GRADE_SYSTEM)
+        if g in RiskGrade.__members__
+    ]
+    if not grades:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.category", f"needs a coding in {RISK_GRADE_SYSTEM}"
+        )
+    if kind == "Flag":
+        narrative = (concern.get("code") or {}).get("text")
+        occurred = (concern.get("period") or {}).get("start")
+    elif kind == "Observation":
+        narrative = concern.get("valueString")
+        occurred = concern.get("effectiveDateTime")
+    else:
+        payloads = [p.get("contentString") for p in concern.get("payload") or []]
+        narrative = "\n".join(p for p in payloads if p) or None
+        occurred = concern.get("sent")
+    if not narrative:
+        raise FhirRefusal(FHIR_UNMAPPABLE, path, "no narrative text (see docs/fhir.md)")
+    notes = [n.get("text") for n in concern.get("note") or [] if n.get("text")]
+    restricted = any(
+        s.get("system") == CONFIDENTIALITY_SYSTEM and s.get("code") in ("R", "V")
+        for s in (bundle.get("meta") or {}).get("security") or []
+    )
+    reported_at = bundle["timestamp"]
+    consent: dict[str, Any] = {
+        "state": ConsentState.NOT_SOUGHT.value,
+        "reason": "no Consent resource in the FHIR submission",
+        "recorded_by": officer_name,
+        "recorded_at": reported_at,
+    }
+    for cpath, record in by_type.get("Consent", []):
+        decision = (record.get("provision") or {}).get("type")
+        state = _CONSENT_IN.get(str(decision))
+        if record.get("status") == "inactive":
+            state = ConsentState.WITHDRAWN
+        if state is None or not record.get("dateTime"):
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE,
+                f"{cpath}.provision.type",
+                "a Consent needs provision.type permit or deny, and dateTime",
+            )
+        consent = {
+            "state": state.value,
+            "reason": (record.get("policyRule") or {}).get("text"),
+            "recorded_by": officer_name,
+            "recorded_at": record["dateTime"],
+        }
+    bundle_id = bundle.get("id")
+    concern_id: str | None = None
+    if isinstance(bundle_id, str):
+        try:
+            concern_id = str(uuid.UUID(bundle_id))
+        except ValueError:
+            concern_id = None
+    record_out: dict[str, Any] = {
+        "source_agency": source_agency,
+        "source_ref": bundle["identifier"]["value"],
+        "reported_at": reported_at,
+        "occurred_at": occurred or reported_at,
+        "concern_type": valid_types[0],
+        "risk_grade": grades[0],
+        "subjects": subjects,
+        "narrative": narrative,
+        "immediate_actions": "\n".join(notes) or None,
+        "consent": consent,
+        "restricted": restricted,
+        "officer": {
+            "name": officer_name,
+            "unit": None,
+            "email": _telecom(officer, "email"),
+            "phone": _telecom(officer, "phone"),
+        },
+    }
+    if concern_id is not None:
+        record_out["concern_id"] = concern_id
+    return record_out
+
+
+# --------------------------------------------------------------------------- out
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _person_out(subject: Mapping[str, Any]) -> dict[str, Any]:
+    identifiers = []
+    if subject.get("nhs_number"):
+        identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": subject["nhs_number"]})
+    if subject.get("police_person_id"):
+        identifiers.append({"system": POLICE_PERSON_SYSTEM, "value": subject["police_person_id"]})
+    if subject.get("school_urn"):
+        identifiers.append({"system": SCHOOL_URN_SYSTEM, "value": subject["school_urn"]})
+    person: dict[str, Any] = {
+        "id": subject["subject_ref"],
+        "name": [{"given": [subject["given_name"]], "family": subject["family_name"]}],
+    }
+    if identifiers:
+        person["identifier"] = identifiers
+    if subject.get("date_of_birth"):
+        person["birthDate"] = _iso(subject["date_of_birth"])
+    if subject.get("phone"):
+        person["telecom"] = [{"system": "phone", "value": subject["phone"]}]
+    address = subject.get("address")
+    if address:
+        lines = [address["line1"]] + ([address["line2"]] if address.get("line2") else [])
+        out: dict[str, Any] = {
+            "line": lines,
+            "city": address["town"],
+            "postalCode": address["postcode"],
+        }
+        if address.get("la_code"):
+            out["district"] = address["la_code"]
+        person["address"] = [out]
+    return person
+
+
+def concern_to_bundle(concern: Mapping[str, Any], kind: str = "Flag") -> dict[str, Any]:
+    """A FHIR R4 Bundle (type collection) for a concern (``ConcernModel.model_dump()``)."""
+    entries: list[dict[str, Any]] = []
+    patient_ref = ""
+    for subject in concern["subjects"]:
+        person = _person_out(subject)
+        role = SubjectRole(subject["role"])
+        if role is SubjectRole.CHILD and not patient_ref:
+            person["resourceType"] = "Patient"
+            patient_ref = f"Patient/{person['id']}"
+        else:
+            system = _PERPETRATOR_SYSTEM if role is SubjectRole.ALLEGED_PERPETRATOR else ROLE_SYSTEM
+            person = {
+                "resourceType": "RelatedPerson",
+                **person,
+                "patient": {"reference": "PATIENT"},
+                "relationship": [{"coding": [{"system": system, "code": _ROLE_OUT[role]}]}],
+            }
+        entries.append(person)
+    for entry in entries:
+        if entry.get("patient") == {"reference": "PATIENT"}:
+            entry["patient"] = {"reference": patient_ref}
+    officer = concern["officer"]
+    given, _, family = officer["name"].rpartition(" ")
+    telecom = [
+        {"system": system, "value": officer[field]}
+        for system, field in (("email", "email"), ("phone", "phone"))
+        if officer.get(field)
+    ]
+    practitioner: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": "reporter",
+        "name": [{"given": [given or officer["name"]], "family": family or officer["name"]}],
+    }
+    if telecom:
+        practitioner["telecom"] = telecom
+    entries.append(practitioner)
+    type_coding = {"coding": [{"system": CONCERN_TYPE_SYSTEM, "code": concern["concern_type"]}]}
+    grade = {"coding": [{"system": RISK_GRADE_SYSTEM, "code": concern["risk_grade"]}]}
+    occurred = _iso(concern["occurred_at"])
+    resource: dict[str, Any] = {"resourceType": kind, "id": "concern", "category": [grade]}
+    if kind == "Flag":
+        resource.update(
+            status="active",
+            code={**type_coding, "text": concern["narrative"]},
+            subject={"reference": patient_ref},
+            period={"start": occurred},
+            author={"reference": "Practitioner/reporter"},
+        )
+    elif kind == "Observation":
+        resource.update(
+            status="final",
+            code=type_coding,
+            subject={"reference": patient_ref},
+            effectiveDateTime=occurred,
+            valueString=concern["narrative"],
+            performer=[{"reference": "Practitioner/reporter"}],
+        )
+    else:
+        resource.update(
+            status="completed",
+            reasonCode=[type_coding],
+            subject={"reference": patient_ref},
+            sent=occurred,
+            sender={"reference": "Practitioner/reporter"},
+            payload=[{"contentString": concern["narrative"]}],
+        )
+    if concern.get("immediate_actions") and kind != "Flag":
+        resource["note"] = [{"text": concern["immediate_actions"]}]
+    entries.append(resource)
+    consent = concern["consent"]
+    if consent["state"] in ("GIVEN", "REFUSED", "WITHDRAWN"):
+        state = consent["state"]
+        record: dict[str, Any] = {
+            "resourceType": "Consent",
+            "id": "consent",
+            "status": "inactive" if state == "WITHDRAWN" else "active",
+            "scope": {"coding": [{"system": _CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": _LOINC, "code": "59284-0"}]}],
+            "patient": {"reference": patient_ref},
+            "dateTime": _iso(consent["recorded_at"]),
+            "provision": {"type": "deny" if state == "REFUSED" else "permit"},
+        }
+        if consent.get("reason"):
+            record["policyRule"] = {"text": consent["reason"]}
+        entries.append(record)
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": concern["concern_id"],
+        "identifier": {"system": SOURCE_REF_SYSTEM, "value": concern["source_ref"]},
+        "type": "collection",
+        "timestamp": _iso(concern["reported_at"]),
+        "entry": [{"fullUrl": _full_url(r), "resource": r} for r in entries],
+    }
+    if concern.get("restricted"):
+        bundle["meta"] = {"security": [{"system": CONFIDENTIALITY_SYSTEM, "code": "R"}]}
+    return bundle
+
+
+def _full_url(resource: Mapping[str, Any]) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, resource['resourceType'] + resource['id'])}"
+
+
+_CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+_LOINC = "http://loinc.org"
+
+
+def disclosure_to_communication(
+    disclosure: Mapping[str, Any], payload: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A disclosure (clear metadata + decrypted minimised payload) as a FHIR R4 Communication.
+
+    ``payload`` is what the recipient's profile allowed; it travels as the
+    Communication's text payload (JSON), its coded metadata as reasonCode and
+    category, and the ids as identifiers, so the recipient deduplicates on them.
+    """
+    import json
+
+    metadata = {k: _iso(v) if isinstance(v, date) else v for k, v in disclosure.items()}
+    reason = [{"coding": [{"system": CONCERN_TYPE_SYSTEM, "code": metadata["concern_type"]}]}]
+    communication: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": str(metadata["disclosure_id"]),
+        "identifier": [
+            {
+                "system": "https://safer-exchange.example/fhir/Id/disclosure-id",
+                "value": metadata["disclosure_id"],
+            },
+            {
+                "system": "https://safer-exchange.example/fhir/Id/concern-id",
+                "value": metadata["concern_id"],
+            },
+        ],
+        "status": "completed",
+        "category": [{"coding": [{"system": RISK_GRADE_SYSTEM, "code": metadata["risk_grade"]}]}],
+        "reasonCode": reason,
+        "recipient": [{"display": str(metadata["recipient_id"])}],
+        "sender": {"display": "SAFER Exchange router"},
+        "payload": [
+            {
+                "contentString": json.dumps(
+                    dict(payload), sort_keys=True, default=_iso, ensure_ascii=False
+                )
+            }
+        ],
+        "note": [
+            {
+                "text": f"lawful basis {metadata.get('lawful_basis')}; purpose "
+                f"{metadata.get('purpose')}; profile {metadata.get('profile')}"
+            }
+        ],
+    }
+    if metadata.get("decided_at"):
+        communication["sent"] = metadata["decided_at"]
+    return communication
+
+
+def consent_to_fhir(record: Mapping[str, Any], *, patient_pseudonym: str) -> dict[str, Any]:
+    """A consent record (``ConsentRecord`` fields) as a FHIR R4 Consent.
+
+    The patient is named only by pseudonym (an identifier in our system), as
+    everywhere outside an encrypted payload.
+    """
+    state = str(record["state"])
+    consent: dict[str, Any] = {
+        "resourceType": "Consent",
+        "id": str(record.get("record_id") or uuid.uuid4()),
+        "status": {"WITHDRAWN": "inactive", "EXPIRED": "inactive"}.get(state, "active"),
+        "scope": {"coding": [{"system": _CONSENT_SCOPE, "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": _LOINC, "code": "59284-0"}]}],
+        "patient": {
+            "identifier": {
+                "system": "https://safer-exchange.example/fhir/Id/subject-pseudonym",
+                "value": patient_pseudonym,
+            }
+        },
+        "dateTime": _iso(record.get("recorded_at")),
+        "provision": {"type": "deny" if state in ("REFUSED", "WITHDRAWN") else "permit"},
+        "policyRule": {
+            "coding": [
+                {
+                    "system": "https://safer-exchange.example/fhir/CodeSystem/consent-state",
+                    "code": state,
+                }
+            ],
+            "text": str(record.get("reason") or state),
+        },
+    }
+    return consent

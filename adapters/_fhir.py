@@ -41,6 +41,7 @@ from schemas import ConcernType, ConsentState, RiskGrade, SubjectRole
 
 __all__ = [
     "CONCERN_TYPE_SYSTEM",
+    "DISCLOSURE_ID_SYSTEM",
     "FHIR_INVALID",
     "FHIR_UNMAPPABLE",
     "NHS_NUMBER_SYSTEM",
@@ -64,6 +65,7 @@ SOURCE_REF_SYSTEM = "https://safer-exchange.example/fhir/Id/source-ref"
 SCHOOL_URN_SYSTEM = "https://fhir.hl7.org.uk/Id/urn-school-number"
 POLICE_PERSON_SYSTEM = "https://safer-exchange.example/fhir/Id/police-person-id"
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+DISCLOSURE_ID_SYSTEM = "https://safer-exchange.example/fhir/Id/disclosure-id"
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 LA_CODE = re.compile(r"\AE[0-9]{8}\Z")
 
@@ -528,10 +530,7 @@ def disclosure_to_communication(
         "resourceType": "Communication",
         "id": str(metadata["disclosure_id"]),
         "identifier": [
-            {
-                "system": "https://safer-exchange.example/fhir/Id/disclosure-id",
-                "value": metadata["disclosure_id"],
-            },
+            {"system": DISCLOSURE_ID_SYSTEM, "value": metadata["disclosure_id"]},
             {
                 "system": "https://safer-exchange.example/fhir/Id/concern-id",
                 "value": metadata["concern_id"],

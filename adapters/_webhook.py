@@ -62,6 +62,8 @@ import structlog
 
 from schemas import ConfigError, ReasonCode, SignatureError, ValidationError
 
+from ._fhir import DISCLOSURE_ID_SYSTEM, disclosure_to_communication
+
 __all__ = [
     "HEADER_DISCLOSURE_ID",
     "HEADER_SIGNATURE",
@@ -73,6 +75,7 @@ __all__ = [
     "DeliveryResult",
     "RetryPolicy",
     "WebhookSender",
+    "fhir_webhook_body",
     "sign_webhook",
     "verify_webhook",
     "webhook_body",
@@ -260,8 +263,16 @@ def verify_webhook(
             hint="check both clocks; a replayed request is refused",
         )
     try:
-        signed_id = json.loads(body)["disclosure"]["disclosure_id"]
-    except (ValueError, KeyError, TypeError):
+        document = json.loads(body)
+        if document.get("resourceType") == "Communication":  # a FHIR R4 body
+            signed_id = next(
+                i["value"]
+                for i in document["identifier"]
+                if i.get("system") == DISCLOSURE_ID_SYSTEM
+            )
+        else:
+            signed_id = document["disclosure"]["disclosure_id"]
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
         raise SignatureError("signed body does not name its disclosure_id") from None
     if signed_id != disclosure_id:
         raise SignatureError(f"{HEADER_DISCLOSURE_ID} does not match the signed body")
@@ -302,6 +313,26 @@ def webhook_body(disclosure: Mapping[str, Any], payload: Mapping[str, Any]) -> b
         raise ValidationError(
             f"the disclosure holds a value JSON cannot carry ({type(exc).__name__})"
         ) from None
+    return text.encode("utf-8")
+
+
+def fhir_webhook_body(disclosure: Mapping[str, Any], payload: Mapping[str, Any]) -> bytes:
+    """The request body for a recipient that takes FHIR: a FHIR R4 ``Communication``
+    (``disclosure_to_communication``), keys sorted, compact, UTF-8."""
+    disclosure_id = disclosure.get("disclosure_id")
+    if not isinstance(disclosure_id, str) or not _ID.match(disclosure_id):
+        raise ValidationError(
+            "disclosure_id is missing or not a valid id", fields=("disclosure_id",)
+        )
+    metadata = {k: disclosure[k] for k in WEBHOOK_METADATA_FIELDS if k in disclosure}
+    communication = disclosure_to_communication(metadata, payload)
+    text = json.dumps(
+        communication,
+        default=_json_value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return text.encode("utf-8")
 
 
@@ -373,6 +404,8 @@ class WebhookSender:
         ssl_context: for https; default ``ssl.create_default_context()`` (system
             CAs, hostname checked, TLS 1.2 or later).
         recipient_id: named in log lines.
+        body_format: ``safer-json`` (``webhook_body``) or ``fhir-r4`` (a FHIR R4
+            Communication, ``fhir_webhook_body``), as the directory entry says.
         jitter, sleep, clock, now: injectable for tests: a uniform [0, 1)
             source, an async sleep, a monotonic clock in seconds, and the wall
             clock (for ``X-Safer-Timestamp`` and ``delivered_at``).
@@ -387,6 +420,7 @@ class WebhookSender:
         ssl_context: ssl.SSLContext | None = None,
         recipient_id: str = "",
         allow_plain_http: bool = False,
+        body_format: str = "safer-json",
         jitter: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -394,6 +428,9 @@ class WebhookSender:
     ) -> None:
         if len(secret) < _MIN_SECRET:
             raise ConfigError(f"webhook secret must be at least {_MIN_SECRET} bytes")
+        if body_format not in ("safer-json", "fhir-r4"):
+            raise ConfigError("webhook body_format must be safer-json or fhir-r4")
+        self._fhir = body_format == "fhir-r4"
         self._endpoint = _endpoint(url, allow_plain_http=allow_plain_http)
         self._url = url
         self._secret = bytes(secret)
@@ -410,8 +447,9 @@ class WebhookSender:
     async def send(
         self, disclosure: Mapping[str, Any], payload: Mapping[str, Any]
     ) -> DeliveryResult:
-        """Deliver one decrypted disclosure (its metadata and payload; see ``webhook_body``)."""
-        body = webhook_body(disclosure, payload)
+        """Deliver one decrypted disclosure (its metadata and payload; see ``webhook_body``,
+        or ``fhir_webhook_body`` for a recipient whose directory entry says fhir-r4)."""
+        body = (fhir_webhook_body if self._fhir else webhook_body)(disclosure, payload)
         return await self.send_body(str(disclosure["disclosure_id"]), body)
 
     async def send_body(self, disclosure_id: str, body: bytes) -> DeliveryResult:
@@ -533,7 +571,10 @@ class WebhookSender:
         return {
             "Host": self._endpoint.host_header,
             "User-Agent": _USER_AGENT,
-            "Content-Type": "application/json; charset=utf-8",
+            "Content-Type": (
+                "application/fhir+json; fhirVersion=4.0" if self._fhir else "application/json"
+            )
+            + "; charset=utf-8",
             "Connection": "close",
             HEADER_DISCLOSURE_ID: disclosure_id,
             HEADER_TIMESTAMP: str(stamp),

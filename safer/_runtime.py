@@ -445,6 +445,7 @@ class Runtime:
             recipient.webhook_url,
             self.keys.webhook_secret(recipient.id),
             recipient_id=recipient.id,
+            body_format=recipient.disclosure_format,
             # Short rounds: the adapter retries on its next loop instead of blocking.
             retry=RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=5.0, max_elapsed=20.0),
         )

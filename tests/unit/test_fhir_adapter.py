@@ -214,3 +214,22 @@ def test_consent_records_export_as_r4_consent(state: str) -> None:
     parsed = Consent.model_validate(consent)
     assert parsed.provision.type == ("deny" if state in ("REFUSED", "WITHDRAWN") else "permit")
     assert parsed.policyRule.coding[0].code == state
+
+
+def test_the_directory_says_which_recipient_takes_fhir() -> None:
+    from consent import parse_directory
+    from schemas import SaferError
+
+    text = (REPO / "deploy" / "directory.toml").read_text()
+    start = text.index('id = "southampton-health"')
+    end = text.index('delivery = "kafka"', start)
+    webhook = (
+        'delivery = "webhook"\nwebhook_url = "https://health.example/hook"\n'
+        'disclosure_format = "fhir-r4"'
+    )
+    fhir = text[:end] + webhook + text[end + len('delivery = "kafka"') :]
+    formats = {r.id: r.disclosure_format for r in parse_directory(fhir, "d.toml").recipients}
+    assert formats["southampton-health"] == "fhir-r4"
+    assert formats["portsmouth-health"] == "safer-json"
+    with pytest.raises(SaferError, match="disclosure_format"):
+        parse_directory(fhir.replace('"fhir-r4"', '"hl7v2"'), "d.toml")

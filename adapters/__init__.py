@@ -22,6 +22,7 @@ from ._fhir import (
     bundle_to_concern,
     concern_to_bundle,
     consent_to_fhir,
+    consents_bundle,
     disclosure_to_communication,
     validate_r4,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "concern_id_for",
     "concern_to_bundle",
     "consent_to_fhir",
+    "consents_bundle",
     "csv_columns",
     "disclosure_to_communication",
     "gateway_app",

@@ -37,6 +37,7 @@ from typing import Any
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
+from consent import ConsentRecord
 from schemas import ConcernType, ConsentState, RiskGrade, SubjectRole
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "bundle_to_concern",
     "concern_to_bundle",
     "consent_to_fhir",
+    "consents_bundle",
     "disclosure_to_communication",
     "validate_r4",
 ]
@@ -560,35 +562,56 @@ def disclosure_to_communication(
     return communication
 
 
-def consent_to_fhir(record: Mapping[str, Any], *, patient_pseudonym: str) -> dict[str, Any]:
-    """A consent record (``ConsentRecord`` fields) as a FHIR R4 Consent.
+def consent_to_fhir(record: ConsentRecord) -> dict[str, Any]:
+    """A consent record as a FHIR R4 ``Consent``.
 
-    The patient is named only by pseudonym (an identifier in our system), as
-    everywhere outside an encrypted payload.
+    The person is named only by pseudonym (an identifier in our system), as
+    everywhere outside an encrypted payload; the recording agency is the
+    organization, and who decided is the performer. ``provision.type`` is deny
+    for REFUSED and WITHDRAWN, else permit; our state, and the NOT_SOUGHT
+    reason or OVERRIDDEN justification, are codings of ``policyRule``.
     """
-    state = str(record["state"])
+    state = record.state.value
+    codings = [{"system": CONSENT_STATE_SYSTEM, "code": state}]
+    if record.not_sought_reason is not None:
+        codings.append({"system": _NOT_SOUGHT_SYSTEM, "code": record.not_sought_reason.value})
+    if record.justification is not None:
+        codings.append({"system": _JUSTIFICATION_SYSTEM, "code": record.justification.value})
+    provision: dict[str, Any] = {"type": "deny" if state in ("REFUSED", "WITHDRAWN") else "permit"}
+    if record.expires_at is not None:
+        provision["period"] = {"end": _iso(record.expires_at)}
     consent: dict[str, Any] = {
         "resourceType": "Consent",
-        "id": str(record.get("record_id") or uuid.uuid4()),
-        "status": {"WITHDRAWN": "inactive", "EXPIRED": "inactive"}.get(state, "active"),
+        "id": record.consent_record_id,
+        "status": "inactive" if state in ("WITHDRAWN", "EXPIRED") else "active",
         "scope": {"coding": [{"system": _CONSENT_SCOPE, "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": _LOINC, "code": "59284-0"}]}],
         "patient": {
-            "identifier": {
-                "system": "https://safer-exchange.example/fhir/Id/subject-pseudonym",
-                "value": patient_pseudonym,
-            }
+            "identifier": {"system": SUBJECT_PSEUDONYM_SYSTEM, "value": record.subject_pseudonym}
         },
-        "dateTime": _iso(record.get("recorded_at")),
-        "provision": {"type": "deny" if state in ("REFUSED", "WITHDRAWN") else "permit"},
-        "policyRule": {
-            "coding": [
-                {
-                    "system": "https://safer-exchange.example/fhir/CodeSystem/consent-state",
-                    "code": state,
-                }
-            ],
-            "text": str(record.get("reason") or state),
-        },
+        "dateTime": _iso(record.recorded_at),
+        "performer": [{"display": record.decided_by}],
+        "organization": [{"identifier": {"system": AGENCY_SYSTEM, "value": record.agency_id}}],
+        "policyRule": {"coding": codings},
+        "provision": provision,
     }
+    if record.source_ref:
+        consent["identifier"] = [{"system": SOURCE_REF_SYSTEM, "value": record.source_ref}]
     return consent
+
+
+def consents_bundle(records: Sequence[ConsentRecord]) -> dict[str, Any]:
+    """A FHIR R4 Bundle (collection) of ``consent_to_fhir`` resources."""
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": _iso(datetime.now(UTC)),
+        "entry": [{"fullUrl": _full_url(c), "resource": c} for c in map(consent_to_fhir, records)],
+    }
+
+
+CONSENT_STATE_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/consent-state"
+SUBJECT_PSEUDONYM_SYSTEM = "https://safer-exchange.example/fhir/Id/subject-pseudonym"
+AGENCY_SYSTEM = "https://safer-exchange.example/fhir/Id/agency"
+_NOT_SOUGHT_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/not-sought-reason"
+_JUSTIFICATION_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/override-justification"

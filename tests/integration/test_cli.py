@@ -47,6 +47,7 @@ SUBCOMMANDS = [
     ["quarantine", "show"],
     ["quarantine", "replay"],
     ["gateway"],
+    ["consent", "export"],
     ["gateway", "credential"],
     ["gateway", "credential", "add"],
     ["gateway", "credential", "list"],

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.communication import Communication
 from fhir.resources.R4B.consent import Consent
 
@@ -19,6 +20,7 @@ from adapters import (
     bundle_to_concern,
     concern_to_bundle,
     consent_to_fhir,
+    consents_bundle,
     disclosure_to_communication,
     synthetic_concerns,
     validate_record,
@@ -204,16 +206,27 @@ def test_a_disclosure_goes_out_as_a_valid_r4_communication() -> None:
 
 @pytest.mark.parametrize("state", ["GIVEN", "REFUSED", "WITHDRAWN", "NOT_SOUGHT", "OVERRIDDEN"])
 def test_consent_records_export_as_r4_consent(state: str) -> None:
-    record = {
-        "record_id": "1" * 32,
-        "state": state,
-        "reason": "recorded at a home visit",
-        "recorded_at": datetime(2026, 11, 25, 11, 50, tzinfo=UTC),
-    }
-    consent = consent_to_fhir(record, patient_pseudonym="a" * 32)
+    from consent import ConsentRecord
+    from schemas import ConsentState, NotSoughtReason, OverrideJustification
+
+    record = ConsentRecord.create(
+        subject_pseudonym="a" * 32,
+        state=ConsentState(state),
+        decided_by="MASH team manager 4471",
+        agency_id="portsmouth-csc",
+        recorded_at=datetime(2026, 11, 25, 11, 50, tzinfo=UTC),
+        not_sought_reason=NotSoughtReason.RISK_TO_CHILD if state == "NOT_SOUGHT" else None,
+        justification=OverrideJustification.SIGNIFICANT_HARM if state == "OVERRIDDEN" else None,
+        source_ref="MASH/2026/1187",
+    )
+    consent = consent_to_fhir(record)
     parsed = Consent.model_validate(consent)
     assert parsed.provision.type == ("deny" if state in ("REFUSED", "WITHDRAWN") else "permit")
     assert parsed.policyRule.coding[0].code == state
+    assert parsed.patient.identifier.value == "a" * 32
+    assert parsed.id == record.consent_record_id
+    bundle = consents_bundle([record])
+    Bundle.model_validate(bundle)
 
 
 def test_the_directory_says_which_recipient_takes_fhir() -> None:

@@ -35,6 +35,7 @@ from ._gateway import (
     gateway_app,
     listen,
     openapi_document,
+    serve_asgi,
     serve_gateway,
 )
 from ._inbox import STATUS_ORDER, Inbox, InboxItem, PendingReceipt, Rejection
@@ -115,6 +116,7 @@ __all__ = [
     "publish_receipts",
     "receipt_id_for",
     "receipt_records",
+    "serve_asgi",
     "serve_gateway",
     "sign_webhook",
     "synthetic_concerns",

@@ -86,6 +86,7 @@ __all__ = [
     "gateway_app",
     "listen",
     "openapi_document",
+    "serve_asgi",
     "serve_gateway",
 ]
 
@@ -983,8 +984,28 @@ async def serve_gateway(
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve until ``stop`` is set (uvicorn; its own access log off: ours has no PID)."""
-    config = uvicorn.Config(
+    await serve_asgi(
         gateway_app(gateway),
+        stop,
+        sock,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        ready=ready,
+    )
+
+
+async def serve_asgi(
+    app: Any,
+    stop: asyncio.Event,
+    sock: socket.socket,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve an ASGI app with uvicorn on ``sock`` until ``stop`` is set (no access log)."""
+    config = uvicorn.Config(
+        app,
         log_config=None,
         access_log=False,
         lifespan="off",

@@ -36,6 +36,7 @@ from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
+from ._cli_registry import register as register_registry
 from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
@@ -630,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_track,
         register_secure,
         register_gateway,
+        register_registry,
     ):
         register(sub)
     return parser

@@ -47,6 +47,7 @@ SUBCOMMANDS = [
     ["quarantine", "show"],
     ["quarantine", "replay"],
     ["gateway"],
+    ["registry"],
     ["consent", "export"],
     ["gateway", "credential"],
     ["gateway", "credential", "add"],

@@ -10,6 +10,12 @@ The gateway writes to ``hips.inbound.<agency>`` and, for its own submission
 records, to ``hips.audit``; never to a recipient topic.
 """
 
+from ._client_certs import (
+    CertificateH11Protocol,
+    certificate_fingerprint,
+    issue_client_certificate,
+    load_ca,
+)
 from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
 from ._csv import CSV_COLUMNS, csv_columns, parse_police_csv
 from ._fhir import (
@@ -79,6 +85,7 @@ __all__ = [
     "STATUS_ORDER",
     "WEBHOOK_METADATA_FIELDS",
     "Attempt",
+    "CertificateH11Protocol",
     "Credential",
     "CredentialStore",
     "DeliveryOutcome",
@@ -102,6 +109,7 @@ __all__ = [
     "Submission",
     "WebhookSender",
     "bundle_to_concern",
+    "certificate_fingerprint",
     "concern_id_for",
     "concern_to_bundle",
     "consent_to_fhir",
@@ -109,7 +117,9 @@ __all__ = [
     "csv_columns",
     "disclosure_to_communication",
     "gateway_app",
+    "issue_client_certificate",
     "listen",
+    "load_ca",
     "openapi_document",
     "parse_police_csv",
     "parse_police_json",

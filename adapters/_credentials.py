@@ -17,6 +17,7 @@ revocation is checked on every request all the same.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -81,6 +82,9 @@ class Credential:
     created_at: str
     label: str = ""
     revoked_at: str | None = None
+    #: "token" (``hash`` is an Argon2id hash) or "certificate" (``hash`` is the
+    #: certificate's ``sha256:`` fingerprint: public, nothing to hide).
+    kind: str = "token"
 
     @property
     def revoked(self) -> bool:
@@ -89,7 +93,7 @@ class Credential:
     @property
     def audit_name(self) -> str:
         """How the audit record names it (never the secret)."""
-        return f"api:{self.id}"
+        return f"{'cert' if self.kind == 'certificate' else 'api'}:{self.id}"
 
 
 class CredentialStore:
@@ -122,6 +126,52 @@ class CredentialStore:
             self._credentials[cid] = credential
             self._save()
         return credential, f"sfx_{cid}_{secret}"
+
+    def add_certificate(self, agency: str, fingerprint: str, *, label: str = "") -> Credential:
+        """Register a client certificate (by its ``sha256:`` fingerprint) for ``agency``."""
+        with self._lock:
+            self._load()
+            cid = secrets.token_hex(6)
+            while cid in self._credentials:
+                cid = secrets.token_hex(6)
+            credential = Credential(
+                id=cid,
+                agency=agency,
+                hash=fingerprint,
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                label=label,
+                kind="certificate",
+            )
+            self._credentials[cid] = credential
+            self._save()
+        return credential
+
+    def authenticate_certificate(self, fingerprint: str) -> Credential:
+        """The credential of a client certificate the TLS handshake verified."""
+        with self._lock:
+            self._load()
+            found = next(
+                (
+                    c
+                    for c in self._credentials.values()
+                    if c.kind == "certificate" and hmac.compare_digest(c.hash, fingerprint)
+                ),
+                None,
+            )
+        if found is None:
+            raise GatewayRefusal(
+                401,
+                GatewayReason.CREDENTIAL_UNKNOWN,
+                "this client certificate is not registered; ask your SAFER operator "
+                "(`safer gateway certificate issue`)",
+            )
+        if found.revoked:
+            raise GatewayRefusal(
+                403,
+                GatewayReason.CREDENTIAL_REVOKED,
+                f"certificate credential {found.id} was revoked; ask for a new certificate",
+            )
+        return found
 
     def revoke(self, credential_id: str) -> Credential:
         with self._lock:
@@ -162,6 +212,8 @@ class CredentialStore:
         with self._lock:
             self._load()
             credential = self._credentials.get(cid)
+            if credential is not None and credential.kind != "token":
+                credential = None
             known = credential is not None and self._verified.get(digest) == cid
         if credential is None:
             raise GatewayRefusal(401, GatewayReason.CREDENTIAL_UNKNOWN, "unknown credential")

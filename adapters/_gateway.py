@@ -42,6 +42,7 @@ import json
 import math
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 import uuid
@@ -72,6 +73,11 @@ from broker import (
 )
 from schemas import AUDIT_BATCH, AuditEvent, Codec, ConcernModel, ReasonCode, SaferError
 
+from ._client_certs import (
+    CertificateH11Protocol,
+    certificate_fingerprint,
+    client_certificate_der,
+)
 from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
 from ._csv import parse_police_csv
 from ._fhir import FhirRefusal, bundle_to_concern
@@ -282,7 +288,12 @@ class Gateway:
         self.rate = _RateLimiter(self.limits, self.clock)
 
     def authenticate(self, request: Request) -> Credential:
-        credential = self.credentials.authenticate(request.headers.get("authorization"))
+        """A verified client certificate if one was presented, else the bearer token."""
+        der = client_certificate_der(request.scope)
+        if der is not None:
+            credential = self.credentials.authenticate_certificate(certificate_fingerprint(der))
+        else:
+            credential = self.credentials.authenticate(request.headers.get("authorization"))
         if credential.agency not in self.adapters:
             raise GatewayRefusal(
                 403,
@@ -981,15 +992,21 @@ async def serve_gateway(
     *,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    client_ca: str | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (uvicorn; its own access log off: ours has no PID)."""
+    """Serve until ``stop`` is set (uvicorn; its own access log off: ours has no PID).
+
+    With TLS and ``client_ca`` (the project CA), clients may present a
+    certificate from that CA instead of a token (verified in the handshake).
+    """
     await serve_asgi(
         gateway_app(gateway),
         stop,
         sock,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        client_ca=client_ca,
         ready=ready,
     )
 
@@ -1001,11 +1018,20 @@ async def serve_asgi(
     *,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    client_ca: str | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve an ASGI app with uvicorn on ``sock`` until ``stop`` is set (no access log)."""
+    mutual: dict[str, Any] = {}
+    if client_ca and ssl_certfile:
+        mutual = {
+            "ssl_ca_certs": client_ca,
+            "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+            "http": CertificateH11Protocol,
+        }
     config = uvicorn.Config(
         app,
+        **mutual,
         log_config=None,
         access_log=False,
         lifespan="off",

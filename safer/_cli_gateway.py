@@ -7,16 +7,23 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 from adapters import (
     CredentialStore,
     Gateway,
     GatewayLimits,
     IdempotencyStore,
+    certificate_fingerprint,
+    issue_client_certificate,
     listen,
+    load_ca,
     serve_gateway,
 )
 from audit import AuditStore
@@ -121,6 +128,10 @@ async def run_gateway(
         ) from None
     port = sock.getsockname()[1]
     scheme = "https" if tls else "http"
+    client_ca = args.client_ca
+    project_ca = _ca_dir(runtime, None) / "ca.pem"
+    if tls and client_ca is None and project_ca.exists():
+        client_ca = str(project_ca)
     async with gateway_running(runtime) as gateway:
         await serve_gateway(
             gateway,
@@ -128,6 +139,7 @@ async def run_gateway(
             sock,
             ssl_certfile=args.tls_cert,
             ssl_keyfile=args.tls_key,
+            client_ca=client_ca if tls else None,
             ready=lambda: (
                 err.print(
                     f"[green]gateway[/] listening on {scheme}://{args.gateway_host}:{port} "
@@ -171,11 +183,54 @@ def cmd_credential_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ca_dir(runtime: Runtime, given: str | None) -> Path:
+    return Path(given) if given else runtime.settings.kafka_home / "secure"
+
+
+def cmd_certificate_issue(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    runtime = Runtime(settings, bootstrap="")
+    known = {p.id for p in runtime.deployment.directory.publishers}
+    if args.agency not in known:
+        raise ConfigError(
+            f"no publisher {args.agency!r} in the directory",
+            code=ReasonCode.UNKNOWN_PUBLISHER,
+            hint=f"use one of: {', '.join(sorted(known))} (deploy/directory.toml)",
+        )
+    folder = _ca_dir(runtime, args.ca_dir)
+    ca_key, ca_cert = load_ca(str(folder / "ca.pem"), str(folder / "ca.key"))
+    key, cert = issue_client_certificate(ca_key, ca_cert, args.agency)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    credential = credential_store(runtime).add_certificate(
+        args.agency, certificate_fingerprint(der), label=args.label or ""
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = out_dir / "client.key"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    out.print(
+        f"certificate credential [bold]{credential.id}[/] for {args.agency}: "
+        f"{out_dir / 'client.pem'} and {key_path} (give both to the agency; "
+        f"revoke with `safer gateway credential revoke {credential.id}`)"
+    )
+    return 0
+
+
 def cmd_credential_list(args: argparse.Namespace) -> int:
     runtime = Runtime(settings_from(args), bootstrap="")
     rows = [
         {
             "credential_id": c.id,
+            "kind": c.kind,
             "agency": c.agency,
             "label": c.label,
             "created_at": c.created_at,
@@ -215,6 +270,11 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--client-ca",
+        help="PEM CA whose client certificates authenticate agencies (default with TLS: the "
+        "project CA in <data-dir>/kafka/secure, if it exists)",
+    )
     parser.add_argument(
         "--allow-plain-http",
         action="store_true",
@@ -287,3 +347,35 @@ def register(sub: Any) -> None:
     )
     revoke.add_argument("credential_id", help="the id `list` shows")
     revoke.set_defaults(func=cmd_credential_revoke)
+    certificate = gsub.add_parser(
+        "certificate",
+        help="issue agency client certificates from the project CA",
+        formatter_class=FORMATTER,
+        description="Client certificates are the other way an agency authenticates: a\n"
+        "certificate from the project CA (secure mode's, in <data-dir>/kafka/secure),\n"
+        "presented in the TLS handshake to a gateway served with --tls-cert/--tls-key.\n"
+        "Each is registered by fingerprint as a credential, listed and revoked like a\n"
+        "token (`safer gateway credential list|revoke`).\n\n"
+        "example:\n"
+        "  safer gateway certificate issue --agency hampshire-constabulary --out ./hc-cert\n"
+        "  curl --cert hc-cert/client.pem --key hc-cert/client.key --cacert CA.pem ...",
+    )
+    cert_sub = certificate.add_subparsers(
+        dest="certificate_command", metavar="COMMAND", required=True
+    )
+    issue = cert_sub.add_parser(
+        "issue",
+        help="issue a client certificate for a publisher",
+        formatter_class=FORMATTER,
+        description="Issue a clientAuth certificate CN=gateway:<agency> from the project CA,\n"
+        "write client.pem and client.key (0600) to --out, and register its SHA-256\n"
+        "fingerprint as a gateway credential. The CA is created by `safer up --secure`\n"
+        "(or pass --ca-dir holding ca.pem and ca.key).\n\n"
+        "example:\n"
+        "  safer gateway certificate issue --agency hampshire-constabulary --out ./hc-cert",
+    )
+    issue.add_argument("--agency", required=True, help="publisher id (deploy/directory.toml)")
+    issue.add_argument("--out", required=True, help="folder for client.pem and client.key")
+    issue.add_argument("--ca-dir", help="folder with ca.pem and ca.key (default: secure mode's)")
+    issue.add_argument("--label", help="what it is for (shown by `credential list`)")
+    issue.set_defaults(func=cmd_certificate_issue)

@@ -47,6 +47,8 @@ SUBCOMMANDS = [
     ["quarantine", "show"],
     ["quarantine", "replay"],
     ["gateway"],
+    ["gateway", "certificate"],
+    ["gateway", "certificate", "issue"],
     ["registry"],
     ["consent", "export"],
     ["gateway", "credential"],

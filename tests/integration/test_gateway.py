@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -383,3 +384,52 @@ def test_unmappable_fhir_is_refused_with_the_fhir_path(harness: Harness) -> None
     assert problem["reason_code"] == "FHIR_UNMAPPABLE"
     assert problem["fhir_path"] == "Bundle.entry[4].resource"
     assert "Alfie" not in response.text
+
+
+# --------------------------------------------------------------------------- client certificates
+
+
+def _cert_client(harness: Harness, name: str) -> httpx.Client:
+    context = ssl.create_default_context(cafile=harness.ca_file)
+    context.load_cert_chain(*harness.certs[name])
+    return httpx.Client(base_url=harness.tls_url, verify=context, timeout=30)
+
+
+def test_a_client_certificate_from_the_project_ca_authenticates_an_agency(
+    harness: Harness,
+) -> None:
+    with _cert_client(harness, "registered") as client:
+        response = client.post("/v1/concerns", json=_concern())
+    assert response.status_code == 202, response.text
+    concern_id = response.json()["concern_id"]
+    submitted = [
+        r
+        for r in _audit_records(harness)
+        if r.concern_id == concern_id and GATEWAY_SUBMITTED in r.reason_codes
+    ]
+    assert [r.credential for r in submitted] == [f"cert:{harness.certificate_credential}"]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [("revoked", 403, "CREDENTIAL_REVOKED"), ("unregistered", 401, "CREDENTIAL_UNKNOWN")],
+)
+def test_revoked_and_unregistered_certificates_are_refused(
+    harness: Harness, name: str, status: int, code: str
+) -> None:
+    with _cert_client(harness, name) as client:
+        response = client.post("/v1/concerns", json=_concern())
+    assert response.status_code == status
+    assert response.json()["reason_code"] == code
+
+
+def test_a_certificate_from_another_ca_fails_the_handshake(harness: Harness) -> None:
+    with pytest.raises(httpx.TransportError), _cert_client(harness, "foreign") as client:
+        client.post("/v1/concerns", json=_concern())
+    # Without a certificate, the TLS gateway still takes tokens.
+    with httpx.Client(
+        base_url=harness.tls_url,
+        verify=ssl.create_default_context(cafile=harness.ca_file),
+        headers={"Authorization": f"Bearer {harness.token}"},
+    ) as client:
+        assert client.post("/v1/concerns", json=_concern()).status_code == 202

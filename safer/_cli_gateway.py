@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography.hazmat.primitives import serialization
 
 from adapters import (
@@ -35,6 +36,8 @@ from ._cli_track import record_published, track_rows
 from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["credential_store", "gateway_running", "register"]
+
+_log = structlog.get_logger("safer.gateway")
 
 DEFAULT_PORT = 8480
 
@@ -132,6 +135,17 @@ async def run_gateway(
     project_ca = _ca_dir(runtime, None) / "ca.pem"
     if tls and client_ca is None and project_ca.exists():
         client_ca = str(project_ca)
+
+    def ready() -> None:
+        # The port goes to the log too, so a supervisor (or a test) finds a port-0 gateway.
+        _log.info("gateway.listening", port=port, tls=tls, client_ca=bool(client_ca))
+        if announce:
+            certs = f"; client certificates from {client_ca}" if tls and client_ca else ""
+            err.print(
+                f"[green]gateway[/] listening on {scheme}://{args.gateway_host}:{port} "
+                f"(OpenAPI: /v1/openapi.json{certs})"
+            )
+
     async with gateway_running(runtime) as gateway:
         await serve_gateway(
             gateway,
@@ -140,14 +154,7 @@ async def run_gateway(
             ssl_certfile=args.tls_cert,
             ssl_keyfile=args.tls_key,
             client_ca=client_ca if tls else None,
-            ready=lambda: (
-                err.print(
-                    f"[green]gateway[/] listening on {scheme}://{args.gateway_host}:{port} "
-                    f"(OpenAPI: /v1/openapi.json)"
-                )
-                if announce
-                else None
-            ),
+            ready=ready,
         )
 
 

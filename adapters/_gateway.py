@@ -80,7 +80,7 @@ from ._client_certs import (
 )
 from ._credentials import Credential, CredentialStore, GatewayReason, GatewayRefusal
 from ._csv import parse_police_csv
-from ._fhir import FhirRefusal, bundle_to_concern
+from ._fhir import FHIR_UNMAPPABLE, FhirRefusal, bundle_to_concern
 from ._police import ACCEPTED, ParsedRecord, PoliceAdapter, concern_id_for, validate_record
 
 __all__ = [
@@ -412,9 +412,8 @@ class Gateway:
             )
             for i in range(0, len(audits), AUDIT_CHUNK)
         ]
-        async with self._publish_lock:
-            await send_all(self.audit_producer, records)  # audit first
-            await send_all(producer, [adapter.prepare(c) for c, _ in accepted])
+        await send_all(self.audit_producer, records)  # audit first
+        await send_all(producer, [adapter.prepare(c) for c, _ in accepted])
         for concern, content in accepted:
             self.idempotency.remember(
                 credential.agency, concern.source_ref, concern.concern_id, content, credential.id
@@ -430,7 +429,23 @@ class Gateway:
         body: bytes,
         media: str,
     ) -> list[Submission]:
-        """Validate each record, publish the good ones, and report on every one."""
+        """Validate each record, publish the good ones, and report on every one.
+
+        One submission at a time: the idempotency check and the publication are
+        atomic together, so two concurrent requests under one ``source_ref``
+        cannot both pass the check with different content.
+        """
+        async with self._publish_lock:
+            return await self._submit(credential, items, body=body, media=media)
+
+    async def _submit(
+        self,
+        credential: Credential,
+        items: Sequence[tuple[int, Any] | ParsedRecord],
+        *,
+        body: bytes,
+        media: str,
+    ) -> list[Submission]:
         results: list[Submission] = []
         fresh: list[tuple[ConcernModel, str]] = []
         seen: dict[str, str] = {}
@@ -563,6 +578,14 @@ def gateway_app(gateway: Gateway) -> Starlette:
             except FhirRefusal as exc:
                 return problem(
                     422, exc.code, f"{exc.path}: {exc.detail}", extra={"fhir_path": exc.path}
+                )
+            except (RecursionError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                # Valid R4 that the mapper still cannot read: refuse it, never a 500.
+                return problem(
+                    422,
+                    FHIR_UNMAPPABLE,
+                    f"Bundle: cannot be mapped ({type(exc).__name__})",
+                    extra={"fhir_path": "Bundle"},
                 )
         if not isinstance(document, dict):
             raise GatewayRefusal(422, ReasonCode.SCHEMA_INVALID, "the body must be one JSON object")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.panel import Panel
 from rich.table import Table
 
-from adapters import Inbox, InboxItem, publish_receipts
-from broker import KeyStore, Settings, make_producer, seal
+from adapters import Inbox, InboxItem, disclosure_to_communication, publish_receipts
+from broker import KeyStore, Settings, load_deployment, make_producer, seal
 from consent import LAWFUL_BASES
 from schemas import BrokerError, ConfigError, ReasonCode
 
@@ -280,10 +281,33 @@ def _render_disclosure(item: InboxItem) -> None:
         out.print(f"[b]{key}[/]: {value}")
 
 
+def _as_fhir(item: InboxItem, recipient_id: str) -> str:
+    """A disclosure as the FHIR R4 Communication a FHIR-speaking recipient takes."""
+    metadata = {
+        "disclosure_id": item.disclosure_id,
+        "concern_id": item.concern_id,
+        "recipient_id": recipient_id,
+        "concern_type": item.concern_type,
+        "risk_grade": item.risk_grade,
+        "lawful_basis": item.lawful_basis,
+        "purpose": item.purpose,
+        "profile": item.profile,
+        "decided_at": item.decided_at,
+    }
+    return json.dumps(disclosure_to_communication(metadata, item.payload), indent=1)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    recipient = load_deployment(settings.deploy_dir).directory.recipient(args.recipient)
+    fhir = args.fhir or (recipient is not None and recipient.disclosure_format == "fhir-r4")
     with _open_inbox(settings, args.recipient) as inbox:
         item = _resolve(inbox, args.id)
+        if fhir:
+            print(_as_fhir(item, args.recipient), flush=True)
+            if not args.no_mark and inbox.advance(item.disclosure_id, "OPENED"):
+                _send_now(settings, args.recipient, inbox)
+            return 0
         _render_disclosure(item)
         out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
         if not args.no_mark and inbox.advance(item.disclosure_id, "OPENED"):
@@ -380,12 +404,18 @@ def register(sub: Any) -> None:
         description="Show the decrypted disclosure: why it was shared, on which lawful\n"
         "basis, the deadline, and the fields your agency may see. Reading it marks\n"
         "it OPENED and sends a receipt to the sender (queued if no broker runs).\n"
-        "ID may be the first 8 characters of the disclosure id.\n\n"
-        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc",
+        "ID may be the first 8 characters of the disclosure id. With --fhir, or for a\n"
+        'recipient whose directory entry says disclosure_format = "fhir-r4", it prints\n'
+        "a FHIR R4 Communication (JSON) instead (docs/fhir.md).\n\n"
+        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc\n"
+        "  safer inbox show 3f6c2a8e --recipient portsmouth-health --fhir",
     )
     show.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
     show.add_argument("--recipient", required=True, help="your recipient id")
     show.add_argument("--no-mark", action="store_true", help="do not mark it OPENED")
+    show.add_argument(
+        "--fhir", action="store_true", help="print it as a FHIR R4 Communication (JSON)"
+    )
     show.set_defaults(func=cmd_show)
 
     ack = actions.add_parser(

@@ -6,8 +6,11 @@ import asyncio
 import csv
 import io
 import json
+import os
 import secrets
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from fhir.resources.R4B.communication import Communication
 from hypothesis import HealthCheck, settings
 from structlog.testing import capture_logs
 
@@ -314,6 +318,7 @@ SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 
 
 @SCHEMA.parametrize()
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @settings(
     max_examples=40,
     deadline=None,
@@ -368,6 +373,39 @@ def test_a_fhir_bundle_reaches_the_partnerships_health_and_social_care_inboxes(
         assert ("DISCLOSED", recipient) in events
         assert ("RECEIVED", recipient) in events
     assert f"api:{harness.credential_id}" in credentials
+    # The health team can read it as FHIR R4 (a Communication), from its inbox.
+    runtime = harness.runtime
+    env = dict(os.environ)
+    env.update(
+        SAFER_DATA_DIR=str(runtime.settings.data_dir),
+        SAFER_DEPLOY_DIR=str(runtime.settings.deploy_dir),
+        SAFER_TOPIC_PREFIX=runtime.settings.topic_prefix,
+        KAFKA_BOOTSTRAP_SERVERS=runtime.bootstrap,
+    )
+    with Inbox(runtime.inbox_path("southampton-health")) as inbox:
+        (item,) = [i for i in inbox.items() if i.concern_id == concern_id]
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "safer",
+            "inbox",
+            "show",
+            item.disclosure_id[:12],
+            "--recipient",
+            "southampton-health",
+            "--fhir",
+            "--no-mark",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    communication = Communication.model_validate(json.loads(shown.stdout))
+    assert communication.identifier[0].value == item.disclosure_id
 
 
 def test_unmappable_fhir_is_refused_with_the_fhir_path(harness: Harness) -> None:

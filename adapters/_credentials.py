@@ -64,12 +64,16 @@ class GatewayRefusal(Exception):
         detail: str,
         *,
         retry_after: int | None = None,
+        wrong_secret: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = str(code)
         self.detail = detail
         self.retry_after = retry_after
+        #: A real credential id with a wrong secret: the costly (Argon2) failure the
+        #: gateway throttles per client address.
+        self.wrong_secret = wrong_secret
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,7 @@ class CredentialStore:
                 _HASHER.verify(credential.hash, secret)
             except (VerificationError, InvalidHashError):
                 raise GatewayRefusal(
-                    401, GatewayReason.CREDENTIAL_UNKNOWN, "unknown credential"
+                    401, GatewayReason.CREDENTIAL_UNKNOWN, "unknown credential", wrong_secret=True
                 ) from None
             with self._lock:
                 self._verified[digest] = cid

@@ -119,6 +119,10 @@ class GatewayLimits:
     #: Records per minute per agency (a batch costs one per record) and the burst.
     rate_per_minute: float = 600.0
     burst: int = 100
+    #: Wrong secrets for real credential ids, per client address (each costs an
+    #: Argon2 verification): past these, 429 before any verification.
+    auth_failures_per_minute: float = 30.0
+    auth_failure_burst: int = 10
 
 
 @dataclass
@@ -132,6 +136,18 @@ class _RateLimiter:
         self._limits = limits
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+
+    def exhausted(self, key: str) -> int | None:
+        """Seconds until ``key`` has a token again, or None if it has one now."""
+        now = self._clock()
+        rate = self._limits.rate_per_minute / 60.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        tokens = min(float(self._limits.burst), bucket.tokens + (now - bucket.at) * rate)
+        if tokens >= 1:
+            return None
+        return max(1, math.ceil((1 - tokens) / rate)) if rate > 0 else 60
 
     def take(self, agency: str, cost: int) -> None:
         now = self._clock()
@@ -286,6 +302,13 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.rate = _RateLimiter(self.limits, self.clock)
+        self.auth_failures = _RateLimiter(
+            GatewayLimits(
+                rate_per_minute=self.limits.auth_failures_per_minute,
+                burst=self.limits.auth_failure_burst,
+            ),
+            self.clock,
+        )
 
     def authenticate(self, request: Request) -> Credential:
         """A verified client certificate if one was presented, else the bearer token."""
@@ -293,7 +316,22 @@ class Gateway:
         if der is not None:
             credential = self.credentials.authenticate_certificate(certificate_fingerprint(der))
         else:
-            credential = self.credentials.authenticate(request.headers.get("authorization"))
+            address = request.client.host if request.client else "-"
+            wait = self.auth_failures.exhausted(address)
+            if wait is not None:
+                raise GatewayRefusal(
+                    429,
+                    GatewayReason.RATE_LIMITED,
+                    "too many wrong secrets from this address; wait and check the token",
+                    retry_after=wait,
+                )
+            try:
+                credential = self.credentials.authenticate(request.headers.get("authorization"))
+            except GatewayRefusal as exc:
+                if exc.wrong_secret:
+                    with contextlib.suppress(GatewayRefusal):
+                        self.auth_failures.take(address, 1)
+                raise
         if credential.agency not in self.adapters:
             raise GatewayRefusal(
                 403,

@@ -80,7 +80,13 @@ class Harness:
         await asyncio.wait_for(ready.wait(), 120)
         self._stack = contextlib.AsyncExitStack()
         generous = GatewayLimits(rate_per_minute=60_000, burst=5_000)
-        strict = GatewayLimits(max_body_bytes=4096, rate_per_minute=6, burst=2)
+        strict = GatewayLimits(
+            max_body_bytes=4096,
+            rate_per_minute=6,
+            burst=2,
+            auth_failures_per_minute=1,
+            auth_failure_burst=2,
+        )
         urls = []
         for limits in (generous, strict):
             gateway = await self._stack.enter_async_context(gateway_running(runtime, limits=limits))

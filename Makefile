@@ -9,12 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint unit bench clean help kafka
+.PHONY: demo test lint unit bench clean help kafka browser
 
 help:
 	@echo "make demo   run the demo on a local Apache Kafka"
 	@echo "make kafka  fetch and check the pinned Apache Kafka jars (done by demo and test)"
-	@echo "make test   lint, type-check and run all tests"
+	@echo "make test   lint, type-check and run all tests (installs Debian's chromium for the browser tests)"
 	@echo "make bench  run the benchmarks (prints ratios; the audit one writes ~1.7 GB to a temp dir)"
 
 $(STAMP): pyproject.toml
@@ -35,11 +35,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint kafka
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+# The web app's browser tests drive Debian's chromium through Playwright (never a
+# browser that Playwright downloads itself). CI runs `make test` as root on a fresh machine.
+browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: lint kafka browser
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
+	$(BIN)/python bench/bench_scale_out.py
+	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_week.py
 	$(BIN)/python bench/bench_audit.py

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _bench_common import show_result
 from rich.console import Console
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -131,12 +131,7 @@ def main(rounds: int, seconds: float) -> dict[str, Any]:
         "pinned_to_one_cpu": pinned,
         "python": platform.python_version(),
     }
-    table = Table(title=f"consent.decide() vs dict lookup (best of {rounds} rounds, one core)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    console.print(table)
+    show_result(f"consent.decide() vs dict lookup (best of {rounds} rounds, one core)", result)
     return result
 
 

@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench_common import show_result
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from rich.console import Console
-from rich.table import Table
 
 from adapters import synthetic_concerns
 from broker import (
@@ -291,12 +291,7 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
             sum(totals.get(k, 0) for k in ("DISCLOSED", "REFERRED", "WITHHELD")) / concerns, 2
         ),
     }
-    table = Table(title=f"router on {engine.name} ({concerns} concerns, best of {rounds})")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    console.print(table)
+    show_result(f"router on {engine.name} ({concerns} concerns, best of {rounds})", result)
     return result
 
 

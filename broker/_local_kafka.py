@@ -252,8 +252,10 @@ class LocalKafka:
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
-        self.home = home
-        self._deploy_dir = deploy_dir
+        # Absolute: each node runs with its own folder as working directory, so a
+        # relative data dir (the default `.safer`) would point nowhere from there.
+        self.home = home.absolute()
+        self._deploy_dir = deploy_dir.absolute()
         self._host = host
         self._count = nodes
         self._security: ListenerSecurity = security or Plaintext()

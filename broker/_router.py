@@ -945,7 +945,9 @@ class Router:
             self.first_batch_at = time.monotonic()
         now = self._clock()
         records = [msg for msgs in batch.values() for msg in msgs]
+        started = time.perf_counter()
         plans = [self._plan(msg, now) for msg in records]
+        planned = time.perf_counter()
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
         try:
             committed = await self._commit(producer, consumer, plans, offsets, stop)
@@ -960,7 +962,7 @@ class Router:
             for tp, msgs in batch.items():
                 consumer.seek(tp, msgs[0].offset)
             return
-        self._count(plans)
+        self._count(plans, plan_s=planned - started, commit_s=time.perf_counter() - planned)
 
     def _plan(self, msg: Any, now: datetime) -> Plan:
         return self._core.plan(
@@ -973,7 +975,7 @@ class Router:
             now=now,
         )
 
-    def _count(self, plans: Sequence[Plan]) -> None:
+    def _count(self, plans: Sequence[Plan], *, plan_s: float = 0.0, commit_s: float = 0.0) -> None:
         for plan in plans:
             self.totals.update(plan.outcomes)
         self.totals["inbound"] += len(plans)
@@ -982,6 +984,9 @@ class Router:
             "router.batch",
             inbound=len(plans),
             records=sum(len(p.audits) + len(p.outputs) for p in plans),
+            # Where a batch's time goes, for operators tuning latency (issue 12).
+            plan_ms=round(plan_s * 1000, 1),
+            commit_ms=round(commit_s * 1000, 1),
             **{k.lower(): v for k, v in sum((p.outcomes for p in plans), Counter()).items()},
         )
 
@@ -1132,4 +1137,7 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             pass
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        # For operators sharing the work across routers: which partitions this one has.
+        _log.info(
+            "router.assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+        )

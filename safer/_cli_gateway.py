@@ -275,8 +275,8 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help=f"port (default {DEFAULT_PORT}; 0 picks a free one)",
     )
-    parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
-    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-cert", help="the gateway's PEM certificate chain: serve it on HTTPS")
+    parser.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")
     parser.add_argument(
         "--client-ca",
         help="PEM CA whose client certificates authenticate agencies (default with TLS: the "

@@ -9,7 +9,6 @@ sent at once when a broker is reachable and otherwise by the running adapter.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -17,105 +16,29 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
-from adapters import Inbox, InboxItem, disclosure_to_communication, publish_receipts
-from broker import KeyStore, Settings, load_deployment, make_producer, seal
+from adapters import Inbox, InboxItem, disclosure_to_communication
+from broker import load_deployment
 from consent import LAWFUL_BASES
-from schemas import BrokerError, ConfigError, ReasonCode
 
-from ._cli_common import FORMATTER, err, out, run_async, settings_from
-from ._runtime import Runtime, resolve_bootstrap
+from ._cli_common import FORMATTER, err, out, settings_from
+from ._inbox_flow import (
+    OUTCOME_CODES,
+    SendOutcome,
+    action_disclosure,
+    inboxes,
+    listing,
+    open_disclosure,
+    open_inbox,
+    time_left,
+)
 
 __all__ = ["OUTCOME_CODES", "register"]
 
-#: What a recipient did about a disclosure (stable codes; shown in `--help`).
-OUTCOME_CODES = {
-    "NFA": "no further action needed",
-    "ADVICE_GIVEN": "advice given to the family or the referrer",
-    "EARLY_HELP": "early help offered",
-    "SCHOOL_SUPPORT": "support put in place at school (Operation Encompass)",
-    "HEALTH_FOLLOW_UP": "health visitor, school nurse or GP follow-up",
-    "S17_ASSESSMENT": "child in need assessment (Children Act 1989 s.17)",
-    "STRATEGY_DISCUSSION": "strategy discussion held or arranged",
-    "S47_ENQUIRY": "child protection enquiry (Children Act 1989 s.47)",
-    "YJS_ASSESSMENT": "youth justice assessment",
-    "REFERRED_ON": "referred on to another service",
-    "ALREADY_KNOWN": "already known; added to the existing plan",
-}
 
-
-def _inboxes(settings: Settings) -> list[str]:
-    folder = settings.inbox_dir
-    return sorted(p.stem for p in folder.glob("*.db")) if folder.is_dir() else []
-
-
-def _open_inbox(settings: Settings, recipient: str) -> Inbox:
-    path = settings.inbox_dir / f"{recipient}.db"
-    if not path.exists():
-        known = ", ".join(_inboxes(settings)[:6]) or "none yet"
-        raise ConfigError(
-            f"no inbox for recipient {recipient!r} in {settings.inbox_dir}",
-            code=ReasonCode.NO_RECIPIENT,
-            hint=f"run `safer inbox list` to see the inboxes (found: {known})",
-        )
-    return Inbox(path)
-
-
-def _time_left(deadline: str | None) -> str:
-    if not deadline:
-        return "-"
-    due = datetime.fromisoformat(deadline)
-    seconds = (due - datetime.now(UTC)).total_seconds()
-    hours, rest = divmod(abs(int(seconds)), 3600)
-    text = f"{hours}h{rest // 60:02d}m"
-    return f"OVERDUE by {text}" if seconds < 0 else f"{text} left"
-
-
-def _resolve(inbox: Inbox, ref: str) -> InboxItem:
-    matches = inbox.find(ref)
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ConfigError(
-            f"no disclosure starting with {ref!r} in this inbox",
-            code=ReasonCode.NO_RECIPIENT,
-            hint="run `safer inbox list --recipient ID` to see the ids",
-        )
-    raise ConfigError(
-        f"{len(matches)} disclosures start with {ref!r}",
-        code=ReasonCode.NO_RECIPIENT,
-        hint="type more characters of the id",
-    )
-
-
-def _send_now(settings: Settings, recipient: str, inbox: Inbox) -> None:
-    """Send queued receipts if a broker is reachable; otherwise leave them queued."""
-    try:
-        bootstrap = resolve_bootstrap(settings)
-    except BrokerError:
-        err.print("[yellow]receipt queued[/]: no broker running; it is sent when `safer up` runs")
-        return
-    runtime = Runtime(settings, bootstrap)
-
-    async def send(stop: asyncio.Event) -> int:
-        producer = make_producer(bootstrap, **runtime.security_for(recipient))
-        await producer.start()
-        try:
-            return await publish_receipts(
-                producer,
-                inbox,
-                codec=runtime.codec,
-                identity=runtime.keys.signing_identity(recipient),
-                topic=settings.topics.receipts,
-            )
-        finally:
-            await producer.stop()
-
-    try:
-        sent = run_async(send)
-    except Exception as exc:  # best effort: the receipt stays queued for the adapter
-        err.print(f"[yellow]receipt queued[/]: broker unreachable ({type(exc).__name__})")
-        return
-    err.print(f"[green]{sent} receipt(s) sent[/] to {settings.topics.receipts}")
+def _report(send: SendOutcome | None) -> None:
+    if send is not None:
+        colour = "green" if send.queued_reason is None else "yellow"
+        err.print(f"[{colour}]{send.message}[/]")
 
 
 # -- commands -----------------------------------------------------------------
@@ -127,7 +50,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         table = Table(title=f"Inboxes in {settings.inbox_dir}")
         for column in ("recipient", "to action", "total"):
             table.add_column(column, justify="left" if column == "recipient" else "right")
-        for recipient in _inboxes(settings):
+        for recipient in inboxes(settings):
             with Inbox(settings.inbox_dir / f"{recipient}.db") as inbox:
                 items = list(inbox.items())
             waiting = sum(1 for i in items if i.status != "ACTIONED")
@@ -135,12 +58,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.print(table)
         out.print("open one with: safer inbox list --recipient RECIPIENT_ID")
         return 0
-    with _open_inbox(settings, args.recipient) as inbox:
-        items = [i for i in inbox.items() if args.all or i.status != "ACTIONED"]
+    with open_inbox(settings, args.recipient) as inbox:
+        rows = listing(inbox, include_actioned=args.all)
     table = Table(title=f"Inbox of {args.recipient}" + ("" if args.all else " (not yet actioned)"))
     for column in ("id", "received", "kind", "concern", "grade", "status", "deadline"):
         table.add_column(column)
-    for item in items:
+    for row in rows:
+        item = row.item
         table.add_row(
             item.disclosure_id[:8],
             item.received_at[:16].replace("T", " "),
@@ -148,7 +72,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             item.concern_type,
             item.risk_grade,
             item.status,
-            _time_left(item.deadline),
+            row.time_left,
         )
     out.print(table)
     out.print(f"read one with: safer inbox show ID --recipient {args.recipient}")
@@ -237,7 +161,7 @@ def _render_disclosure(item: InboxItem) -> None:
         f"purpose: {item.purpose}\n"
         f"from: {item.source_agency or '-'} · "
         f"received {item.received_at[:16].replace('T', ' ')} UTC"
-        f" · deadline: {item.deadline or 'none set'} ({_time_left(item.deadline)})\n"
+        f" · deadline: {item.deadline or 'none set'} ({time_left(item.deadline)})\n"
         f"disclosure {item.disclosure_id} · concern {item.concern_id}"
     )
     out.print(Panel(header, title="SAFER disclosure", expand=False))
@@ -301,67 +225,47 @@ def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     recipient = load_deployment(settings.deploy_dir).directory.recipient(args.recipient)
     fhir = args.fhir or (recipient is not None and recipient.disclosure_format == "fhir-r4")
-    with _open_inbox(settings, args.recipient) as inbox:
-        item = _resolve(inbox, args.id)
-        if fhir:
-            print(_as_fhir(item, args.recipient), flush=True)
-            if not args.no_mark and inbox.advance(item.disclosure_id, "OPENED"):
-                _send_now(settings, args.recipient, inbox)
-            return 0
-        _render_disclosure(item)
-        out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
-        if not args.no_mark and inbox.advance(item.disclosure_id, "OPENED"):
-            _send_now(settings, args.recipient, inbox)
+    result = open_disclosure(settings, args.recipient, args.id, mark=not args.no_mark)
+    if fhir:
+        print(_as_fhir(result.item, args.recipient), flush=True)
+        _report(result.send)
+        return 0
+    _render_disclosure(result.item)
+    out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
+    _report(result.send)
     out.print(
-        f"when done: safer inbox action {item.disclosure_id[:8]} --recipient {args.recipient} "
-        "--outcome CODE"
+        f"when done: safer inbox action {result.item.disclosure_id[:8]} "
+        f"--recipient {args.recipient} --outcome CODE"
     )
     return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    with _open_inbox(settings, args.recipient) as inbox:
-        item = _resolve(inbox, args.id)
-        if inbox.advance(item.disclosure_id, "OPENED"):
-            out.print(f"{item.disclosure_id[:8]} marked OPENED")
-            _send_now(settings, args.recipient, inbox)
-        else:
-            out.print(f"{item.disclosure_id[:8]} was already {item.status}")
+    result = open_disclosure(settings, args.recipient, args.id)
+    short = result.item.disclosure_id[:8]
+    if result.marked:
+        out.print(f"{short} marked OPENED")
+        _report(result.send)
+    else:
+        out.print(f"{short} was already {result.item.status}")
     return 0
 
 
 def cmd_action(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    with _open_inbox(settings, args.recipient) as inbox:
-        item = _resolve(inbox, args.id)
-        note = None
-        if args.note:
-            publisher = item.source_agency or "hampshire-constabulary"
-            sealed = seal(
-                args.note.encode("utf-8"),
-                KeyStore(settings.keys_dir).encryption_public(publisher),
-                disclosure_id=item.disclosure_id,
-                recipient_id=publisher,
-            )
-            note = {
-                "ciphertext": sealed.ciphertext.hex(),
-                "nonce": sealed.nonce.hex(),
-                "wrapped_key": sealed.wrapped_key.hex(),
-                "wrap_nonce": sealed.wrap_nonce.hex(),
-                "ephemeral_public_key": sealed.ephemeral_public_key.hex(),
-                "recipient_key_id": sealed.recipient_key_id,
-                "algorithm": sealed.algorithm,
-            }
-        if inbox.advance(item.disclosure_id, "ACTIONED", outcome_code=args.outcome, note=note):
-            out.print(
-                f"{item.disclosure_id[:8]} marked ACTIONED ({args.outcome}: "
-                f"{OUTCOME_CODES[args.outcome]})"
-                + ("; note encrypted to the sender" if note else "")
-            )
-            _send_now(settings, args.recipient, inbox)
-        else:
-            out.print(f"{item.disclosure_id[:8]} was already ACTIONED; nothing changed")
+    result = action_disclosure(
+        settings, args.recipient, args.id, outcome=args.outcome, note=args.note
+    )
+    short = result.item.disclosure_id[:8]
+    if result.marked:
+        out.print(
+            f"{short} marked ACTIONED ({args.outcome}: {OUTCOME_CODES[args.outcome]})"
+            + ("; note encrypted to the sender" if result.note_sealed else "")
+        )
+        _report(result.send)
+    else:
+        out.print(f"{short} was already ACTIONED; nothing changed")
     return 0
 
 
@@ -390,7 +294,7 @@ def register(sub: Any) -> None:
         formatter_class=FORMATTER,
         description="Without --recipient: every inbox with how many disclosures wait for\n"
         "action. With --recipient: that inbox's disclosures not yet actioned\n"
-        "(--all for every one), newest last, with the time left to the deadline.\n\n"
+        "(--all for every one), overdue first, then by the time left to the deadline.\n\n"
         "example:\n  safer inbox list\n  safer inbox list --recipient school-116330 --all",
     )
     listing.add_argument("--recipient", help="your recipient id (see `safer inbox list`)")

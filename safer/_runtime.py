@@ -578,6 +578,7 @@ class Runtime:
         ready: asyncio.Event,
         *,
         instance: str = "0",
+        group_id: str = "safer-router",
         log_file: Path | None = None,
     ) -> None:
         """Run `safer route` as a child process until ``stop``; raise if it dies.
@@ -589,7 +590,7 @@ class Runtime:
         argv = [sys.executable, "-m", "safer"]
         if log_file is not None:
             argv += ["--log-file", str(log_file)]
-        argv += ["route", "--instance", instance]
+        argv += ["route", "--group-id", group_id, "--instance", instance]
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=self.child_env(),

@@ -41,6 +41,7 @@ from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
 from ._cli_track import register as register_track
+from ._cli_users import register as register_users
 from ._demo import run_demo
 from ._logging import configure_logging
 from ._runtime import (
@@ -238,6 +239,47 @@ async def _gateway_in_up(runtime: Runtime, stop: asyncio.Event, args: argparse.N
             err.print(f"  what to do: {exc.hint}")
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web import serve
+
+    settings = settings_from(args)
+
+    async def web(stop: asyncio.Event) -> int:
+        await serve(
+            settings,
+            stop,
+            host=args.host,
+            port=args.port,
+            on_ready=lambda url: err.print(f"[green]safer web[/] on {url} (Ctrl-C stops)"),
+        )
+        return 0
+
+    return run_async(web)
+
+
+def _web_task(
+    settings: Settings, args: argparse.Namespace, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """`safer up` also serves the web app (unless --no-web)."""
+    if args.no_web:
+        return None
+    from .web import serve
+
+    async def web() -> None:
+        try:
+            await serve(
+                settings,
+                stop,
+                host=args.web_host,
+                port=args.web_port,
+                on_ready=lambda url: err.print(f"[green]safer web[/] on {url}"),
+            )
+        except SaferError as exc:  # the exchange runs on without its web app
+            err.print(f"[yellow]safer web not started[/]: {exc.message}; {exc.hint}")
+
+    return asyncio.create_task(web(), name="safer-web")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if args.cluster:
         if args.port is not None:
@@ -278,6 +320,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if args.no_gateway
                 else asyncio.create_task(_gateway_in_up(runtime, stop, args), name="gateway")
             )
+            web = _web_task(settings, args, stop)
             try:
                 await runtime.run_services(
                     stop,
@@ -295,6 +338,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if gateway is not None:
                     stop.set()
                     await gateway
+                if web is not None:
+                    stop.set()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await web
                 if watchdog is not None:
                     watchdog.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -568,8 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
-        "deadline monitor, one adapter per recipient and the HTTP ingestion gateway\n"
-        "(127.0.0.1:8480 unless --no-gateway; see `safer gateway --help`) until Ctrl-C.\n\n"
+        "deadline monitor, one adapter per recipient, the web app (`safer web`\n"
+        "on --web-port, default 8080; /metrics, /healthz, /readyz) and the HTTP ingestion\n"
+        "gateway (127.0.0.1:8480 unless --no-gateway; `safer gateway --help`) until Ctrl-C.\n\n"
         "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
@@ -581,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
+    up.add_argument("--no-web", action="store_true", help="do not serve the web app")
+    up.add_argument("--web-host", default="127.0.0.1", help="web app address (default loopback)")
+    up.add_argument("--web-port", type=int, default=8080, help="web app port (default 8080)")
     up.add_argument(
         "--port",
         type=int,
@@ -621,6 +672,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for accounting")
     demo.set_defaults(func=cmd_demo)
 
+    web = sub.add_parser(
+        "web",
+        help="serve the web app (practitioners, auditors, DPOs, analysts)",
+        formatter_class=FORMATTER,
+        description="A read-only web app on the data directory: practitioners' inboxes,\n"
+        "the auditors' and DPOs' log status, trails, s.62 and subject access reports,\n"
+        "the quarantine list, and each partnership's performance dashboard.\n"
+        "Sign-in accounts come from `safer users add`. /metrics, /healthz and /readyz\n"
+        "need no sign-in. `safer up` serves it too (on --web-port, default 8080).\n\n"
+        "example:\n  safer users add sam --role practitioner --recipient portsmouth-csc\n"
+        "  safer web --port 8080   # then open http://127.0.0.1:8080",
+    )
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    web.set_defaults(func=cmd_web)
+
     for register in (
         register_topics,
         register_quarantine,
@@ -632,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_secure,
         register_gateway,
         register_registry,
+        register_users,
     ):
         register(sub)
     return parser

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters import ParsedRecord, synthetic_concerns
+from adapters import Inbox, ParsedRecord, synthetic_concerns
 from audit import AuditStore
-from broker import OutRecord, Settings, make_producer, read_topic, send_all
+from broker import (
+    Headers,
+    OutRecord,
+    Settings,
+    audit_records_in,
+    make_producer,
+    read_topic,
+    send_all,
+)
 from safer import Runtime
 from schemas import AuditEvent, ConcernModel
 
@@ -126,3 +135,40 @@ async def run_flow(
         stop.set()
         await services
         store.close()
+
+
+def assert_delivered_exactly_once(runtime: Runtime) -> None:
+    """No inbox holds a disclosure twice, and each holds exactly what was audited for it."""
+    audited: dict[str, set[str]] = {}
+    with AuditStore(runtime.settings.audit_db) as store:
+        for record in store.records():
+            if record.event.value in ("DISCLOSED", "REFERRED") and record.recipient:
+                audited.setdefault(record.recipient, set()).add(record.disclosure_id or "")
+        entry_ids = [r.entry_id for r in store.records()]
+    assert len(entry_ids) == len(set(entry_ids)), "duplicate audit entries"
+    for recipient in runtime.deployment.directory.recipients:
+        with Inbox(runtime.inbox_path(recipient.id)) as inbox:
+            ids = inbox.disclosure_ids()
+            assert len(ids) == len(set(ids)), f"inbox {recipient.id} holds a disclosure twice"
+            assert set(ids) == audited.get(recipient.id, set())
+
+
+async def assert_topics_exactly_once(runtime: Runtime) -> None:
+    """Read as every SAFER reader reads them (read_committed): no audit record and no
+    disclosure is on a topic twice, and every visible disclosure has its audit record."""
+    t = runtime.settings.topics
+    topics = await read_all(runtime, [t.audit, *t.all_recipient_topics()])
+    audit_keys: Counter[tuple[str, str]] = Counter()
+    disclosed: set[str] = set()
+    for record in topics[t.audit]:
+        for entry in audit_records_in(runtime.codec, record.value):
+            audit_keys[(entry["event"], entry["entry_id"])] += 1
+            if entry["event"] in ("DISCLOSED", "REFERRED"):
+                disclosed.add(entry["disclosure_id"])
+    assert audit_keys and max(audit_keys.values()) == 1, "an audit record is on hips.audit twice"
+    on_topics: Counter[str] = Counter()
+    for name in t.all_recipient_topics():
+        for record in topics[name]:
+            on_topics[dict(record.headers)[Headers.DISCLOSURE_ID].decode()] += 1
+    assert on_topics and max(on_topics.values()) == 1, "a disclosure is on a recipient topic twice"
+    assert set(on_topics) == disclosed  # audit-first: nothing visible without its record

@@ -21,6 +21,9 @@ from broker import running_kafka_pids
 REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = [
     [],
+    ["web"],
+    ["users"],
+    ["users", "add"],
     ["keys"],
     ["keys", "init"],
     ["kafka"],

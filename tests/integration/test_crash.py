@@ -18,17 +18,23 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from adapters import Inbox
 from audit import AuditStore, verify_store
-from broker import Headers, audit_records_in
 from safer import Runtime
 
-from .spine import REPO, account, concerns, make_runtime, publish, read_all, wait_accounted
+from .spine import (
+    REPO,
+    account,
+    assert_delivered_exactly_once,
+    assert_topics_exactly_once,
+    concerns,
+    make_runtime,
+    publish,
+    wait_accounted,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -109,38 +115,6 @@ async def test_router_killed_mid_stream_loses_and_duplicates_nothing(
     assert routers[1].returncode == 0, "restarted router did not shut down cleanly"
     assert expected <= set(acc.decided)
 
-    # No inbox holds a disclosure twice, and each holds exactly what was audited for it.
-    audited: dict[str, set[str]] = {}
-    with AuditStore(runtime.settings.audit_db) as reopened:
-        for record in reopened.records():
-            if record.event.value in ("DISCLOSED", "REFERRED") and record.recipient:
-                audited.setdefault(record.recipient, set()).add(record.disclosure_id or "")
-        entry_ids = [r.entry_id for r in reopened.records()]
-    assert len(entry_ids) == len(set(entry_ids)), "duplicate audit entries"
-    for recipient in runtime.deployment.directory.recipients:
-        with Inbox(runtime.inbox_path(recipient.id)) as inbox:
-            ids = inbox.disclosure_ids()
-            assert len(ids) == len(set(ids))
-            assert set(ids) == audited.get(recipient.id, set())
-
-    # Exactly once on the topics themselves, as read_committed readers see them.
-    t = runtime.settings.topics
-    topics = await read_all(runtime, [t.audit, *t.all_recipient_topics()])
-    audit_keys: Counter[tuple[str, str]] = Counter()
-    disclosed: set[str] = set()
-    for record in topics[t.audit]:
-        for entry in audit_records_in(runtime.codec, record.value):
-            audit_keys[(entry["event"], entry["entry_id"])] += 1
-            if entry["event"] in ("DISCLOSED", "REFERRED"):
-                disclosed.add(entry["disclosure_id"])
-    assert audit_keys and max(audit_keys.values()) == 1, "an audit record is on hips.audit twice"
-    on_topics: Counter[str] = Counter()
-    for name in t.all_recipient_topics():
-        for record in topics[name]:
-            on_topics[dict(record.headers)[Headers.DISCLOSURE_ID].decode()] += 1
-    assert on_topics and max(on_topics.values()) == 1, "a disclosure is on a recipient topic twice"
-    # Audit-first: every visible disclosure has its audit record, and nothing is missing.
-    assert set(on_topics) == disclosed
-    assert len(on_topics) == sum(len(v) for v in audited.values())
-
+    assert_delivered_exactly_once(runtime)
+    await assert_topics_exactly_once(runtime)
     verify_store(runtime.settings.audit_db)

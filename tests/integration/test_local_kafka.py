@@ -56,14 +56,19 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-def test_a_restart_keeps_every_topic_and_record_on_the_same_port(tmp_path: Path) -> None:
-    kafka = LocalKafka(tmp_path / "kafka", deploy_dir=REPO / "deploy")
+def test_a_restart_keeps_every_topic_and_record_on_the_same_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative home, as the default data dir `.safer` is: each node runs in its
+    # own folder, so the paths it is given must not depend on the caller's cwd.
+    monkeypatch.chdir(tmp_path)
+    kafka = LocalKafka(Path("kafka"), deploy_dir=REPO / "deploy")
     with kafka:
         first = kafka.bootstrap_servers
         asyncio.run(_create(first, "kept", partitions=3))
         asyncio.run(_produce(first, "kept", [b"one", b"two", b"three"]))
     assert kafka.pids() == {1: None}
-    with LocalKafka(tmp_path / "kafka", deploy_dir=REPO / "deploy") as again:
+    with LocalKafka(Path("kafka"), deploy_dir=REPO / "deploy") as again:
         assert again.bootstrap_servers == first  # clients find it where they left it
         values = sorted(r.value for r in asyncio.run(read_topic(first, "kept")))
     assert values == [b"one", b"three", b"two"]

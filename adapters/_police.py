@@ -21,7 +21,7 @@ import pydantic
 from aiokafka import AIOKafkaProducer
 
 from broker import Headers, OutRecord, SigningIdentity, send_all, signed_record, subject_key
-from consent import missing_minimum_dataset
+from consent import missing_minimum_dataset, risk_problems
 from schemas import (
     CONCERN,
     Codec,
@@ -121,7 +121,8 @@ def validate_record(
     """Validate one record (a JSON object, or a CSV row made into one).
 
     The checks, in order: size limits, the schema (pydantic), the publisher,
-    plausibility, the minimum dataset. Errors name fields, never their values.
+    plausibility, the minimum dataset, the risk assessment. Errors name fields,
+    never their values.
     """
     concern_id = item.get("concern_id") if isinstance(item, dict) else None
     concern_id = concern_id if isinstance(concern_id, str) else None
@@ -160,6 +161,9 @@ def validate_record(
             ReasonCode.MINIMUM_DATASET_MISSING.value,
             "missing: " + ", ".join(missing),
         )
+    risky = risk_problems(concern)
+    if risky:
+        return ParsedRecord(label, None, concern.concern_id, risky[0].code.value, _problems(risky))
     return ParsedRecord(label, concern, concern.concern_id, ACCEPTED)
 
 

@@ -603,6 +603,59 @@ _CONSENT_REASONS: dict[ConsentState, str] = {
 _NTH = ("second", "third", "fourth", "fifth")
 _DASH = {RiskGrade.HIGH: "high", RiskGrade.MEDIUM: "medium", RiskGrade.LOW: "standard"}
 
+#: Issue 16: the coded risk factors a concern of each type usually carries.
+_FACTORS: dict[ConcernType, tuple[str, ...]] = {
+    _T.DOMESTIC_ABUSE: ("DOMESTIC_ABUSE",),
+    _T.NEGLECT: ("NEGLECT", "PARENTAL_SUBSTANCE_MISUSE"),
+    _T.EMOTIONAL_ABUSE: ("PARENTAL_MENTAL_HEALTH",),
+    _T.CHILD_SEXUAL_EXPLOITATION: ("CHILD_SEXUAL_EXPLOITATION", "MISSING_EPISODES"),
+    _T.CHILD_CRIMINAL_EXPLOITATION: ("CHILD_CRIMINAL_EXPLOITATION", "COUNTY_LINES"),
+    _T.MISSING: ("MISSING_EPISODES",),
+    _T.ONLINE_GROOMING: ("ONLINE_HARM",),
+    _T.RADICALISATION: ("RADICALISATION", "ONLINE_HARM"),
+}
+#: A DASH score inside each grade's band (docs/RISK.md), varied by the concern id.
+_DASH_SCORES = {RiskGrade.HIGH: (14, 27), RiskGrade.MEDIUM: (10, 13), RiskGrade.LOW: (2, 9)}
+_RATIONALES = {
+    RiskGrade.HIGH: "risk of serious harm: escalating incidents and the child was present",
+    RiskGrade.MEDIUM: "identifiable indicators of harm; protective factors in place",
+    RiskGrade.LOW: "no current indicators of serious harm",
+}
+
+
+def _risk_assessments(
+    concern_id: str,
+    ctype: ConcernType,
+    grade: RiskGrade,
+    children: Sequence[dict[str, Any]],
+    assessed_by: str,
+    assessed_at: str,
+) -> list[dict[str, Any]]:
+    """One assessment per child (concern v3), derived without drawing from the generator,
+    so a seed gives the same people, places and decisions as before v3."""
+    spread = int(concern_id.replace("-", "")[:8], 16)
+    factors = list(_FACTORS.get(ctype, ()))
+    out = []
+    for index, person in enumerate(children):
+        dash = ctype is _T.DOMESTIC_ABUSE
+        low, high = _DASH_SCORES[grade]
+        out.append(
+            {
+                "subject_ref": person["subject_ref"],
+                "grade": grade.value,
+                "rationale": _RATIONALES[grade],
+                "method": "DASH" if dash else "PROFESSIONAL_JUDGEMENT",
+                "dash_score": low + (spread + index) % (high - low + 1) if dash else None,
+                "tool_name": None,
+                "factors": factors,
+                "missing_episodes": 1 + spread % 4 if "MISSING_EPISODES" in factors else None,
+                "assessed_by": assessed_by,
+                "assessed_at": assessed_at,
+            }
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -956,6 +1009,9 @@ class _Generator:
             "third_party_protection": third_party,
             "restricted": rng.random() < P_RESTRICTED,
             "officer": officer,
+            "risk_assessments": _risk_assessments(
+                concern_id, ctype, grade, children, recorded_by, _iso(reported)
+            ),
         }
 
     def incident(self, ctype: ConcernType, home: _Home, cross_border: bool) -> dict[str, Any]:

@@ -74,6 +74,18 @@ from ._reports import (
     subject_access_report,
     trail,
 )
+from ._risk import (
+    HIDDEN,
+    RISK_CSV_HEADER,
+    SUPPRESSED,
+    RiskRow,
+    parse_risk_reason,
+    risk_assessment_reasons,
+    risk_report,
+    risk_tables,
+    suppress,
+    suppress_parts,
+)
 from ._vault import (
     SHRED_REASONS,
     ShredOutcome,
@@ -87,9 +99,13 @@ from ._vault import (
 )
 
 __all__ += [
+    "HIDDEN",
+    "RISK_CSV_HEADER",
     "SHRED_REASONS",
+    "SUPPRESSED",
     "Labels",
     "Period",
+    "RiskRow",
     "S62Entry",
     "ShredOutcome",
     "Stats",
@@ -104,9 +120,15 @@ __all__ += [
     "enrol_subjects",
     "fhir_audit_events",
     "fhir_bundle",
+    "parse_risk_reason",
+    "risk_assessment_reasons",
+    "risk_report",
+    "risk_tables",
     "s62_log",
     "shred_subject",
     "subject_access_report",
+    "suppress",
+    "suppress_parts",
     "trail",
     "vault_path_for",
 ]

@@ -107,6 +107,7 @@ from ._secure import (
     secure_kafka,
     secure_kafka_engine,
 )
+from ._signals import SignalStore, decode_signal_state, encode_signal_state, erase_signals
 from ._topics import HEADER_NAMES, Headers, TopicLayout, Topics, TopicSpec, topic_plan
 
 __all__ = [
@@ -161,6 +162,7 @@ __all__ = [
     "SecureListeners",
     "Seen",
     "Settings",
+    "SignalStore",
     "SigningIdentity",
     "SizeLimits",
     "TimelinessMonitor",
@@ -181,8 +183,11 @@ __all__ = [
     "cluster_settings",
     "consent_out_record",
     "create_topics",
+    "decode_signal_state",
     "default_deploy_dir",
     "disclosure_id_for",
+    "encode_signal_state",
+    "erase_signals",
     "fetch",
     "fetch_original",
     "header",

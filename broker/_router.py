@@ -36,20 +36,26 @@ from aiokafka import (
 from aiokafka.errors import KafkaError, ProducerFenced, UnsupportedVersionError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from audit import AuditRecord, entry_id_for
+from audit import AuditRecord, entry_id_for, risk_assessment_reasons
 from consent import (
     LONDON,
     Consent,
     ConsentRecord,
+    CumulativeFlag,
     Decision,
     Deny,
+    MinimisedPayload,
     Permit,
     Recipient,
+    SignalEvent,
+    cumulative_flag,
     current_consent,
     deadline_for,
     decide,
     minimise,
     missing_minimum_dataset,
+    risk_problems,
+    risk_warnings,
 )
 from schemas import (
     AUDIT_BATCH,
@@ -62,6 +68,7 @@ from schemas import (
     BrokerError,
     Codec,
     ConcernModel,
+    Lscp,
     Problem,
     ReasonCode,
     SaferError,
@@ -89,6 +96,7 @@ from ._kafka import (
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS
 from ._routing import candidate_recipients, resolve_partnerships
+from ._signals import SignalStore
 from ._topics import Headers, Topics, header_has_form
 
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
@@ -214,9 +222,11 @@ class RouterCore:
         actor: str = "safer-router",
         consent_view: ConsentView | None = None,
         ledger: RoutedLedger | None = None,
+        signals: SignalStore | None = None,
     ) -> None:
         self._consent_view = consent_view
         self._ledger = ledger
+        self._signals = signals
         self._codec = codec
         self._deployment = deployment
         self._keyring = keyring
@@ -235,6 +245,11 @@ class RouterCore:
     def ledger(self) -> RoutedLedger | None:
         """Concerns already routed (replay detection), or None (no detection)."""
         return self._ledger
+
+    @property
+    def signals(self) -> SignalStore | None:
+        """The cumulative-concern state per child pseudonym, or None (no signal)."""
+        return self._signals
 
     # -- public -----------------------------------------------------------------
 
@@ -427,6 +442,7 @@ class RouterCore:
                 code=ReasonCode.MINIMUM_DATASET_MISSING,
                 fields=tuple(missing),
             )
+        _refuse(risk_problems(concern))
         routing = resolve_partnerships(concern, self._deployment.postcodes)
         if not routing.lscps:
             raise ValidationError(
@@ -449,19 +465,98 @@ class RouterCore:
         plan = Plan(concern.concern_id, subjects=concern.subjects)
         if self._ledger is not None:
             plan.bookkeeping.append(self._ledger.note(concern.concern_id, digest))
+        flags = self._cumulative(concern, routing.lscps, plan)
         for candidate in candidates:
+            recipient = candidate.recipient
+            raised = flags.get(recipient.lscp, []) if recipient.is_front_door else []
             decision = decide(
                 concern,
-                candidate.recipient,
+                recipient,
                 self._deployment.policy,
                 consent,
                 now,
                 source_agency_type=publisher.agency_type,
+                cumulative=[flag for flag, _ in raised],
             )
             self._plan_decision(
-                plan, concern, candidate.recipient, decision, pseudonyms, subject, now
+                plan, concern, recipient, decision, pseudonyms, subject, now, raised
             )
         return plan
+
+    def _cumulative(
+        self, concern: ConcernModel, lscps: Sequence[Lscp], plan: Plan
+    ) -> dict[Lscp, list[tuple[CumulativeFlag, tuple[str, ...]]]]:
+        """Issue 16: count this concern for each child, and the flags each partnership's
+        thresholds raise (with the child's pseudonyms, for the audit record).
+
+        The child's history is read before this concern is counted; the new state
+        joins the batch's transaction (``plan.bookkeeping``).
+        """
+        store = self._signals
+        thresholds = self._deployment.policy.thresholds
+        if store is None:
+            return {}
+        grades = {a.subject_ref: a.grade for a in concern.risk_assessments}
+        flags: dict[Lscp, list[tuple[CumulativeFlag, tuple[str, ...]]]] = {}
+        for child in concern.children():
+            own = tuple(
+                dict.fromkeys(pseudonym(self._secret, ident) for ident in child.identifiers())
+            )
+            event = SignalEvent(
+                concern_id=concern.concern_id,
+                reported_at=concern.reported_at,
+                source_agency=concern.source_agency,
+                grade=grades.get(child.subject_ref, concern.risk_grade),
+                lscps=tuple(lscp.value for lscp in lscps),
+            )
+            history = store.history(own)
+            for lscp in lscps:
+                flag = cumulative_flag(
+                    history, event, lscp, thresholds, subject_ref=child.subject_ref
+                )
+                if flag is not None:
+                    flags.setdefault(lscp, []).append((flag, own))
+            plan.bookkeeping.extend(store.note(own, event))
+        return flags
+
+    def _risk_flagged(
+        self,
+        plan: Plan,
+        concern: ConcernModel,
+        recipient: Recipient,
+        decision: Decision,
+        disclosure_id: str,
+        raised: Sequence[tuple[CumulativeFlag, tuple[str, ...]]],
+        now: datetime,
+    ) -> None:
+        """One RISK_FLAGGED audit record per flagged child and front door, with its reasons."""
+        for flag, own in raised:
+            plan.audits.append(
+                AuditRecord(
+                    seq=None,
+                    entry_id=entry_id_for(
+                        AuditEvent.RISK_FLAGGED,
+                        f"{concern.concern_id}:{recipient.id}:{flag.subject_ref}",
+                    ),
+                    event=AuditEvent.RISK_FLAGGED,
+                    disclosure_id=disclosure_id,
+                    decision_id=decision.decision_id,
+                    concern_id=concern.concern_id,
+                    subject_pseudonyms=own,
+                    source=concern.source_agency,
+                    recipient=recipient.id,
+                    lscp=recipient.lscp.value,
+                    reason_codes=(ReasonCode.CUMULATIVE_CONCERN.value,),
+                    reasons=(
+                        *flag.reasons(),
+                        f"front-door decision: {decision.kind}",
+                    ),
+                    policy_revision=decision.policy_revision,
+                    at=now,
+                    actor=self._actor,
+                )
+            )
+            plan.outcomes[AuditEvent.RISK_FLAGGED.value] += 1
 
     def _consent(self, concern: ConcernModel, pseudonyms: list[str]) -> Consent:
         """The concern's own consent statement, or a newer consent record for its child/carers."""
@@ -555,10 +650,17 @@ class RouterCore:
         pseudonyms: tuple[str, ...],
         subject: bytes,
         now: datetime,
+        raised: Sequence[tuple[CumulativeFlag, tuple[str, ...]]] = (),
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
-        reasons = decision.reasons
+        # Each child's risk assessment, in codes (read back by `safer audit risk`), and a
+        # DASH score that disagrees with its grade, are recorded with every decision.
+        reasons = (
+            *decision.reasons,
+            *risk_assessment_reasons(concern.risk_assessments),
+            *risk_warnings(concern),
+        )
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None
@@ -567,8 +669,18 @@ class RouterCore:
             purpose = None
         else:
             payload = minimise(concern, decision.profile, decision.withheld_subject_refs)
+            if raised:
+                # The front door's copy carries the flag: counts and earlier concern ids.
+                payload = MinimisedPayload(
+                    data={
+                        **payload.data,
+                        "cumulative_concern": [flag.to_payload() for flag, _ in raised],
+                    },
+                    fields=(*payload.fields, "cumulative_concern"),
+                    redactions=payload.redactions,
+                )
             # What minimisation cut from the free text is part of why this is lawful.
-            reasons = (*decision.reasons, *payload.redaction_reasons)
+            reasons = (*reasons, *payload.redaction_reasons)
             plaintext = payload.canonical_bytes()
             sealed = seal(
                 plaintext,
@@ -653,6 +765,8 @@ class RouterCore:
         )
         plan.audits.append(audit)
         plan.outcomes[event.value] += 1
+        if raised:
+            self._risk_flagged(plan, concern, recipient, decision, disclosure_id, raised, now)
 
     def audit_out(self, audits: Sequence[AuditRecord]) -> list[OutRecord]:
         """``audits`` as signed AuditBatch records on ``hips.audit``: one signature per
@@ -867,7 +981,8 @@ class Router:
     async def _start_followers(
         self, producer: Any, stop: asyncio.Event
     ) -> list[asyncio.Task[None]]:
-        """Follow ``hips.consent`` and ``hips.routed``; return once both are caught up.
+        """Follow ``hips.consent``, ``hips.routed`` and ``hips.signals``; return once all
+        are caught up.
 
         Routing must not start before the router knows every consent record and
         every concern already routed (else a replay would be routed again).
@@ -885,6 +1000,9 @@ class Router:
         ledger = self._core.ledger
         if ledger is not None:
             starts.append(("routed-ledger", lambda done: ledger.run(stop, done)))
+        signals = self._core.signals
+        if signals is not None:
+            starts.append(("signal-store", lambda done: signals.run(stop, done)))
         tasks: list[asyncio.Task[None]] = []
         for name, start in starts:
             done = asyncio.Event()
@@ -1008,20 +1126,20 @@ class Router:
                 if inspect.isawaitable(result):
                     await result
 
-        ledger = self._core.ledger
+        books = [b for b in (self._core.ledger, self._core.signals) if b is not None]
         try:
             committed = await self._transact(
                 producer, out, offsets, stop, consumer=consumer, before_commit=delivered
             )
         except BaseException:
-            if ledger is not None:
-                ledger.aborted()
+            for book in books:
+                book.aborted()
             raise
-        if ledger is not None:
+        for book in books:
             if committed:
-                ledger.committed()
+                book.committed()
             else:
-                ledger.aborted()
+                book.aborted()
         return committed
 
     async def _isolate(

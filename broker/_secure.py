@@ -237,13 +237,15 @@ def acl_plan(
     * a recipient reads only its own disclosure topic (and its partnership's
       triage topic if it is the front door), and writes receipts and consent
       records (`safer consent record` accepts any directory agency);
-    * the router reads inbound, consent and its ledger (``hips.routed``), writes
-      recipient topics, quarantine, audit and the ledger, in transactions whose
+    * the router reads inbound, consent, its ledger (``hips.routed``) and the
+      cumulative-concern signals (``hips.signals``), writes recipient topics,
+      quarantine, audit, the ledger and the signals, in transactions whose
       ids start with ``router_group``, and
       commits offsets for that consumer group;
     * the audit feed reads audit and receipts; the monitor writes alerts,
       notices and audit;
-    * the admin creates and configures ``<prefix>.*`` topics, nothing else;
+    * the admin creates and configures ``<prefix>.*`` topics, and writes only the
+      tombstones of ``hips.signals`` that a shred sends;
     * everyone (``User:*``) is DENIED delete, alter and alter-configs on the
       audit topic: a DENY beats any ALLOW, so no principal can shorten its
       retention, delete its records or delete it.
@@ -279,7 +281,15 @@ def acl_plan(
     # Its ledger of routed concerns (replay detection): written in each batch's
     # transaction, read back by every router at start.
     grant(router, op.READ, topics.routed)
-    for name in [*topics.all_recipient_topics(), topics.quarantine, topics.audit, topics.routed]:
+    # Its cumulative-concern state per child pseudonym (issue 16): the same pattern.
+    grant(router, op.READ, topics.signals)
+    for name in [
+        *topics.all_recipient_topics(),
+        topics.quarantine,
+        topics.audit,
+        topics.routed,
+        topics.signals,
+    ]:
         grant(router, op.WRITE, name)
     grant(router, op.READ, router_group, AclResource.GROUP)
     grant(router, op.WRITE, router_group, AclResource.TRANSACTIONAL_ID)
@@ -290,6 +300,8 @@ def acl_plan(
     for name in [topics.alerts, topics.audit, *(topics.notices(a) for a in agency_types)]:
         grant(MONITOR_PRINCIPAL, op.WRITE, name)
 
+    # `safer audit shred` erases a subject's cumulative-concern counts (tombstones).
+    grant(ADMIN_PRINCIPAL, op.WRITE, topics.signals)
     for operation in (op.CREATE, op.DESCRIBE, op.ALTER, op.DESCRIBE_CONFIGS, op.ALTER_CONFIGS):
         plan.add(
             AclBinding(_user(ADMIN_PRINCIPAL), topic, f"{topics.prefix}.", prefixed, operation)

@@ -106,6 +106,11 @@ class Topics:
         return f"{self.prefix}.routed"
 
     @property
+    def signals(self) -> str:
+        """The cumulative-concern signal per child pseudonym (issue 16; compacted)."""
+        return f"{self.prefix}.signals"
+
+    @property
     def alerts(self) -> str:
         return f"{self.prefix}.alerts"
 
@@ -160,6 +165,8 @@ def topic_plan(
     * ``hips.audit`` and ``hips.receipts`` are kept forever: the audit store can be
       rebuilt from them.
     * ``hips.consent`` is compacted: the latest record per subject is what counts.
+    * ``hips.signals`` is compacted too (the latest state per child pseudonym); a
+      tombstone and its record are gone from the log within a day of a shred.
     * Inbound and quarantine hold concerns in clear, so they are kept only long
       enough to route and to replay after a fix.
     """
@@ -187,6 +194,19 @@ def topic_plan(
         TopicSpec(topics.alerts, 1, rf, delivery),
         TopicSpec(topics.consent, 1, rf, {**base, "cleanup.policy": "compact"}),
         TopicSpec(topics.routed, 1, rf, {**base, "cleanup.policy": "compact"}),
+        # Pseudonyms, concern ids and counts only; a shred's tombstone removes a child's
+        # state, and compaction removes it from the log within a day.
+        TopicSpec(
+            topics.signals,
+            1,
+            rf,
+            {
+                **base,
+                "cleanup.policy": "compact",
+                "delete.retention.ms": str(_DAY_MS),
+                "max.compaction.lag.ms": str(_DAY_MS),
+            },
+        ),
     ]
     specs += [TopicSpec(topics.notices(a), 1, rf, delivery) for a in agency_types]
     return specs

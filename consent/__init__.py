@@ -15,7 +15,11 @@ Public surface:
   ``ConsentRecord`` (the ``hips.consent`` record);
 * ``decide`` → ``Decision`` (``Permit`` | ``Deny`` | ``Refer``);
 * ``minimise`` → ``MinimisedPayload`` (with the ``Redaction`` of free text it made);
-* ``missing_minimum_dataset`` → the fields a concern lacks to be routable.
+* ``missing_minimum_dataset`` → the fields a concern lacks to be routable;
+* ``risk_problems`` / ``risk_warnings`` → what refuses a concern's risk
+  assessments, and what is only recorded (a DASH score against its grade);
+* ``CumulativeThreshold``, ``SignalEvent``, ``cumulative_flag`` → the
+  cumulative-concern signal's window arithmetic (issue 16).
 """
 
 from ._dataset import missing_minimum_dataset
@@ -55,6 +59,23 @@ from ._policy import (
 )
 from ._recipient import Directory, Publisher, Recipient, parse_directory
 from ._record import ConsentRecord, consent_record_id_for
+from ._risk import (
+    ASSESSED_ROLES,
+    DASH_HIGH,
+    DASH_MEDIUM,
+    dash_band,
+    risk_problems,
+    risk_warnings,
+)
+from ._signal import (
+    CumulativeFlag,
+    CumulativeThreshold,
+    SignalEvent,
+    ThresholdMet,
+    cumulative_flag,
+    in_window,
+    prune_events,
+)
 from ._state import (
     NOT_SOUGHT_CITATIONS,
     Consent,
@@ -73,7 +94,10 @@ from ._timeliness import (
 )
 
 __all__ = [
+    "ASSESSED_ROLES",
     "AT_RISK",
+    "DASH_HIGH",
+    "DASH_MEDIUM",
     "DEFAULT_ENCOMPASS_NOTICE",
     "ENCOMPASS_TIME",
     "FREE_TEXT_PATHS",
@@ -94,6 +118,8 @@ __all__ = [
     "ConsentRecord",
     "ConsentRule",
     "ConsentSource",
+    "CumulativeFlag",
+    "CumulativeThreshold",
     "Deadline",
     "DeadlineRule",
     "Decision",
@@ -111,18 +137,23 @@ __all__ = [
     "Recipient",
     "Redaction",
     "Refer",
+    "SignalEvent",
     "SubjectAges",
+    "ThresholdMet",
     "Tracked",
     "alert_points",
     "alerts_due",
     "completed_at",
     "concern_field_paths",
     "consent_record_id_for",
+    "cumulative_flag",
     "current_consent",
+    "dash_band",
     "deadline_for",
     "decide",
     "decision_id_for",
     "effective_consent",
+    "in_window",
     "is_overdue",
     "justification_from_text",
     "minimise",
@@ -133,4 +164,7 @@ __all__ = [
     "parse_directory",
     "parse_policy",
     "parse_response_duration",
+    "prune_events",
+    "risk_problems",
+    "risk_warnings",
 ]

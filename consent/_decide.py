@@ -26,6 +26,7 @@ each is honoured:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,7 @@ from schemas import (
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
 from ._policy import LAWFUL_BASES, Agreement, PolicySet, Profile
 from ._recipient import Recipient
+from ._signal import CumulativeFlag
 from ._state import Consent
 
 __all__ = ["AT_RISK", "decide", "effective_consent"]
@@ -482,6 +484,7 @@ def decide(
     now: datetime,
     *,
     source_agency_type: AgencyType = AgencyType.POLICE,
+    cumulative: Sequence[CumulativeFlag] = (),
 ) -> Decision:
     """Decide whether ``concern`` may go to ``recipient``, and what of it.
 
@@ -535,7 +538,92 @@ def decide(
     one's REFER or DENY stands. The agreement's first lawful basis is cited; the
     policy loader has checked that every basis an agreement cites is in the
     catalogue and fits the agreement's parties and subjects.
+
+    6. **Cumulative concern** (issue 16). ``cumulative`` holds the flags of the
+       partnership's thresholds met for the concern's children (the router
+       passes them only for the front door of that partnership). A front door
+       then gets a REFER(CUMULATIVE_CONCERN), whatever the concern's own grade:
+       a PERMIT becomes a referral under the same agreement; a DENY(BELOW_THRESHOLD)
+       becomes one under the first agreement that covered the concern; a REFER
+       keeps its reason and adds CUMULATIVE_CONCERN. A DENY for another reason
+       (no lawful basis, restricted) stands: the flag is recorded in its reasons.
     """
+    outcome = _decide(concern, recipient, agreements, consent_state, now, source_agency_type)
+    if not cumulative or not recipient.is_front_door:
+        return outcome
+    return _escalate(outcome, cumulative, concern, recipient, agreements, consent_state, now)
+
+
+def _escalate(
+    outcome: Decision,
+    flags: Sequence[CumulativeFlag],
+    concern: ConcernModel,
+    recipient: Recipient,
+    agreements: PolicySet,
+    consent_state: ConsentState | Consent,
+    now: datetime,
+) -> Decision:
+    """Rule 6: a front door gets a flagged concern as a referral."""
+    why = tuple(r for flag in flags for r in flag.reasons())
+    code = ReasonCode.CUMULATIVE_CONCERN
+    if isinstance(outcome, Refer):
+        return dataclasses.replace(
+            outcome,
+            reasons=(*outcome.reasons, *why),
+            reason_codes=(*outcome.reason_codes, code),
+        )
+    if isinstance(outcome, Permit):
+        return Refer(
+            decision_id=outcome.decision_id,
+            concern_id=outcome.concern_id,
+            recipient_id=outcome.recipient_id,
+            policy_revision=outcome.policy_revision,
+            agreement_ids=outcome.agreement_ids,
+            reasons=(*why, *outcome.reasons),
+            reason_codes=(code,),
+            consent_state=outcome.consent_state,
+            summary=outcome.summary,
+            reason=code,
+            profile=outcome.profile,
+            lawful_basis=outcome.lawful_basis,
+            purpose=outcome.purpose,
+            retention=outcome.retention,
+            withheld_subject_refs=outcome.withheld_subject_refs,
+        )
+    if outcome.reason is ReasonCode.BELOW_THRESHOLD and outcome.agreement_ids:
+        consent = effective_consent(concern, consent_state, now)
+        facts = _facts(
+            concern, recipient, agreements, consent, now, outcome.summary.source_agency_type
+        )
+        agreement = agreements.agreement(outcome.agreement_ids[0])
+        if agreement is not None:
+            match = _Match(agreement, _qualifying(facts, agreement))
+            refer = _refer(
+                facts,
+                match,
+                code,
+                [*why, *outcome.reasons, "the cumulative concern outweighs the single grade"],
+            )
+            return refer
+    return dataclasses.replace(
+        outcome,
+        reasons=(
+            *outcome.reasons,
+            *why,
+            "the cumulative-concern flag could not be shared: the reason above stands",
+        ),
+    )
+
+
+def _decide(
+    concern: ConcernModel,
+    recipient: Recipient,
+    agreements: PolicySet,
+    consent_state: ConsentState | Consent,
+    now: datetime,
+    source_agency_type: AgencyType,
+) -> Decision:
+    """Rules 1 to 5 (see ``decide``)."""
     consent = effective_consent(concern, consent_state, now)
     facts = _facts(concern, recipient, agreements, consent, now, source_agency_type)
 

@@ -437,6 +437,16 @@ def _scrub(
             parent = parent.get(part) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
             texts.append((path, parent[path[-1]]))
+    # Issue 16: each shared risk rationale is free text too (a list, so copied whole).
+    assessments = data.get("risk_assessments")
+    if isinstance(assessments, list) and any(
+        isinstance(a, dict) and isinstance(a.get("rationale"), str) for a in assessments
+    ):
+        copied = [dict(a) for a in assessments]
+        data["risk_assessments"] = copied
+        for index, item in enumerate(copied):
+            if isinstance(item.get("rationale"), str):
+                texts.append((("risk_assessments", str(index), "rationale"), item["rationale"]))
     if not texts:
         return ()
     hidden, kept = _hidden_texts(concern, prepared, profile, withheld)
@@ -472,12 +482,17 @@ def _scrub(
         scrubbed = _redact(text, by_first, counts)
         if scrubbed == text:
             continue
-        parent = _own_copy(data, path)
-        if parent is not None:
-            parent[path[-1]] = scrubbed
+        if path[0] == "risk_assessments":
+            data["risk_assessments"][int(path[1])]["rationale"] = scrubbed
+            dotted_path: tuple[str, ...] = ("risk_assessments", "rationale")
+        else:
+            dotted_path = path
+            parent = _own_copy(data, path)
+            if parent is not None:
+                parent[path[-1]] = scrubbed
         for owner, _ in {k for k, v in counts.items() if before.get(k, 0) != v}:
             paths = where.setdefault(owner, [])
-            dotted = ".".join(path)
+            dotted = ".".join(dotted_path)
             if dotted not in paths:
                 paths.append(dotted)
     by_position = {person.position: person for person in hidden}
@@ -492,6 +507,44 @@ def _scrub(
         )
         for position in sorted({owner for owner, _ in counts})
     )
+
+
+def _risk_view(
+    doc: dict[str, Any],
+    tree: _Tree,
+    profile: Profile,
+    withheld: set[str],
+    present: set[str],
+) -> list[dict[str, Any]]:
+    """The risk assessments this recipient sees (issue 16; docs/RISK.md).
+
+    Only assessments of children the recipient sees at all (a role the profile
+    covers, not withheld); only the profile's paths of each; and only the
+    profile's ``risk_factors`` (the count of missing episodes goes with its
+    factor). An assessment left with nothing but its subject_ref is dropped.
+    """
+    roles = {role.value for role in profile.subject_roles}
+    role_of = {s["subject_ref"]: s["role"] for s in doc["subjects"]}
+    allowed = None if profile.risk_factors is None else {f.value for f in profile.risk_factors}
+    out: list[dict[str, Any]] = []
+    for assessment in doc.get("risk_assessments") or ():
+        ref = assessment["subject_ref"]
+        if ref in withheld or role_of.get(ref) not in roles:
+            continue
+        if allowed is not None:
+            assessment = dict(assessment)
+            assessment["factors"] = [f for f in assessment["factors"] if f in allowed]
+            if "MISSING_EPISODES" not in allowed:
+                assessment["missing_episodes"] = None
+            if not assessment["factors"]:
+                assessment["factors"] = None
+        seen: set[str] = set()
+        kept = _project(assessment, tree, "risk_assessments", seen)
+        if kept is None or set(kept) <= {"subject_ref"}:
+            continue
+        present.update(seen)
+        out.append(kept)
+    return out
 
 
 def minimise(
@@ -523,11 +576,16 @@ def minimise(
     present: set[str] = set()
     data: dict[str, Any] = {}
     for key, sub in tree.items():
-        if key == "subjects":
+        if key in ("subjects", "risk_assessments"):
             continue
         kept = _project(doc.get(key), sub, key, present)
         if kept is not None:
             data[key] = kept
+
+    if "risk_assessments" in tree:
+        assessments = _risk_view(doc, tree["risk_assessments"], profile, withheld, present)
+        if assessments:
+            data["risk_assessments"] = assessments
 
     if "subjects" in tree:
         roles = {role.value for role in profile.subject_roles}

@@ -37,9 +37,12 @@ from schemas import (
     ConcernType,
     PolicyError,
     ReasonCode,
+    RiskFactor,
     RiskGrade,
     SubjectRole,
 )
+
+from ._signal import CumulativeThreshold
 
 __all__ = [
     "LAWFUL_BASES",
@@ -400,6 +403,10 @@ class Profile(BaseModel):
     description: str = Field(min_length=1)
     fields: tuple[str, ...] = Field(min_length=1)
     subject_roles: tuple[SubjectRole, ...] = tuple(SubjectRole)
+    #: Issue 16: which coded risk factors of a child's risk assessment this recipient
+    #: sees (None: every factor the assessment records). Only meaningful when
+    #: ``fields`` shares ``risk_assessments`` or ``risk_assessments.factors``.
+    risk_factors: tuple[RiskFactor, ...] | None = None
 
     @pydantic.field_validator("fields")
     @classmethod
@@ -573,6 +580,8 @@ class PolicySet(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     agreements: tuple[Agreement, ...]
     profiles: tuple[Profile, ...]
+    #: Issue 16: cumulative-concern thresholds (``[[cumulative_threshold]]``), by id.
+    thresholds: tuple[CumulativeThreshold, ...] = ()
     revision: str = ""
 
     @pydantic.model_validator(mode="before")
@@ -582,6 +591,7 @@ class PolicySet(BaseModel):
             data = dict(data)
             data["agreements"] = sorted(data.get("agreements", ()), key=_key("id"))
             data["profiles"] = sorted(data.get("profiles", ()), key=_key("name"))
+            data["thresholds"] = sorted(data.get("thresholds", ()), key=_key("id"))
         return data
 
     @pydantic.model_validator(mode="after")
@@ -590,6 +600,7 @@ class PolicySet(BaseModel):
         for kind, ids in (
             ("agreement", [a.id for a in self.agreements]),
             ("profile", [p.name for p in self.profiles]),
+            ("cumulative_threshold", [t.id for t in self.thresholds]),
         ):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             problems.extend(f"duplicate {kind} id '{d}'" for d in dupes)
@@ -601,11 +612,14 @@ class PolicySet(BaseModel):
         )
         if problems:
             raise ValueError("; ".join(problems))
+        hashed: dict[str, Any] = {
+            "agreements": [a.model_dump(mode="json") for a in self.agreements],
+            "profiles": [p.model_dump(mode="json") for p in self.profiles],
+        }
+        if self.thresholds:  # a policy without thresholds keeps the revision it had
+            hashed["thresholds"] = [t.model_dump(mode="json") for t in self.thresholds]
         canonical = json.dumps(
-            {
-                "agreements": [a.model_dump(mode="json") for a in self.agreements],
-                "profiles": [p.model_dump(mode="json") for p in self.profiles],
-            },
+            hashed,
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -663,6 +677,7 @@ class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agreement: list[dict[str, Any]] = []
     profile: list[dict[str, Any]] = []
+    cumulative_threshold: list[dict[str, Any]] = []
 
 
 def _where(loc: Sequence[int | str]) -> str:
@@ -715,6 +730,7 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
         raise _fail("no policy files given")
     agreements: list[Agreement] = []
     profiles: list[Profile] = []
+    thresholds: list[CumulativeThreshold] = []
     origin: dict[tuple[str, str], str] = {}
     problems: list[str] = []
 
@@ -729,12 +745,16 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
         except pydantic.ValidationError as exc:
             problems.append(f"{filename}: {_describe(exc)}")
             continue
-        if not shape.agreement and not shape.profile:
-            problems.append(f"{filename}: holds no [[agreement]] or [[profile]] table")
-        for kind, entries, model, id_field in (
+        if not shape.agreement and not shape.profile and not shape.cumulative_threshold:
+            problems.append(
+                f"{filename}: holds no [[agreement]], [[profile]] or [[cumulative_threshold]] table"
+            )
+        entries_by_kind: tuple[tuple[str, list[dict[str, Any]], type[BaseModel], str], ...] = (
             ("profile", shape.profile, Profile, "name"),
             ("agreement", shape.agreement, Agreement, "id"),
-        ):
+            ("cumulative_threshold", shape.cumulative_threshold, CumulativeThreshold, "id"),
+        )
+        for kind, entries, model, id_field in entries_by_kind:
             for index, entry in enumerate(entries):
                 ident = entry.get(id_field)
                 label = f"{kind} '{ident}'" if isinstance(ident, str) else f"{kind} #{index + 1}"
@@ -755,6 +775,8 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
                     profiles.append(item)
                 elif isinstance(item, Agreement):
                     agreements.append(item)
+                elif isinstance(item, CumulativeThreshold):
+                    thresholds.append(item)
 
     names = {p.name for p in profiles}
     for agreement in agreements:
@@ -769,6 +791,8 @@ def parse_policy(files: Mapping[str, str]) -> PolicySet:
     if problems:
         raise _fail(*problems)
     try:
-        return PolicySet(agreements=tuple(agreements), profiles=tuple(profiles))
+        return PolicySet(
+            agreements=tuple(agreements), profiles=tuple(profiles), thresholds=tuple(thresholds)
+        )
     except pydantic.ValidationError as exc:  # pragma: no cover - checked above
         raise _fail(_describe(exc)) from None

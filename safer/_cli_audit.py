@@ -18,6 +18,7 @@ from audit import (
 from schemas import AuditError, ConfigError, LogTamperedError, ReasonCode
 
 from ._cli_audit_reports import register_reports
+from ._cli_audit_risk import register_risk
 from ._cli_common import FORMATTER, err, out, settings_from
 from ._runtime import Runtime
 
@@ -289,3 +290,4 @@ def register(sub: Any) -> None:
     verify_bundle_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     verify_bundle_cmd.set_defaults(func=cmd_audit_verify_bundle)
     register_reports(audit_sub)
+    register_risk(audit_sub)

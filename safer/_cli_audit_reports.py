@@ -13,6 +13,7 @@ written from policy text, ids and times.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
@@ -47,11 +48,19 @@ from audit import (
     vault_path_for,
     verify_store,
 )
-from broker import KeyStore, Settings, load_deployment, pseudonym
+from broker import ADMIN_PRINCIPAL, KeyStore, Settings, erase_signals, load_deployment, pseudonym
 from consent import LAWFUL_BASES
-from schemas import AuditError, AuditEvent, LogTamperedError, ReasonCode, ValidationError
+from schemas import (
+    AuditError,
+    AuditEvent,
+    BrokerError,
+    LogTamperedError,
+    ReasonCode,
+    ValidationError,
+)
 
 from ._cli_common import FORMATTER, err, out, settings_from
+from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["register_reports"]
 
@@ -753,6 +762,39 @@ def _confirm(args: argparse.Namespace) -> None:
         raise ValidationError("not confirmed; nothing was shredded", fields=("yes",))
 
 
+#: How long a shred waits for the broker to take the signal tombstones.
+SIGNAL_ERASE_TIMEOUT_S = 30.0
+
+
+def _erase_signals(settings: Settings, pseudonyms: Iterable[str]) -> int | None:
+    """Tombstone the subject's cumulative-concern counts on ``hips.signals`` (issue 16).
+
+    Returns how many pseudonyms' counts were erased, or None when no broker runs for
+    this data directory (the vault shred still stands; running the shred again while
+    the broker runs finishes the erasure).
+    """
+    try:
+        bootstrap = resolve_bootstrap(settings)
+    except BrokerError:
+        return None
+    runtime = Runtime(settings, bootstrap=bootstrap)
+    erase = erase_signals(
+        bootstrap,
+        settings.topics.signals,
+        pseudonyms,
+        security=runtime.security_for(ADMIN_PRINCIPAL),
+        timeout=SIGNAL_ERASE_TIMEOUT_S,
+    )
+    try:
+        return asyncio.run(erase)
+    except BrokerError as exc:
+        raise BrokerError(
+            exc.message,
+            hint="the vault key is shredded; once the broker runs (`safer up`), run the same "
+            "`safer audit shred` again to erase the counts",
+        ) from None
+
+
 def cmd_shred(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     supplied = _supplied_identifiers(args)
@@ -760,10 +802,17 @@ def cmd_shred(args: argparse.Namespace) -> int:
         raise ValidationError("say whose key to shred with --subject ID", fields=("subject",))
     secret = _secret(settings)
     own = {pseudonym(secret, ident) for ident in supplied}
+    # Every pseudonym of the person the vault links to the ones supplied: the signal
+    # keeps a child's counts under each of the child's identifiers.
+    linked = set(own)
     vault = _open_vault(settings, secret)
     outcomes = []
     if vault is not None:
         with vault:
+            for p in own:
+                ref = vault.lookup(p)
+                if ref is not None:
+                    linked.update(ref.pseudonyms)
             held = [p for p in own if vault.lookup(p) is not None]
             if held:
                 _confirm(args)
@@ -771,6 +820,9 @@ def cmd_shred(args: argparse.Namespace) -> int:
                     outcomes = shred_subject(
                         store, vault, own, reason=args.reason, actor=args.actor
                     )
+    for o in outcomes:
+        linked.update(o.pseudonyms)
+    signals_erased = _erase_signals(settings, sorted(linked))
     try:
         summary = verify_store(settings.audit_db)
         verified: bool | None = True
@@ -793,6 +845,9 @@ def cmd_shred(args: argparse.Namespace) -> int:
                 ],
                 "log_verified": verified,
                 "entries": entries,
+                # Issue 16: pseudonyms whose cumulative-concern counts were erased
+                # (None: no broker runs for this data directory; run the shred again).
+                "signals_erased": signals_erased,
             }
         )
     elif not outcomes:
@@ -809,6 +864,18 @@ def cmd_shred(args: argparse.Namespace) -> int:
             )
         if verified:
             out.print(f"audit log verified end to end: {entries} entries")
+    if args.format != "json":
+        if signals_erased is None:
+            err.print(
+                "note: no broker runs for this data directory, so the subject's "
+                "cumulative-concern counts (hips.signals) are not erased yet: run this "
+                "shred again while `safer up` runs"
+            )
+        else:
+            out.print(
+                f"cumulative-concern counts erased for {signals_erased} pseudonym(s) "
+                "(hips.signals tombstones; compaction removes them within a day)"
+            )
     if verified is False:
         err.print("[red]the audit log failed verification[/]: run `safer audit verify`")
         return 1

@@ -180,6 +180,22 @@ def _bases_table(policy: PolicySet) -> Table:
     return table
 
 
+def _thresholds_table(policy: PolicySet) -> Table:
+    table = Table(title="Cumulative-concern thresholds (docs/RISK.md)")
+    table.add_column("id", no_wrap=True)
+    table.add_column("rule")
+    table.add_column("partnerships")
+    table.add_column("source", overflow="fold")
+    for threshold in policy.thresholds:
+        table.add_row(
+            threshold.id,
+            threshold.describe(),
+            ", ".join(lscp.value for lscp in threshold.lscps),
+            threshold.source,
+        )
+    return table
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     directory = Path(args.dir) if args.dir else settings.deploy_dir / "policy"
@@ -190,6 +206,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     out.print(_agreements_table(policy))
     out.print(_profiles_table(policy))
     out.print(_bases_table(policy))
+    if policy.thresholds:
+        out.print(_thresholds_table(policy))
     out.print(
         f"[green]policy OK[/]: {len(policy.agreements)} agreements, {len(policy.profiles)} "
         f"profiles, every lawful basis in the catalogue and fit for its agreement\n"

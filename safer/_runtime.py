@@ -50,6 +50,7 @@ from broker import (
     Router,
     RouterCore,
     Settings,
+    SignalStore,
     TimelinessMonitor,
     TopicSpec,
     child_preexec,
@@ -390,6 +391,19 @@ class Runtime:
                 bootstrap_servers=self.bootstrap,
                 security=self.security_for(ROUTER_PRINCIPAL),
             ),
+            signals=self.signal_store(),
+        )
+
+    def signal_store(self) -> SignalStore:
+        """A fresh, empty cumulative-concern store (the router fills it from hips.signals).
+
+        It keeps what the longest configured window can still count (a year at least)."""
+        windows = [t.window_days for t in self.deployment.policy.thresholds]
+        return SignalStore(
+            topic=self.settings.topics.signals,
+            bootstrap_servers=self.bootstrap,
+            keep_days=max([365, *windows]),
+            security=self.security_for(ROUTER_PRINCIPAL),
         )
 
     def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:

@@ -15,6 +15,7 @@ from typing import Any, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "DASH_MAX",
     "LA_CODES",
     "NOT_SOUGHT_REASONS",
     "OVERRIDE_JUSTIFICATIONS",
@@ -30,7 +31,10 @@ __all__ = [
     "NotSoughtReason",
     "Officer",
     "OverrideJustification",
+    "RiskAssessment",
+    "RiskFactor",
     "RiskGrade",
+    "RiskMethod",
     "Subject",
     "SubjectRole",
     "VoiceOfChild",
@@ -63,6 +67,37 @@ class RiskGrade(StrEnum):
     def rank(self) -> int:
         """Higher is more serious; used for "at least this grade" rules."""
         return {"LOW": 0, "MEDIUM": 1, "HIGH": 2}[self.value]
+
+
+class RiskMethod(StrEnum):
+    """How a risk grade was reached (concern v3; docs/RISK.md)."""
+
+    PROFESSIONAL_JUDGEMENT = "PROFESSIONAL_JUDGEMENT"
+    DASH = "DASH"
+    OTHER_TOOL = "OTHER_TOOL"
+
+
+class RiskFactor(StrEnum):
+    """Coded risk factors (concern v3; docs/RISK.md). Never rename or reuse a value.
+
+    Adverse childhood experiences: DOMESTIC_ABUSE, PARENTAL_SUBSTANCE_MISUSE,
+    PARENTAL_MENTAL_HEALTH, NEGLECT. Exploitation: CHILD_SEXUAL_EXPLOITATION,
+    CHILD_CRIMINAL_EXPLOITATION, COUNTY_LINES. Also MISSING_EPISODES (with a
+    count), ONLINE_HARM and RADICALISATION; OTHER is what an unknown future code
+    reads as.
+    """
+
+    DOMESTIC_ABUSE = "DOMESTIC_ABUSE"
+    PARENTAL_SUBSTANCE_MISUSE = "PARENTAL_SUBSTANCE_MISUSE"
+    PARENTAL_MENTAL_HEALTH = "PARENTAL_MENTAL_HEALTH"
+    NEGLECT = "NEGLECT"
+    CHILD_SEXUAL_EXPLOITATION = "CHILD_SEXUAL_EXPLOITATION"
+    CHILD_CRIMINAL_EXPLOITATION = "CHILD_CRIMINAL_EXPLOITATION"
+    COUNTY_LINES = "COUNTY_LINES"
+    MISSING_EPISODES = "MISSING_EPISODES"
+    ONLINE_HARM = "ONLINE_HARM"
+    RADICALISATION = "RADICALISATION"
+    OTHER = "OTHER"
 
 
 class SubjectRole(StrEnum):
@@ -285,6 +320,32 @@ class Officer(BaseModel):
     phone: str | None = None
 
 
+#: The highest DASH score (27 questions, one point per "yes").
+DASH_MAX = 27
+
+
+class RiskAssessment(BaseModel):
+    """One child's structured risk assessment (concern v3; docs/RISK.md).
+
+    Shape only is checked here (ranges, a count only with its factor); the rules
+    that refuse a concern (HIGH without a rationale, a method without its
+    detail, an assessment of someone who is not a child of the concern) are in
+    ``consent.risk_problems`` so that they carry their reason codes.
+    """
+
+    model_config = _FROZEN
+    subject_ref: str = Field(min_length=1)
+    grade: RiskGrade
+    rationale: str | None = None
+    method: RiskMethod = RiskMethod.PROFESSIONAL_JUDGEMENT
+    dash_score: int | None = Field(default=None, ge=0, le=DASH_MAX)
+    tool_name: str | None = None
+    factors: tuple[RiskFactor, ...] = ()
+    missing_episodes: int | None = Field(default=None, ge=1)
+    assessed_by: str = Field(min_length=1)
+    assessed_at: AwareDatetime
+
+
 class ConcernModel(BaseModel):
     """A safeguarding concern (the Avro ``Concern`` record)."""
 
@@ -306,6 +367,8 @@ class ConcernModel(BaseModel):
     third_party_protection: tuple[str, ...] = ()
     restricted: bool = False
     officer: Officer
+    #: v3: a structured risk assessment per child (empty before v3).
+    risk_assessments: tuple[RiskAssessment, ...] = ()
 
     @field_validator("concern_id")
     @classmethod

@@ -179,6 +179,33 @@ def limit_problems(record: Mapping[str, Any], limits: Limits = LIMITS) -> list[P
                 too_long(
                     f"subjects[{index}].address.{key}", address.get(key), limits.identifier_chars
                 )
+    assessments = record.get("risk_assessments")
+    if isinstance(assessments, list) and len(assessments) > limits.subjects:
+        problems.append(
+            Problem(
+                ReasonCode.LIMIT_EXCEEDED,
+                "risk_assessments",
+                f"{len(assessments)} assessments; the limit is {limits.subjects}",
+            )
+        )
+        assessments = []  # do not walk a hostile list
+    for index, assessment in enumerate(assessments if isinstance(assessments, list) else []):
+        if not isinstance(assessment, Mapping):
+            continue
+        where = f"risk_assessments[{index}]"
+        too_long(f"{where}.rationale", assessment.get("rationale"), limits.statement_chars)
+        too_long(f"{where}.tool_name", assessment.get("tool_name"), limits.short_chars)
+        too_long(f"{where}.assessed_by", assessment.get("assessed_by"), limits.short_chars)
+        too_long(f"{where}.subject_ref", assessment.get("subject_ref"), limits.identifier_chars)
+        factors = assessment.get("factors")
+        if isinstance(factors, list) and len(factors) > limits.subjects:
+            problems.append(
+                Problem(
+                    ReasonCode.LIMIT_EXCEEDED,
+                    f"{where}.factors",
+                    f"{len(factors)} factors; the limit is {limits.subjects}",
+                )
+            )
     return problems
 
 

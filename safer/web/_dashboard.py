@@ -26,7 +26,7 @@ from html import escape
 from statistics import median
 from zoneinfo import ZoneInfo
 
-from audit import AuditRecord
+from audit import AuditRecord, risk_tables
 from audit._reports import concern_type_of  # the concern type the router wrote in the reasons
 from consent import Tracked, completed_at
 from schemas import AuditEvent
@@ -331,6 +331,7 @@ def build_dashboard(
     timeliness_counts: dict[str, Counter[str]] = {
         "deadlines": Counter({"MET": met, "BREACHED": breached, "OPEN": open_in_time})
     }
+    risk_factors, risk_flags = risk_tables(records, lscp=partnership, start=start, end=end)
     charts = (
         _chart(
             "concern-type",
@@ -353,6 +354,21 @@ def build_dashboard(
             "disclosures",
             ("MET", "BREACHED", "OPEN"),
             timeliness_counts,
+        ),
+        # Issue 16 (docs/RISK.md): risk-factor prevalence and cumulative-concern flags.
+        _chart(
+            "risk-factors",
+            "Children assessed, by risk factor and grade (a child may have several factors)",
+            "risk factor",
+            ("HIGH", "MEDIUM", "LOW"),
+            risk_factors,
+        ),
+        _chart(
+            "cumulative-flags",
+            "Cumulative-concern flags, by threshold met (a flag may meet more than one)",
+            "threshold",
+            ("RISK_FLAGGED",),
+            risk_flags,
         ),
         _chart(
             "quarantine",

@@ -41,7 +41,9 @@ The kinds (``Corpus.kinds()`` counts them):
   ``oversize-first-hop`` (over the topics' limit: REFUSED);
 * content, validly signed: ``absurd-dates``, ``absurd-ages``, ``absurd-sizes``,
   ``id-not-canonical``, ``schema-invalid``, ``minimum-dataset-missing``,
-  ``address-unresolved``;
+  ``address-unresolved``, ``risk-invalid`` (issue 16: a HIGH grade without a
+  rationale, an assessment of an adult or of nobody, a method without its
+  detail, a DASH score out of range, too many or too long);
 * replays: ``replay-exact`` (REPLAY) and ``replay-conflict``.
 
 Damage is aimed where its outcome is certain, so that each case has one right
@@ -70,6 +72,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from adapters import PoliceAdapter, synthetic_concerns, synthetic_people
 from broker import SIZE_LIMITS, Headers, OutRecord, SigningIdentity, sign_record, signed_record
 from broker._topics import header_has_form
+from consent import missing_minimum_dataset
 from safer import Runtime
 from schemas import (
     CONCERN,
@@ -79,7 +82,9 @@ from schemas import (
     ConcernType,
     IncidentLocation,
     ReasonCode,
+    RiskAssessment,
     RiskGrade,
+    RiskMethod,
     Subject,
     SubjectRole,
     catalogue,
@@ -1337,7 +1342,8 @@ class _Builder:
             (LIMITS.third_party_protection + 5, 45),
             (60_000, 60_000),
         ):
-            concern = self.fresh(third_party_protection=("S1",))
+            # No risk assessment: its "S1" subject_ref would match the search below.
+            concern = self.fresh(third_party_protection=("S1",), risk_assessments=())
             record = self.signed(concern)
             _, body = split_wire(record.value)
             one = zigzag(1) + zigzag(2) + b"S1" + zigzag(0)  # [ "S1" ] as it is encoded
@@ -1366,6 +1372,58 @@ class _Builder:
             assert tail[:1] == b"\x00"
             damaged = body[:at] + chunked + tail
             self.add("huge-arrays", self.resign(record, damaged), ReasonCode.LIMIT_EXCEEDED)
+
+    def risk_invalid(self) -> None:
+        """Issue 16: risk assessments the adapter would refuse, signed anyway."""
+        for i in range(3):
+            concern = self.base(lambda c: not missing_minimum_dataset(c))
+            child = concern.subjects[self._child_index(concern)]
+            adult = next((s for s in concern.subjects if s.role is not SubjectRole.CHILD), None)
+            good = RiskAssessment(
+                subject_ref=child.subject_ref,
+                grade=RiskGrade.MEDIUM,
+                rationale="repeat incidents",
+                assessed_by="PC 1",
+                assessed_at=concern.reported_at,
+            )
+            bad: list[tuple[tuple[RiskAssessment, ...], ReasonCode]] = [
+                (
+                    (good.model_copy(update={"grade": RiskGrade.HIGH, "rationale": r}),),
+                    ReasonCode.RISK_RATIONALE_MISSING,
+                )
+                for r in (None, "", "   \n")[i : i + 1]
+            ]
+            bad += [
+                (
+                    (
+                        good.model_copy(
+                            update={"subject_ref": adult.subject_ref if adult and i else "S99"}
+                        ),
+                    ),
+                    ReasonCode.RISK_ASSESSMENT_INVALID,
+                ),
+                ((good, good), ReasonCode.RISK_ASSESSMENT_INVALID),
+                (
+                    (good.model_copy(update={"method": RiskMethod.DASH, "dash_score": None}),),
+                    ReasonCode.RISK_ASSESSMENT_INVALID,
+                ),
+                (
+                    (good.model_copy(update={"method": RiskMethod.OTHER_TOOL}),),
+                    ReasonCode.RISK_ASSESSMENT_INVALID,
+                ),
+                (
+                    (good.model_copy(update={"dash_score": [28, -1, 2**31 - 1][i]}),),
+                    ReasonCode.SCHEMA_INVALID,
+                ),
+                (
+                    (good.model_copy(update={"rationale": "x" * (LIMITS.statement_chars + 1)}),),
+                    ReasonCode.LIMIT_EXCEEDED,
+                ),
+                ((good,) * (LIMITS.subjects + 1), ReasonCode.LIMIT_EXCEEDED),
+            ]
+            for assessments, code in bad:
+                fresh = self.fresh(concern, risk_assessments=assessments)
+                self.add("risk-invalid", self.signed(fresh), code)
 
     def _encode_subject(self, subject: Subject) -> bytes:
         schema = next(
@@ -1450,6 +1508,7 @@ def build_corpus(
         builder.unresolvable,
         builder.avro_structure,
         builder.huge_arrays,
+        builder.risk_invalid,
     ]
     for step in steps:
         step()

@@ -399,7 +399,8 @@ def test_analyst_sees_suppressed_aggregates_of_their_partnership_only(
         assert sum(c == "<5" for c in cells) + sum(c == "x" for c in cells) != 1
 
     # Exports match the charts and their tables.
-    for key in ("concern-type", "risk-grade", "timeliness", "quarantine"):
+    # (risk-factors: issue 16; the demo's concerns carry risk assessments.)
+    for key in ("concern-type", "risk-grade", "timeliness", "quarantine", "risk-factors"):
         shown = _table(page, f"table-{key}")
         exported = page.request.get(f"/analyst/export/{key}.csv").text()
         assert list(csv.reader(io.StringIO(exported)))[1:] == shown

@@ -95,7 +95,10 @@ def test_an_exact_replay_of_a_routed_concern_is_recorded_once_and_produces_nothi
     assert core.ledger is not None
     record = _signed(runtime, example_concern)
     routed = _plan(core, record)
-    assert routed.outputs and [r.topic for r in routed.bookkeeping] == ["hips.routed"]
+    assert routed.outputs and [r.topic for r in routed.bookkeeping] == [
+        "hips.routed",
+        "hips.signals",  # issue 16: the child's cumulative-concern state
+    ]
     core.ledger.committed()
     replays = [_plan(core, record), _plan(core, record)]
     for replay in replays:

@@ -182,20 +182,23 @@ def test_the_services_get_only_what_they_use() -> None:
         TOPICS.inbound("police"),
         TOPICS.consent,
         TOPICS.routed,
+        TOPICS.signals,
     }
     assert _topics_with(ROUTER_PRINCIPAL, OP.WRITE) == {
         *TOPICS.all_recipient_topics(),
         TOPICS.quarantine,
         TOPICS.audit,
         TOPICS.routed,
+        TOPICS.signals,
     }
     assert _allowed(ROUTER_PRINCIPAL, OP.READ, "safer-router", AclResource.GROUP)
     assert not _allowed(ROUTER_PRINCIPAL, OP.READ, "another-group", AclResource.GROUP)
     assert _allowed(ROUTER_PRINCIPAL, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
     assert not _allowed(POLICE, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
-    # The admin touches topic metadata only, never data.
+    # The admin touches topic metadata only, never data: it reads nothing, and writes
+    # only the tombstones a shred sends to erase a child's cumulative-concern counts.
     assert _topics_with(ADMIN_PRINCIPAL, OP.READ) == set()
-    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == set()
+    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == {TOPICS.signals}
     # Only the broker certificate is a super user; no binding names it.
     assert all(b.principal != BROKER_PRINCIPAL for b in PLAN)
 

@@ -5,7 +5,9 @@ deploy/examples/concerns-template.csv. A column name is the path of a police
 JSON field (docs/police-json-format.md): ``source_ref``, ``consent.state``,
 ``officer.email``; people are numbered from 1: ``subject1.given_name``,
 ``subject2.address.postcode``. An empty cell is an absent field.
-``third_party_protection`` lists subject refs separated by ``;``. An empty
+``third_party_protection`` lists subject refs separated by ``;``; a child's
+structured risk assessment (concern v3) is ``riskN.<field>``, its factors
+separated by ``;``. An empty
 ``concern_id`` is derived from ``source_agency`` and ``source_ref``
 (``concern_id_for``), so publishing a row again names the same concern.
 
@@ -71,23 +73,39 @@ _SUBJECT = (
     "care_leaver",
 )
 _ADDRESS = ("line1", "line2", "town", "postcode", "la_code")
+#: A child's structured risk assessment (concern v3; docs/RISK.md): riskN.<field>.
+_RISK = (
+    "subject_ref",
+    "grade",
+    "rationale",
+    "method",
+    "dash_score",
+    "tool_name",
+    "factors",
+    "missing_episodes",
+    "assessed_by",
+    "assessed_at",
+)
 _SUBJECT_COLUMN = re.compile(r"\Asubject([1-9][0-9]?)\.(.+)\Z")
+_RISK_COLUMN = re.compile(r"\Arisk([1-9][0-9]?)\.(.+)\Z")
 _SAFE_NAME = re.compile(r"\A[a-z0-9_.]{1,64}\Z")
 
 
-def csv_columns(subjects: int = 3) -> list[str]:
-    """The template's columns, with ``subjects`` people."""
+def csv_columns(subjects: int = 3, risks: int = 1) -> list[str]:
+    """The template's columns, with ``subjects`` people and ``risks`` risk assessments."""
     columns = list(_TOP)
     for group, fields in _NESTED.items():
         columns += [f"{group}.{f}" for f in fields]
     for n in range(1, subjects + 1):
         columns += [f"subject{n}.{f}" for f in _SUBJECT]
         columns += [f"subject{n}.address.{f}" for f in _ADDRESS]
+    for n in range(1, risks + 1):
+        columns += [f"risk{n}.{f}" for f in _RISK]
     return columns
 
 
 #: Every column a file may have.
-CSV_COLUMNS = frozenset(csv_columns(MAX_SUBJECTS))
+CSV_COLUMNS = frozenset(csv_columns(MAX_SUBJECTS, MAX_SUBJECTS))
 
 
 def _file_error(source: str, detail: str) -> list[ParsedRecord]:
@@ -103,9 +121,17 @@ def _record(row: dict[str, str]) -> dict[str, Any]:
     """The police JSON object a row stands for (cells stay strings; pydantic coerces)."""
     item: dict[str, Any] = {}
     subjects: dict[int, dict[str, Any]] = {}
+    risks: dict[int, dict[str, Any]] = {}
     for column, cell in row.items():
         value = cell.strip()
         if not value:
+            continue
+        risk = _RISK_COLUMN.match(column)
+        if risk:
+            field = risk.group(2)
+            risks.setdefault(int(risk.group(1)), {})[field] = (
+                [f.strip() for f in value.split(";") if f.strip()] if field == "factors" else value
+            )
             continue
         match = _SUBJECT_COLUMN.match(column)
         if match:
@@ -124,6 +150,8 @@ def _record(row: dict[str, str]) -> dict[str, Any]:
             item[column] = value
     if subjects:
         item["subjects"] = [subjects[n] for n in sorted(subjects)]
+    if risks:
+        item["risk_assessments"] = [risks[n] for n in sorted(risks)]
     if "concern_id" not in item and isinstance(item.get("source_agency"), str):
         ref = item.get("source_ref")
         if isinstance(ref, str):
@@ -207,10 +235,15 @@ def parse_police_csv(
 
 
 def _column_names(detail: str) -> str:
-    """Field paths in a result (``subjects.0.role``, ``subjects[0]``) as column names."""
+    """Field paths in a result (``subjects.0.role``, ``subjects[0]``,
+    ``risk_assessments[0]``) as column names."""
     detail = _LOC.sub(lambda m: f"subject{int(m.group(1)) + 1}.", detail)
+    detail = _RISK_LOC.sub(lambda m: f"risk{int(m.group(1)) + 1}.", detail)
+    detail = _RISK_INDEX.sub(lambda m: f"risk{int(m.group(1)) + 1}", detail)
     return _INDEX.sub(lambda m: f"subject{int(m.group(1)) + 1}", detail)
 
 
 _LOC = re.compile(r"subjects\.([0-9]+)\.")
 _INDEX = re.compile(r"subjects\[([0-9]+)\]")
+_RISK_LOC = re.compile(r"risk_assessments\.([0-9]+)\.")
+_RISK_INDEX = re.compile(r"risk_assessments\[([0-9]+)\]")

@@ -52,7 +52,16 @@ def test_the_template_is_all_accepted_and_matches_the_json_examples() -> None:
     example = ConcernModel.model_validate(
         json.loads((REPO / "deploy/examples/concern-domestic-abuse.json").read_text())
     )
-    assert first == example  # a CSV row carries exactly what the JSON record does
+    # A CSV row carries exactly what the JSON record does, plus the child's structured
+    # risk assessment (concern v3), which the JSON example does not have.
+    assert first.model_copy(update={"risk_assessments": ()}) == example
+    (assessment,) = first.risk_assessments
+    assert (assessment.subject_ref, assessment.grade.value, assessment.dash_score) == (
+        "S1",
+        "HIGH",
+        16,
+    )
+    assert [f.value for f in assessment.factors] == ["DOMESTIC_ABUSE", "PARENTAL_MENTAL_HEALTH"]
     # Row 3 has no concern_id: it is derived from (agency, source_ref), stably.
     second = parsed[1].concern
     assert second is not None
@@ -92,12 +101,26 @@ def test_malformed_files_are_refused_with_a_reason(text: str, code: str, needle:
     assert "Poppy" not in parsed[0].detail
 
 
+def test_a_high_risk_without_rationale_names_the_column() -> None:
+    text = TEMPLATE.read_text("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    rows[0]["risk1.rationale"] = ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[:1])
+    (parsed,) = parse_police_csv(out.getvalue(), source="r.csv", publisher_id=PUBLISHER, now=NOW)
+    assert parsed.status == "RISK_RATIONALE_MISSING"
+    assert "risk1.rationale" in parsed.detail
+
+
 def test_template_header_is_the_documented_column_list() -> None:
     header = next(csv.reader(io.StringIO(TEMPLATE.read_text("utf-8-sig"))))
     assert header == csv_columns(3)
     doc = (REPO / "docs" / "csv-format.md").read_text()
-    for column in csv_columns(1):
-        assert f"`{column.replace('subject1.', 'subjectN.')}`" in doc, column
+    for column in csv_columns(1, 1):
+        shown = column.replace("subject1.", "subjectN.").replace("risk1.", "riskN.")
+        assert f"`{shown}`" in doc, column
 
 
 @pytest.mark.kafka

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -106,6 +107,7 @@ def verify_origin(
     headers: Sequence[tuple[str, bytes]] | None,
     *,
     id_header: str | None,
+    now: datetime | None = None,
 ) -> VerifiedOrigin:
     """Check the headers of a record and its signature; return who signed it, or raise.
 
@@ -163,6 +165,7 @@ def verify_origin(
         schema_id=schema_id,
         record_id=record_id,
         body=body,
+        now=now,
     )
     return VerifiedOrigin(agency_id, schema_id, record_id)
 

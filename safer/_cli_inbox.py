@@ -31,6 +31,8 @@ from ._inbox_flow import (
     open_inbox,
     time_left,
 )
+from ._retention import purge_inboxes
+from ._runtime import Runtime
 
 __all__ = ["OUTCOME_CODES", "register"]
 
@@ -272,6 +274,42 @@ def cmd_action(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    runtime = Runtime(settings_from(args), bootstrap="")
+    now = datetime.now(UTC)
+    if args.as_of:
+        value = datetime.fromisoformat(args.as_of)
+        now = value if value.tzinfo else value.replace(tzinfo=UTC)
+    purged = purge_inboxes(runtime, now, dry_run=args.dry_run)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "recipient_id": p.recipient_id,
+                        "disclosure_id": p.disclosure_id,
+                        "agreement_id": p.agreement_id,
+                        "retention": p.retention,
+                        "received_at": p.received_at.isoformat(),
+                        "due": p.due.isoformat(),
+                        "audit_seq": p.seq,
+                    }
+                    for p in purged
+                ]
+            )
+        )
+        return 0
+    verb = "would purge" if args.dry_run else "purged"
+    for p in purged:
+        seq = f" (PURGED, audit seq {p.seq})" if p.seq else ""
+        out.print(
+            f"{verb} {p.disclosure_id} from {p.recipient_id}: {p.agreement_id} keeps "
+            f"{p.retention}, ended {p.due.date()}{seq}"
+        )
+    out.print(f"{len(purged)} inbox copies {verb}; the audit log is kept forever")
+    return 0
+
+
 def register(sub: Any) -> None:
     inbox = sub.add_parser(
         "inbox",
@@ -357,3 +395,21 @@ def register(sub: Any) -> None:
     )
     action.add_argument("--note", help="free text for the sender, encrypted to them")
     action.set_defaults(func=cmd_action)
+
+    purge = actions.add_parser(
+        "purge",
+        help="delete inbox copies whose agreement's retention has ended (audited)",
+        formatter_class=FORMATTER,
+        description="Each data-sharing agreement names a retention (deploy/policy, e.g. P6Y).\n"
+        "For every disclosure in every inbox, the governing agreement (the recipient's\n"
+        "agency type and the disclosure's purpose) gives the time it may be kept from\n"
+        "receipt. Past it, a PURGED entry goes into the audit log first, then the copy\n"
+        "(payload, wire bytes, queued receipts) is deleted and never stored again. The\n"
+        "audit log itself is never purged. `safer up` runs this at start and hourly.\n\n"
+        "example:\n  safer inbox purge --dry-run\n  safer inbox purge\n"
+        "  safer inbox purge --as-of 2032-01-01 --dry-run --json   # what will go when",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    purge.add_argument("--as-of", default=None, help="judge as at this ISO 8601 time")
+    purge.add_argument("--json", action="store_true", help="print JSON")
+    purge.set_defaults(func=cmd_purge)

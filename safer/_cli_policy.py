@@ -61,6 +61,7 @@ from schemas import (
 )
 
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_replay import print_replay, replay_disclosure
 from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["canonical_identifier", "compact_fields", "explain_concern", "register"]
@@ -429,6 +430,23 @@ def _print_explanation(answer: dict[str, Any], context: dict[str, Any]) -> None:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = Runtime(settings, bootstrap="")
+    if args.replay:
+        stored = None
+        if args.concern:
+            directory = runtime.deployment.directory
+            stored = _load_concern(Path(args.concern), {p.id for p in directory.publishers})
+        replay = replay_disclosure(runtime, args.replay, stored)
+        if args.json:
+            print(json.dumps(replay.to_json(), ensure_ascii=False, default=str))
+        else:
+            print_replay(replay)
+        return 0 if replay.matches else 1
+    if not args.concern:
+        err.print(
+            "[red]give a concern file to explain, or --replay DISCLOSURE_ID[/red] "
+            "(see safer policy explain --help)"
+        )
+        return 2
     now = _parse_time(args.at, "--at") if args.at else datetime.now(UTC)
     try:
         answer, context = explain_concern(runtime, Path(args.concern), now)
@@ -623,10 +641,25 @@ def register(sub: Any) -> None:
         '--json prints {"policy_revision", "recipients": [{"recipient_id", "lscp",\n'
         '"agency_type", "decision", "lawful_basis", "reason_codes", "reasons",\n'
         '"fields"}]}. Names and other personal data are never printed.\n\n'
+        "\nReplay a logged decision: --replay DISCLOSURE_ID takes the decision's audit\n"
+        "record (local audit log), the concern it was made on (the signed original on its\n"
+        "inbound topic, through the running broker; or CONCERN.json, the publisher's copy)\n"
+        "and the consent records the log holds, decides again as the router did at that\n"
+        "time, and compares: the hash of the canonical decision input (input_sha256), the\n"
+        "decision id, outcome, reasons, lawful basis, fields, payload hash and deadline.\n"
+        "Exit 0 when everything matches, 1 with the reason when it does not.\n\n"
         "example:\n  safer policy explain deploy/examples/concern-domestic-abuse.json\n"
-        "  safer policy explain --json --at 2026-11-23T07:00:00Z concern.json",
+        "  safer policy explain --json --at 2026-11-23T07:00:00Z concern.json\n"
+        "  safer policy explain --replay 3f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d\n"
+        "  safer policy explain --replay 3f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d concern.json",
     )
-    explain.add_argument("concern", metavar="CONCERN.json", help="one concern as JSON")
+    explain.add_argument("concern", metavar="CONCERN.json", nargs="?", help="one concern as JSON")
+    explain.add_argument(
+        "--replay",
+        metavar="DISCLOSURE_ID",
+        default=None,
+        help="recompute this logged decision and show that it matches",
+    )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.add_argument(
         "--at", default=None, help="decide as at this ISO 8601 time (ages; default: now)"

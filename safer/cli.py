@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -34,6 +35,8 @@ from ._cli_common import FORMATTER, err, out, run_async, settings_from
 from ._cli_gateway import add_gateway_options, run_gateway
 from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
+from ._cli_keys import register_key_actions
+from ._cli_onboard import register as register_onboard
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
 from ._cli_registry import register as register_registry
@@ -44,6 +47,7 @@ from ._cli_track import register as register_track
 from ._cli_users import register as register_users
 from ._demo import run_demo
 from ._logging import configure_logging
+from ._retention import run_retention
 from ._runtime import (
     ROUTER_READY_LINE,
     Runtime,
@@ -328,9 +332,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                     # an event loop with the feed, the monitor and every recipient.
                     router_process=True,
                     log_file=args.log_file,
+                    # Inbox copies past their agreement's retention: at start, then hourly.
+                    extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=lambda: err.print(
                         f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
-                        f"audit feed and {len(recipients)} recipient adapters. Publish with "
+                        f"audit feed, retention and {len(recipients)} recipient adapters. "
+                        "Publish with "
                         "`safer publish --agency police FILE`. Ctrl-C stops."
                     ),
                 )
@@ -494,8 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage signing (Ed25519) and encryption (X25519) keys.\n\n"
         "Every publisher signs what it sends; the router verifies it and signs what\n"
         "it emits; each recipient has its own encryption key, so only the addressee\n"
-        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n\n"
-        "example:\n  safer keys init",
+        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n"
+        "Rotation and revocation are audited and published on hips.keys, which the\n"
+        "router and recipients follow (docs/OPERATIONS.md: a key is compromised).\n\n"
+        "examples:\n  safer keys init\n  safer keys list\n"
+        "  safer keys rotate hampshire-constabulary --overlap 24\n"
+        "  safer keys revoke 3f2a9c0d1e2f3a4b --reason compromised",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser(
@@ -516,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing keys (old disclosures become unreadable)",
     )
     init.set_defaults(func=cmd_keys_init)
+    register_key_actions(keys_sub)
 
     kafka = sub.add_parser(
         "kafka",
@@ -699,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_secure,
         register_gateway,
         register_registry,
+        register_onboard,
         register_users,
     ):
         register(sub)

@@ -26,6 +26,10 @@ SUBCOMMANDS = [
     ["users", "add"],
     ["keys"],
     ["keys", "init"],
+    ["keys", "rotate"],
+    ["keys", "revoke"],
+    ["keys", "list"],
+    ["keys", "publish"],
     ["kafka"],
     ["kafka", "install"],
     ["broker"],
@@ -38,11 +42,16 @@ SUBCOMMANDS = [
     ["audit"],
     ["audit", "verify"],
     ["audit", "checkpoint"],
+    ["audit", "witness"],
+    ["audit", "witness", "init"],
+    ["audit", "witness", "cosign"],
+    ["audit", "witness", "status"],
     ["inbox"],
     ["inbox", "list"],
     ["inbox", "show"],
     ["inbox", "ack"],
     ["inbox", "action"],
+    ["inbox", "purge"],
     ["track"],
     ["overdue"],
     ["notices"],
@@ -65,6 +74,8 @@ SUBCOMMANDS = [
     ["cluster", "up"],
     ["cluster", "status"],
     ["cluster", "manifests"],
+    ["onboard"],
+    ["onboard", "check"],
 ]
 
 
@@ -156,6 +167,8 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     assert summary["engine"].startswith("apache-kafka 4.")
     assert summary["exactly_once"] is True
     assert 0 < summary["deadlines_met"] <= summary["deadlines_total"]
+    # Every disclosure and referral has a clock (issue 15.6: local policy for the rest).
+    assert summary["deadlines_total"] == summary["disclosed"] + summary["referred"]
     assert summary["published"] == 30
     assert summary["quarantined"] == 5
     assert summary["audit_verified"] is True

@@ -8,9 +8,10 @@ import os
 from typing import Any
 
 from adapters import listen, serve_asgi
-from schemas import ConfigError, EmbeddedRegistry, ReasonCode, registry_app
+from schemas import ConfigError, EmbeddedRegistry, ReasonCode
 
 from ._cli_common import FORMATTER, err, run_async, settings_from
+from ._registry_server import registry_app
 
 __all__ = ["register"]
 

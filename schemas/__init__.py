@@ -3,7 +3,7 @@
 Bottom floor: imports nothing else from SAFER Exchange. Also home of the one
 exception tree and the stable reason codes, so every floor can use them.
 Issue 13: ``ConfluentRegistry`` (a client for Confluent-compatible schema
-registries) and ``registry_app`` (their REST subset, served from ours).
+registries; the REST subset is served from ours by the app shell).
 """
 
 from ._codec import SchemaVersion, catalogue, latest, split_wire
@@ -13,7 +13,6 @@ from ._confluent import (
     ConfluentRegistry,
     confluent_subject,
     our_subject,
-    registry_app,
 )
 from ._errors import (
     AuditError,
@@ -139,6 +138,5 @@ __all__ = [
     "our_subject",
     "plausibility_problems",
     "reader_can_read",
-    "registry_app",
     "split_wire",
 ]

@@ -20,6 +20,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from adapters import listen, serve_asgi
 from audit import AuditStore
 from broker import read_topic
+from safer._registry_server import registry_app
 from schemas import (
     CONCERN,
     Codec,
@@ -30,7 +31,6 @@ from schemas import (
     confluent_subject,
     content_schema_id,
     latest,
-    registry_app,
 )
 
 from .spine import concerns, make_runtime, run_flow

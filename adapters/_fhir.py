@@ -3,21 +3,28 @@
 Models: ``fhir.resources.R4B``. fhir.resources 8.3.0 ships R5 (its default
 package), R4B and STU3, and no R4 package. R4B (4.3.0) left every resource
 used here as R4 had it (Bundle, Patient, RelatedPerson, Practitioner, Flag,
-Observation, Communication, Consent), so an R4 Bundle validates against the
+Observation, Communication, Consent, RiskAssessment), so an R4 Bundle validates against the
 R4B models unchanged, while R5-only elements are refused as unknown (tested).
 The R5 package would accept R5 shapes an R4 system never sends and refuse
 some R4 ones (e.g. R4's ``Consent.scope``). docs/fhir.md has the full mapping.
 
 In (``bundle_to_concern``): a Bundle with one ``Patient`` (the child),
 ``RelatedPerson``s (family), one ``Practitioner`` (who to contact), the concern
-as exactly one ``Flag``, ``Observation`` or ``Communication``, and optionally a
-``Consent``. What cannot be mapped is refused (``FhirRefusal``) with the FHIR
-path and a reason code, never a value:
+as exactly one ``Flag``, ``Observation`` or ``Communication``, optionally a
+``Consent``, and a ``RiskAssessment`` per assessed child (the structured risk
+assessment of concern v3: the Patient, or a sibling ``RelatedPerson`` named by
+our ``risk-assessed-person`` extension; the rules of ``consent.risk_problems``
+are applied here too, so a refusal names the FHIR path). What cannot be
+mapped is refused (``FhirRefusal``) with the FHIR path and a reason code,
+never a value:
 
 - ``FHIR_INVALID``: not a valid R4 resource (the path of the first error);
 - ``FHIR_UNMAPPABLE``: valid FHIR that has no place in a Concern (another
   resource type, a second Patient, a concern type or relationship we do not
-  code, a missing identifier).
+  code, a missing identifier);
+- for a ``RiskAssessment``, the reason codes every way in uses
+  (``RISK_RATIONALE_MISSING``, ``RISK_ASSESSMENT_INVALID``, ``SCHEMA_INVALID``
+  for a DASH score outside 0 to 27), at the path of the FHIR element.
 
 Out (``concern_to_bundle``): the same shape from a Concern (the examples in
 deploy/examples/ are made with it, and round-trip tests check that
@@ -37,8 +44,17 @@ from typing import Any
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
-from consent import ConsentRecord
-from schemas import ConcernType, ConsentState, RiskGrade, SubjectRole
+from consent import ConsentRecord, risk_problems
+from schemas import (
+    ConcernModel,
+    ConcernType,
+    ConsentState,
+    ReasonCode,
+    RiskFactor,
+    RiskGrade,
+    RiskMethod,
+    SubjectRole,
+)
 
 __all__ = [
     "CONCERN_TYPE_SYSTEM",
@@ -46,7 +62,12 @@ __all__ = [
     "FHIR_INVALID",
     "FHIR_UNMAPPABLE",
     "NHS_NUMBER_SYSTEM",
+    "RISK_ASSESSED_PERSON_URL",
+    "RISK_DASH_SCORE_URL",
+    "RISK_FACTOR_SYSTEM",
     "RISK_GRADE_SYSTEM",
+    "RISK_METHOD_SYSTEM",
+    "RISK_MISSING_EPISODES_URL",
     "FhirRefusal",
     "bundle_to_concern",
     "concern_to_bundle",
@@ -63,6 +84,18 @@ NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 #: Our code systems (the codes are the Avro enum symbols).
 CONCERN_TYPE_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/concern-type"
 RISK_GRADE_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/risk-grade"
+RISK_METHOD_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/risk-method"
+RISK_FACTOR_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/risk-factor"
+#: HL7's qualitative risk codes (R4 value set risk-probability), also accepted for the grade.
+RISK_PROBABILITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/risk-probability"
+_EXTENSION = "https://safer-exchange.example/fhir/StructureDefinition/"
+#: RiskAssessment extensions (docs/fhir.md): who was assessed when it is not the
+#: Patient (R4 ``RiskAssessment.subject`` is Patient|Group, so a sibling, a
+#: RelatedPerson, is named here while ``subject`` stays the Patient), the DASH
+#: score, and the number of missing episodes (each a valueInteger).
+RISK_ASSESSED_PERSON_URL = _EXTENSION + "risk-assessed-person"
+RISK_DASH_SCORE_URL = _EXTENSION + "dash-score"
+RISK_MISSING_EPISODES_URL = _EXTENSION + "missing-episodes"
 SOURCE_REF_SYSTEM = "https://safer-exchange.example/fhir/Id/source-ref"
 SCHOOL_URN_SYSTEM = "https://fhir.hl7.org.uk/Id/urn-school-number"
 POLICE_PERSON_SYSTEM = "https://safer-exchange.example/fhir/Id/police-person-id"
@@ -87,6 +120,14 @@ _ROLE_OUT = {
 }
 _PERPETRATOR_SYSTEM = "https://safer-exchange.example/fhir/CodeSystem/subject-role"
 _CONCERN_RESOURCES = ("Flag", "Observation", "Communication")
+_MAPPED_RESOURCES = (
+    "Patient",
+    "RelatedPerson",
+    "Practitioner",
+    "Consent",
+    "RiskAssessment",
+    *_CONCERN_RESOURCES,
+)
 _CONSENT_IN = {"permit": ConsentState.GIVEN, "deny": ConsentState.REFUSED}
 
 
@@ -225,6 +266,215 @@ def _relationship(resource: Mapping[str, Any], path: str) -> SubjectRole:
     raise FhirRefusal(FHIR_UNMAPPABLE, f"{path}.relationship", "a RelatedPerson needs one")
 
 
+_HL7_GRADES = {"high": RiskGrade.HIGH, "moderate": RiskGrade.MEDIUM, "low": RiskGrade.LOW}
+_HL7_GRADE_OUT = {grade: code for code, grade in _HL7_GRADES.items()}
+#: RiskAssessment elements we read or may ignore (identifiers, the assessment's type,
+#: narrative text); any other one (basis, condition, mitigation, reasonReference,
+#: occurrencePeriod, modifierExtension, ...) is refused, not dropped.
+_RISK_ELEMENTS = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "language",
+        "text",
+        "identifier",
+        "status",
+        "code",
+        "subject",
+        "occurrenceDateTime",
+        "performer",
+        "method",
+        "reasonCode",
+        "prediction",
+        "note",
+        "extension",
+    }
+)
+_PREDICTION_ELEMENTS = frozenset({"id", "qualitativeRisk", "rationale"})
+_RISK_STATUSES = ("final", "amended", "corrected")
+
+
+def _reference(value: Any) -> str:
+    return str(value.get("reference") or "") if isinstance(value, dict) else ""
+
+
+def _whole_number(extension: Mapping[str, Any], path: str) -> int:
+    value = extension.get("valueInteger")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FhirRefusal(FHIR_UNMAPPABLE, path, "this extension needs a valueInteger")
+    return value
+
+
+def _risk_grade(concept: Any, path: str) -> str:
+    grades: set[str] = set()
+    codings = concept.get("coding") or [] if isinstance(concept, dict) else []
+    for coding in codings:
+        system, code = coding.get("system"), coding.get("code")
+        if system == RISK_GRADE_SYSTEM and code in RiskGrade.__members__:
+            grades.add(str(code))
+        elif system == RISK_PROBABILITY_SYSTEM and code in _HL7_GRADES:
+            grades.add(_HL7_GRADES[str(code)].value)
+        elif system in (RISK_GRADE_SYSTEM, RISK_PROBABILITY_SYSTEM):
+            grades.add(f"?{code}")
+    if len(grades) != 1 or next(iter(grades)).startswith("?"):
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE,
+            path,
+            f"needs one grade: HIGH, MEDIUM or LOW in {RISK_GRADE_SYSTEM}, or high, moderate "
+            f"or low in {RISK_PROBABILITY_SYSTEM} (agreeing, if both)",
+        )
+    return grades.pop()
+
+
+def _risk_assessment(
+    resource: Mapping[str, Any],
+    path: str,
+    people: Mapping[str, tuple[str, str]],
+    practitioners: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """One ``RiskAssessment`` as a police-JSON risk assessment, and the FHIR path of
+    each of its fields (for the refusals of ``consent.risk_problems``)."""
+    for key in resource:
+        if key not in _RISK_ELEMENTS:
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE, f"{path}.{key}", "not mapped to a risk assessment (docs/fhir.md)"
+            )
+    if resource.get("status") not in _RISK_STATUSES:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.status", "only a final, amended or corrected assessment"
+        )
+    paths = {"": path, "subject_ref": f"{path}.subject"}
+    subject = people.get(_reference(resource.get("subject")))
+    if subject is None or subject[0] != "Patient":
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE,
+            f"{path}.subject",
+            "must reference the Patient of this Bundle (R4: Patient or Group); a sibling is "
+            f"named by the extension {RISK_ASSESSED_PERSON_URL}",
+        )
+    out: dict[str, Any] = {"subject_ref": subject[1]}
+    seen: set[str] = set()
+    for index, extension in enumerate(resource.get("extension") or []):
+        where = f"{path}.extension[{index}]"
+        url = str(extension.get("url"))
+        if url in seen:
+            raise FhirRefusal(FHIR_UNMAPPABLE, where, "this extension is repeated")
+        seen.add(url)
+        if url == RISK_ASSESSED_PERSON_URL:
+            person = people.get(_reference(extension.get("valueReference")))
+            if person is None or person[0] != "RelatedPerson":
+                raise FhirRefusal(
+                    FHIR_UNMAPPABLE,
+                    f"{where}.valueReference",
+                    "must reference a RelatedPerson (a sibling) of this Bundle",
+                )
+            out["subject_ref"] = person[1]
+            paths["subject_ref"] = f"{where}.valueReference"
+        elif url == RISK_DASH_SCORE_URL:
+            out["dash_score"] = _whole_number(extension, where)
+            paths["dash_score"] = f"{where}.valueInteger"
+        elif url == RISK_MISSING_EPISODES_URL:
+            out["missing_episodes"] = _whole_number(extension, where)
+            paths["missing_episodes"] = f"{where}.valueInteger"
+        else:
+            raise FhirRefusal(FHIR_UNMAPPABLE, where, "an extension we do not map")
+    predictions = resource.get("prediction") or []
+    if len(predictions) != 1:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE, f"{path}.prediction", "exactly one prediction (the grade)"
+        )
+    prediction = predictions[0]
+    where = f"{path}.prediction[0]"
+    for key in prediction:
+        if key not in _PREDICTION_ELEMENTS:
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE,
+                f"{where}.{key}",
+                "a prediction carries qualitativeRisk and rationale only",
+            )
+    out["grade"] = _risk_grade(prediction.get("qualitativeRisk"), f"{where}.qualitativeRisk")
+    paths["grade"] = f"{where}.qualitativeRisk"
+    texts = [prediction.get("rationale")] + [n.get("text") for n in resource.get("note") or []]
+    out["rationale"] = "\n".join(t for t in texts if t) or None
+    paths["rationale"] = f"{where}.rationale"
+    method = resource.get("method")
+    if method:
+        codes = [c for c in method.get("coding") or [] if c.get("system") == RISK_METHOD_SYSTEM]
+        if len(codes) != 1 or codes[0].get("code") not in RiskMethod.__members__:
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE,
+                f"{path}.method",
+                f"needs one coding in {RISK_METHOD_SYSTEM}: DASH, PROFESSIONAL_JUDGEMENT or "
+                "OTHER_TOOL",
+            )
+        out["method"] = codes[0]["code"]
+        out["tool_name"] = method.get("text")
+    paths["method"] = f"{path}.method"
+    paths["tool_name"] = f"{path}.method.text"
+    factors: list[str] = []
+    for index, concept in enumerate(resource.get("reasonCode") or []):
+        ours = _codes(concept, RISK_FACTOR_SYSTEM)
+        if not ours or any(c not in RiskFactor.__members__ for c in ours):
+            raise FhirRefusal(
+                FHIR_UNMAPPABLE,
+                f"{path}.reasonCode[{index}]",
+                f"needs a risk factor coded in {RISK_FACTOR_SYSTEM} (docs/RISK.md)",
+            )
+        factors.extend(c for c in ours if c not in factors)
+    out["factors"] = factors
+    paths["factors"] = f"{path}.reasonCode"
+    performer = resource.get("performer") or {}
+    identifier = performer.get("identifier") or {}
+    out["assessed_by"] = (
+        performer.get("display")
+        or practitioners.get(_reference(performer))
+        or identifier.get("value")
+    )
+    paths["assessed_by"] = f"{path}.performer"
+    if not out["assessed_by"]:
+        raise FhirRefusal(
+            FHIR_UNMAPPABLE,
+            f"{path}.performer",
+            "who assessed: a display, a Practitioner of this Bundle, or an identifier",
+        )
+    out["assessed_at"] = resource.get("occurrenceDateTime")
+    paths["assessed_at"] = f"{path}.occurrenceDateTime"
+    if not out["assessed_at"]:
+        raise FhirRefusal(FHIR_UNMAPPABLE, f"{path}.occurrenceDateTime", "when it was assessed")
+    return out, paths
+
+
+_RISK_FIELD = re.compile(r"\Arisk_assessments\[([0-9]+)\]\.([a-z_]+)\Z")
+
+
+def _check_risk(record: Mapping[str, Any], paths: Sequence[Mapping[str, str]]) -> None:
+    """Refuse, with the FHIR path, what every way in refuses in the risk assessments:
+    their schema (ranges) and ``consent.risk_problems`` (reason codes as for police JSON)."""
+    candidate = {**record, "concern_id": record.get("concern_id") or str(uuid.UUID(int=0))}
+    try:
+        concern = ConcernModel.model_validate(candidate)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            loc = error["loc"]
+            if len(loc) > 1 and loc[0] == "risk_assessments" and isinstance(loc[1], int):
+                where = paths[loc[1]]
+                field = str(loc[2]) if len(loc) > 2 else ""
+                raise FhirRefusal(
+                    ReasonCode.SCHEMA_INVALID.value,
+                    where.get(field, where[""]),
+                    f"{field or 'risk assessment'}: not valid ({error['type']})",
+                ) from None
+        return  # anything else is refused by validate_record, as for every record
+    for problem in risk_problems(concern):
+        match = _RISK_FIELD.match(problem.field)
+        where = paths[int(match.group(1))] if match else {"": "Bundle.entry"}
+        field = match.group(2) if match else ""
+        raise FhirRefusal(
+            problem.code.value, where.get(field, where[""]), f"{field}: {problem.reason}"
+        )
+
+
 def bundle_to_concern(bundle: Any, source_agency: str) -> dict[str, Any]:
     """A police-JSON-shaped Concern from a FHIR R4 Bundle (then validated as any record).
 
@@ -240,13 +490,19 @@ def bundle_to_concern(bundle: Any, source_agency: str) -> dict[str, Any]:
     if not bundle.get("timestamp"):
         raise FhirRefusal(FHIR_UNMAPPABLE, "Bundle.timestamp", "when it was reported")
     by_type: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    #: A reference (``Kind/id`` or an entry's fullUrl) → (kind, id).
+    people: dict[str, tuple[str, str]] = {}
     for index, entry in enumerate(bundle.get("entry") or []):
         resource = entry.get("resource") or {}
         kind = resource.get("resourceType", "")
         path = f"Bundle.entry[{index}].resource"
-        if kind not in ("Patient", "RelatedPerson", "Practitioner", "Consent", *_CONCERN_RESOURCES):
+        if kind not in _MAPPED_RESOURCES:
             raise FhirRefusal(FHIR_UNMAPPABLE, path, f"{kind} is not mapped to a Concern")
         by_type.setdefault(kind, []).append((path, resource))
+        if resource.get("id"):
+            people[f"{kind}/{resource['id']}"] = (kind, str(resource["id"]))
+            if entry.get("fullUrl"):
+                people[str(entry["fullUrl"])] = (kind, str(resource["id"]))
     patients = by_type.get("Patient", [])
     if len(patients) != 1:
         raise FhirRefusal(
@@ -360,6 +616,18 @@ def bundle_to_concern(bundle: Any, source_agency: str) -> dict[str, Any]:
     }
     if concern_id is not None:
         record_out["concern_id"] = concern_id
+    names = {
+        ref: officer_name
+        for ref, (kind, rid) in people.items()
+        if kind == "Practitioner" and rid == officer.get("id")
+    }
+    assessments = [
+        _risk_assessment(resource, rpath, people, names)
+        for rpath, resource in by_type.get("RiskAssessment", [])
+    ]
+    if assessments:
+        record_out["risk_assessments"] = [a for a, _ in assessments]
+        _check_risk(record_out, [p for _, p in assessments])
     return record_out
 
 
@@ -406,6 +674,62 @@ def _person_out(subject: Mapping[str, Any]) -> dict[str, Any]:
             out["district"] = address["la_code"]
         person["address"] = [out]
     return person
+
+
+def _risk_out(assessment: Mapping[str, Any], index: int, patient_ref: str) -> dict[str, Any]:
+    """A risk assessment (``model_dump(mode="json")``) as a FHIR R4 ``RiskAssessment``."""
+    extensions: list[dict[str, Any]] = []
+    if f"Patient/{assessment['subject_ref']}" != patient_ref:
+        extensions.append(
+            {
+                "url": RISK_ASSESSED_PERSON_URL,
+                "valueReference": {"reference": f"RelatedPerson/{assessment['subject_ref']}"},
+            }
+        )
+    if assessment.get("dash_score") is not None:
+        extensions.append({"url": RISK_DASH_SCORE_URL, "valueInteger": assessment["dash_score"]})
+    if assessment.get("missing_episodes") is not None:
+        extensions.append(
+            {"url": RISK_MISSING_EPISODES_URL, "valueInteger": assessment["missing_episodes"]}
+        )
+    grade = RiskGrade(assessment["grade"])
+    prediction: dict[str, Any] = {
+        "qualitativeRisk": {
+            "coding": [
+                {"system": RISK_GRADE_SYSTEM, "code": grade.value},
+                {"system": RISK_PROBABILITY_SYSTEM, "code": _HL7_GRADE_OUT[grade]},
+            ]
+        }
+    }
+    if assessment.get("rationale"):
+        prediction["rationale"] = assessment["rationale"]
+    method: dict[str, Any] = {
+        "coding": [
+            {
+                "system": RISK_METHOD_SYSTEM,
+                "code": str(assessment.get("method") or "PROFESSIONAL_JUDGEMENT"),
+            }
+        ]
+    }
+    if assessment.get("tool_name"):
+        method["text"] = assessment["tool_name"]
+    resource: dict[str, Any] = {"resourceType": "RiskAssessment", "id": f"risk{index + 1}"}
+    if extensions:
+        resource["extension"] = extensions
+    resource.update(
+        status="final",
+        method=method,
+        subject={"reference": patient_ref},
+        occurrenceDateTime=_iso(assessment["assessed_at"]),
+        performer={"display": assessment["assessed_by"]},
+    )
+    if assessment.get("factors"):
+        resource["reasonCode"] = [
+            {"coding": [{"system": RISK_FACTOR_SYSTEM, "code": str(factor)}]}
+            for factor in assessment["factors"]
+        ]
+    resource["prediction"] = [prediction]
+    return resource
 
 
 def concern_to_bundle(concern: Mapping[str, Any], kind: str = "Flag") -> dict[str, Any]:
@@ -478,6 +802,8 @@ def concern_to_bundle(concern: Mapping[str, Any], kind: str = "Flag") -> dict[st
     if concern.get("immediate_actions") and kind != "Flag":
         resource["note"] = [{"text": concern["immediate_actions"]}]
     entries.append(resource)
+    for index, assessment in enumerate(concern.get("risk_assessments") or ()):
+        entries.append(_risk_out(assessment, index, patient_ref))
     consent = concern["consent"]
     if consent["state"] in ("GIVEN", "REFUSED", "WITHDRAWN"):
         state = consent["state"]

@@ -354,6 +354,7 @@ def _risk_assessment(
             f"named by the extension {RISK_ASSESSED_PERSON_URL}",
         )
     out: dict[str, Any] = {"subject_ref": subject[1]}
+    paths["dash_score"] = paths["missing_episodes"] = f"{path}.extension"
     seen: set[str] = set()
     for index, extension in enumerate(resource.get("extension") or []):
         where = f"{path}.extension[{index}]"

@@ -437,6 +437,11 @@ def _sibling_reference(reference: str) -> Any:
             f"{RISK1}.extension",
         ),
         (_dash(30), "SCHEMA_INVALID", f"{RISK1}.extension[0].valueInteger"),
+        (
+            _set(1, occurrenceDateTime="2026-11-25"),
+            "SCHEMA_INVALID",
+            f"{RISK1}.occurrenceDateTime",
+        ),
         # Unknown codes:
         (_factor("WITCHCRAFT"), FHIR_UNMAPPABLE, f"{RISK1}.reasonCode[0]"),
         (

@@ -16,7 +16,8 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
-from adapters import Inbox, InboxItem
+from adapters import Inbox, InboxItem, disclosure_to_communication
+from broker import load_deployment
 from consent import LAWFUL_BASES
 
 from ._cli_common import FORMATTER, err, out, settings_from
@@ -206,9 +207,31 @@ def _render_disclosure(item: InboxItem) -> None:
         out.print(f"[b]{key}[/]: {value}")
 
 
+def _as_fhir(item: InboxItem, recipient_id: str) -> str:
+    """A disclosure as the FHIR R4 Communication a FHIR-speaking recipient takes."""
+    metadata = {
+        "disclosure_id": item.disclosure_id,
+        "concern_id": item.concern_id,
+        "recipient_id": recipient_id,
+        "concern_type": item.concern_type,
+        "risk_grade": item.risk_grade,
+        "lawful_basis": item.lawful_basis,
+        "purpose": item.purpose,
+        "profile": item.profile,
+        "decided_at": item.decided_at,
+    }
+    return json.dumps(disclosure_to_communication(metadata, item.payload), indent=1)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    recipient = load_deployment(settings.deploy_dir).directory.recipient(args.recipient)
+    fhir = args.fhir or (recipient is not None and recipient.disclosure_format == "fhir-r4")
     result = open_disclosure(settings, args.recipient, args.id, mark=not args.no_mark)
+    if fhir:
+        print(_as_fhir(result.item, args.recipient), flush=True)
+        _report(result.send)
+        return 0
     _render_disclosure(result.item)
     out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
     _report(result.send)
@@ -323,12 +346,18 @@ def register(sub: Any) -> None:
         description="Show the decrypted disclosure: why it was shared, on which lawful\n"
         "basis, the deadline, and the fields your agency may see. Reading it marks\n"
         "it OPENED and sends a receipt to the sender (queued if no broker runs).\n"
-        "ID may be the first 8 characters of the disclosure id.\n\n"
-        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc",
+        "ID may be the first 8 characters of the disclosure id. With --fhir, or for a\n"
+        'recipient whose directory entry says disclosure_format = "fhir-r4", it prints\n'
+        "a FHIR R4 Communication (JSON) instead (docs/fhir.md).\n\n"
+        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc\n"
+        "  safer inbox show 3f6c2a8e --recipient portsmouth-health --fhir",
     )
     show.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
     show.add_argument("--recipient", required=True, help="your recipient id")
     show.add_argument("--no-mark", action="store_true", help="do not mark it OPENED")
+    show.add_argument(
+        "--fhir", action="store_true", help="print it as a FHIR R4 Communication (JSON)"
+    )
     show.set_defaults(func=cmd_show)
 
     ack = actions.add_parser(

@@ -24,15 +24,18 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from adapters import parse_police_json
+from adapters import consents_bundle, parse_police_json
 from broker import (
+    ROUTER_ID,
     candidate_recipients,
     consent_out_record,
     make_producer,
     pseudonym,
+    read_topic,
     resolve_partnerships,
     send_all,
     start_client,
+    verify_consent_record,
 )
 from consent import (
     LAWFUL_BASES,
@@ -52,6 +55,7 @@ from schemas import (
     NotSoughtReason,
     OverrideJustification,
     ReasonCode,
+    SaferError,
     ValidationError,
     age_on,
 )
@@ -545,6 +549,53 @@ def cmd_consent_record(args: argparse.Namespace) -> int:
     return run_async(publish)
 
 
+def cmd_consent_export(args: argparse.Namespace) -> int:
+    """Every verified consent record on hips.consent (latest per person unless --all),
+    as a FHIR R4 Bundle of Consent resources."""
+    settings = settings_from(args)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
+
+    async def export(stop: asyncio.Event) -> int:
+        raw = await read_topic(
+            runtime.bootstrap,
+            settings.topics.consent,
+            timeout=args.timeout,
+            **runtime.security_for(ROUTER_ID),
+        )
+        latest: dict[str, ConsentRecord] = {}
+        every: list[ConsentRecord] = []
+        skipped = 0
+        for message in raw:
+            try:
+                record = verify_consent_record(
+                    runtime.codec,
+                    runtime.keyring(),
+                    runtime.deployment.directory,
+                    key=message.key,
+                    value=message.value,
+                    headers=message.headers,
+                )
+            except SaferError:
+                skipped += 1
+                continue
+            every.append(record)
+            known = latest.get(record.subject_pseudonym)
+            if known is None or record.recorded_at >= known.recorded_at:
+                latest[record.subject_pseudonym] = record
+        chosen = every if args.all else list(latest.values())
+        if args.subject_pseudonym:
+            chosen = [r for r in chosen if r.subject_pseudonym == args.subject_pseudonym]
+        print(json.dumps(consents_bundle(chosen), indent=1))
+        if skipped:
+            err.print(
+                f"{skipped} record(s) on {settings.topics.consent} failed verification and are "
+                "not exported (the router quarantines them too)"
+            )
+        return 0
+
+    return run_async(export)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -667,3 +718,22 @@ def register(sub: Any) -> None:
     record.add_argument("--ref", default=None, help="the agency's own case reference")
     record.add_argument("--at", default=None, help="when it was recorded (default: now)")
     record.set_defaults(func=cmd_consent_record)
+    export = consent_sub.add_parser(
+        "export",
+        help="export consent records as FHIR R4 Consent resources",
+        formatter_class=FORMATTER,
+        description="Read hips.consent, verify each record's signature, and print a FHIR R4\n"
+        "Bundle (type collection) of Consent resources: the latest record per person,\n"
+        "or every record with --all. People are named by pseudonym only; the recording\n"
+        "agency is the organization and who decided is the performer (docs/fhir.md).\n"
+        "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
+        "example:\n  safer consent export --fhir > consents.json\n"
+        "  safer consent export --fhir --all --subject-pseudonym 3f0c…",
+    )
+    export.add_argument(
+        "--fhir", action="store_true", required=True, help="FHIR R4 (the only format for now)"
+    )
+    export.add_argument("--all", action="store_true", help="every record, not only the latest")
+    export.add_argument("--subject-pseudonym", default=None, help="one person's records only")
+    export.add_argument("--timeout", type=float, default=30.0, help="seconds to read the topic")
+    export.set_defaults(func=cmd_consent_export)

@@ -62,7 +62,16 @@ from broker import (
     topic_plan,
 )
 from consent import Publisher, Recipient, retention_days
-from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
+from schemas import (
+    AgencyType,
+    BrokerError,
+    Codec,
+    ConfigError,
+    ConfluentRegistry,
+    EmbeddedRegistry,
+    ReasonCode,
+    Registry,
+)
 
 __all__ = [
     "AUDIT_LOG_ID",
@@ -168,6 +177,35 @@ def adopt_running_engine(settings: Settings) -> Settings:
     )
 
 
+def registry_from_env(path: Path) -> Registry:
+    """The embedded registry at ``path``, or a Confluent-compatible one by configuration.
+
+    ``SAFER_SCHEMA_REGISTRY_URL`` selects a Confluent-compatible registry, with
+    ``SAFER_SCHEMA_REGISTRY_AUTH`` (``user:password``, basic auth) or
+    ``SAFER_SCHEMA_REGISTRY_TOKEN`` (bearer) and ``SAFER_SCHEMA_REGISTRY_CAFILE``
+    (docs/schema-registry.md). Every publisher and router of a deployment must
+    use the same one: ids are the registry's.
+    """
+    url = os.environ.get("SAFER_SCHEMA_REGISTRY_URL", "").strip()
+    if not url:
+        return EmbeddedRegistry(path)
+    user_info = os.environ.get("SAFER_SCHEMA_REGISTRY_AUTH", "")
+    token = os.environ.get("SAFER_SCHEMA_REGISTRY_TOKEN", "")
+    auth: tuple[str, str] | str | None = None
+    if user_info:
+        user, sep, password = user_info.partition(":")
+        if not sep:
+            raise ConfigError(
+                "SAFER_SCHEMA_REGISTRY_AUTH must be user:password",
+                code=ReasonCode.CONFIG_INVALID,
+            )
+        auth = (user, password)
+    elif token:
+        auth = token
+    cafile = os.environ.get("SAFER_SCHEMA_REGISTRY_CAFILE", "")
+    return ConfluentRegistry(url, auth=auth, verify=cafile or True)
+
+
 def refuse_second_engine(settings: Settings) -> None:
     """Raise if another process already runs a local engine on this data directory.
 
@@ -231,7 +269,7 @@ class Runtime:
 
     @cached_property
     def codec(self) -> Codec:
-        return Codec(EmbeddedRegistry(self.settings.registry_file))
+        return Codec(registry_from_env(self.settings.registry_file))
 
     def security_for(self, principal: str) -> dict[str, Any]:
         """aiokafka keyword arguments for a client acting as ``principal``.
@@ -493,6 +531,7 @@ class Runtime:
             recipient.webhook_url,
             self.keys.webhook_secret(recipient.id),
             recipient_id=recipient.id,
+            body_format=recipient.disclosure_format,
             # Short rounds: the adapter retries on its next loop instead of blocking.
             retry=RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=5.0, max_elapsed=20.0),
         )

@@ -32,11 +32,14 @@ from ._cli_audit import register as register_audit
 from ._cli_cluster import register as register_cluster
 from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_gateway import add_gateway_options, run_gateway
+from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
 from ._cli_keys import register_key_actions
 from ._cli_onboard import register as register_onboard
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
+from ._cli_registry import register as register_registry
 from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
@@ -230,6 +233,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     return run_async(route)
 
 
+async def _gateway_in_up(runtime: Runtime, stop: asyncio.Event, args: argparse.Namespace) -> None:
+    """The gateway beside the other services: its failure to start is reported, not fatal."""
+    try:
+        await run_gateway(runtime, stop, args)
+    except SaferError as exc:
+        err.print(f"[red]gateway not started[/] [{exc.code}] {exc.message}")
+        if exc.hint:
+            err.print(f"  what to do: {exc.hint}")
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from .web import serve
 
@@ -306,6 +319,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 else None
             )
             secure = " in secure mode (each service its own principal)" if engine.access else ""
+            gateway = (
+                None
+                if args.no_gateway
+                else asyncio.create_task(_gateway_in_up(runtime, stop, args), name="gateway")
+            )
             web = _web_task(settings, args, stop)
             try:
                 await runtime.run_services(
@@ -324,6 +342,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                     ),
                 )
             finally:
+                if gateway is not None:
+                    stop.set()
+                    await gateway
                 if web is not None:
                     stop.set()
                     with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -559,21 +580,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser(
         "publish",
-        help="validate, sign and publish concerns from JSON files",
+        help="validate, sign and publish concerns from JSON or CSV files",
         formatter_class=FORMATTER,
         description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
-        "in docs/police-json-format.md), validate each, sign it with the agency's\n"
+        "in docs/police-json-format.md; or, for a file named *.csv, one concern per\n"
+        "row as in docs/csv-format.md), validate each, sign it with the agency's\n"
         "key and publish it to hips.inbound.<agency>. Prints one line per record:\n"
-        "the concern_id and ACCEPTED, or a reason code and what is wrong.\n"
-        "Exit code 1 if any record was rejected.\n\n"
+        "the concern_id and ACCEPTED, or a reason code, the record (FILE#N, or\n"
+        "FILE row N for CSV, counting the header as row 1) and which fields are\n"
+        "wrong, never their values. Good records are published even when others\n"
+        "are refused; exit code 1 if any record was rejected.\n\n"
         "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
         "example:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json\n"
-        "  safer publish --agency police deploy/examples/*.json",
+        "  safer publish --agency police deploy/examples/*.json\n"
+        "  safer publish --agency police deploy/examples/concerns-template.csv",
     )
     publish.add_argument(
         "--agency", default="police", choices=["police"], help="publishing agency type"
     )
-    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON file(s) of concerns")
+    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON or CSV file(s) of concerns")
     publish.set_defaults(func=cmd_publish)
 
     route = sub.add_parser(
@@ -597,13 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="run broker, router, recipient adapters and audit feed together",
+        help="run broker, router, recipient adapters, audit feed and HTTP gateway together",
         formatter_class=FORMATTER,
         description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
-        "deadline monitor, one adapter per recipient and the web app (`safer web`\n"
-        "on --web-port, default 8080; /metrics, /healthz, /readyz) until Ctrl-C.\n\n"
+        "deadline monitor, one adapter per recipient, the web app (`safer web`\n"
+        "on --web-port, default 8080; /metrics, /healthz, /readyz) and the HTTP ingestion\n"
+        "gateway (127.0.0.1:8480 unless --no-gateway; `safer gateway --help`) until Ctrl-C.\n\n"
         "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
@@ -631,6 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a 3-broker cluster (replication 3, min.insync.replicas 2, data in "
         "<data-dir>/cluster) instead of one broker; see `safer cluster --help`",
     )
+    up.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="do not start the HTTP ingestion gateway (see `safer gateway --help`)",
+    )
+    add_gateway_options(up)
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -677,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
         register_inbox,
         register_track,
         register_secure,
+        register_gateway,
+        register_registry,
         register_onboard,
         register_users,
     ):

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from audit import AuditStore
@@ -58,6 +59,15 @@ SUBCOMMANDS = [
     ["quarantine", "list"],
     ["quarantine", "show"],
     ["quarantine", "replay"],
+    ["gateway"],
+    ["gateway", "certificate"],
+    ["gateway", "certificate", "issue"],
+    ["registry"],
+    ["consent", "export"],
+    ["gateway", "credential"],
+    ["gateway", "credential", "add"],
+    ["gateway", "credential", "list"],
+    ["gateway", "credential", "revoke"],
     ["secure"],
     ["secure", "acls"],
     ["cluster"],
@@ -184,8 +194,29 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
+    issued = _safer(
+        "gateway",
+        "credential",
+        "add",
+        "--agency",
+        "hampshire-constabulary",
+        "--json",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert issued.returncode == 0, issued.stderr
+    token = json.loads(issued.stdout)["token"]
     up = subprocess.Popen(
-        [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"],
+        [
+            sys.executable,
+            "-m",
+            "safer",
+            "--log-file",
+            str(tmp_path / "up.log"),
+            "up",
+            "--gateway-port",
+            "0",
+        ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -227,6 +258,24 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
                     events = {r.event.value for r in store.records(concern_id=concern_id)}
             time.sleep(0.3)
         assert {"DISCLOSED", "RECEIVED"} <= events, events
+
+        # `safer up` runs the HTTP gateway too (issue 13); port 0 → its port is logged.
+        listening = [
+            json.loads(line)
+            for line in (tmp_path / "up.log").read_text().splitlines()
+            if "gateway.listening" in line
+        ]
+        assert listening, "safer up did not start the gateway"
+        concern = json.loads((examples / "concern-domestic-abuse.json").read_text())
+        concern.pop("concern_id")
+        concern["source_ref"] = "GW-UP-1"
+        posted = httpx.post(
+            f"http://127.0.0.1:{listening[0]['port']}/v1/concerns",
+            json=concern,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert posted.status_code == 202, posted.text
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -31,13 +31,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas import SaferError
 
 from ._crypto import Keyring, SigningIdentity, key_id, sign_record, verify_record
-from ._kafka import OutRecord, assign_stored, caught_up, fetch, header, make_consumer, stop_clients
+from ._kafka import OutRecord, follow_topic, header
 from ._topics import Headers
 
 __all__ = [
@@ -220,22 +219,13 @@ class KeyFollower:
 
     async def run(self, stop: asyncio.Event, caught_up_event: asyncio.Event) -> None:
         """Follow the topic from the beginning; set ``caught_up_event`` at its end."""
-        consumer: AIOKafkaConsumer = make_consumer(
+        await follow_topic(
             self._bootstrap,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._poll_ms,
+            self.topic,
+            stop,
+            caught_up_event,
+            lambda record: self.apply(record.key, record.value, record.headers),
+            poll_ms=self._poll_ms,
+            on_caught_up=lambda: _log.info("keys.caught_up", keys=len(self.events)),
             **self._security,
         )
-        await consumer.start()
-        try:
-            tps: list[TopicPartition] = await assign_stored(consumer, [self.topic], {})
-            while not stop.is_set():
-                batch = await fetch(consumer, *tps, timeout_ms=self._poll_ms, max_records=10_000)
-                for records in batch.values():
-                    for record in records:
-                        self.apply(record.key, record.value, record.headers)
-                if not caught_up_event.is_set() and await caught_up(consumer, tps):
-                    caught_up_event.set()
-                    _log.info("keys.caught_up", keys=len(self.events))
-        finally:
-            await stop_clients(consumer)

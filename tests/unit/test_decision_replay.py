@@ -16,19 +16,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from audit import AuditRecord, AuditStore
 from broker import replay_decision
 from safer import Runtime
-from safer import _logging as safer_logging
 from safer.cli import main
 from schemas import AuditEvent, ConcernModel
 
@@ -135,19 +131,6 @@ def test_the_canonical_input_holds_no_personal_data(
         "decided_at",
     }
     assert replay.input["v"] == "safer-decision-input-v1"
-
-
-@pytest.fixture
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``main`` configures logging for the process; give later tests the set-up they had."""
-    monkeypatch.setattr(safer_logging, "_handle", None)
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("keep_logging")

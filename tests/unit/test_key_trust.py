@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import structlog
 
 from audit import AuditStore
 from broker import (
@@ -36,7 +33,6 @@ from broker import (
     read_key_event,
 )
 from safer import Runtime
-from safer import _logging as safer_logging
 from safer._cli_keys import key_events, revoke_key, rotate_key
 from safer.cli import main
 from schemas import AuditEvent, ConcernModel, ReasonCode, SaferError
@@ -175,18 +171,6 @@ def test_a_restart_keeps_revocations_and_the_events_republish_them(
     assert states[kid].state == "REVOKED" and states[kid].reason == "lost"
     with pytest.raises(SaferError):
         revoke_key(runtime, "0123456789abcdef", reason="lost", actor="ops", now=NOW)
-
-
-@pytest.fixture
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(safer_logging, "_handle", None)
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("keep_logging")

@@ -11,19 +11,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import structlog
 
 from audit import AuditStore
 from broker import Settings
 from safer import Runtime
-from safer import _logging as safer_logging
 from safer._cli_keys import revoke_key
 from safer._cli_onboard import onboard_check
 from safer.cli import main
@@ -102,18 +98,6 @@ def test_a_webhook_that_does_not_answer_fails(tmp_path: Path) -> None:
     checks = onboard_check(runtime, "portsmouth-health", offline=True)
     delivery = next(c for c in checks if c.name == "delivery")
     assert delivery.ok is False and "webhook does not answer" in delivery.detail
-
-
-@pytest.fixture
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(safer_logging, "_handle", None)
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("keep_logging")

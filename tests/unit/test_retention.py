@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import structlog
 from aiokafka import TopicPartition
 
 from adapters import Inbox
@@ -31,7 +28,6 @@ from audit import AuditStore
 from broker import TopicLayout, Topics, topic_plan
 from consent import add_retention, governing_agreement, retention_days
 from safer import Runtime
-from safer import _logging as safer_logging
 from safer._retention import purge_inboxes
 from safer.cli import main
 from schemas import AuditEvent, ConcernModel
@@ -153,18 +149,6 @@ def test_topic_retention_follows_a_shorter_agreement_and_the_audit_topic_is_fore
     shipped = {s.name: s.configs for s in runtime.topic_specs()}
     assert shipped["hips.audit"]["retention.ms"] == "-1"
     assert runtime.agreement_retention_days()["health"] == 25 * 365
-
-
-@pytest.fixture
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(safer_logging, "_handle", None)
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("keep_logging")

@@ -15,13 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import (
@@ -34,7 +31,6 @@ from audit import (
     witness_step,
 )
 from safer import Runtime
-from safer import _logging as safer_logging
 from safer.cli import main
 from schemas import AuditError
 
@@ -151,18 +147,6 @@ def test_the_witness_cosigns_growth_and_refuses_fork_rollback_and_truncation(
     assert state.size == 29
     for store in (honest, fork, rollback, rewritten):
         store.close()
-
-
-@pytest.fixture
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(safer_logging, "_handle", None)
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("keep_logging")

@@ -54,7 +54,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from schemas import AuditError, ReasonCode
 
 from ._merkle import verify_consistency
-from ._note import CheckpointBody, LogKey, open_checkpoint, parse_body, parse_note
+from ._note import (
+    CheckpointBody,
+    LogKey,
+    checkpoint_body_of_size,
+    open_checkpoint,
+    parse_note,
+)
 
 __all__ = [
     "CONSISTENCY_FORMAT",
@@ -98,12 +104,7 @@ def make_consistency_bundle(
     proof: Sequence[bytes],
     checkpoint: str,
 ) -> dict[str, Any]:
-    body = parse_body(parse_note(checkpoint).text)
-    if body.size != new_size:
-        raise AuditError(
-            f"checkpoint is for size {body.size}, the proof for size {new_size}",
-            code=ReasonCode.PROCESSING_ERROR,
-        )
+    checkpoint_body_of_size(checkpoint, new_size)
     return {
         "format": CONSISTENCY_FORMAT,
         "old_size": old_size,

@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS rejected (
     detail TEXT NOT NULL,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purged (
+    disclosure_id TEXT PRIMARY KEY,
+    purged_at TEXT NOT NULL,
+    retention TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -206,6 +211,10 @@ class Inbox:
         added = 0
         with _Tx(self._db):
             for record, wire, payload in items:
+                if self._db.execute(
+                    "SELECT 1 FROM purged WHERE disclosure_id = ?", (record["disclosure_id"],)
+                ).fetchone():
+                    continue  # purged at the end of its retention: never stored again
                 deadline = record.get("deadline")
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO disclosures (disclosure_id, concern_id, source_agency,"
@@ -426,6 +435,29 @@ class Inbox:
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM disclosures").fetchone()[0])
+
+    def purge(self, disclosure_ids: Sequence[str], *, at: datetime, retention: str) -> int:
+        """Delete these disclosures (payload, wire copy, queued receipts) for good.
+
+        Each id is remembered in ``purged`` so a re-read of the topic never
+        stores it again. Returns how many were deleted.
+        """
+        deleted = 0
+        with _Tx(self._db):
+            for disclosure_id in disclosure_ids:
+                cursor = self._db.execute(
+                    "DELETE FROM disclosures WHERE disclosure_id = ?", (disclosure_id,)
+                )
+                deleted += cursor.rowcount
+                self._db.execute("DELETE FROM outbox WHERE disclosure_id = ?", (disclosure_id,))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO purged VALUES (?,?,?)",
+                    (disclosure_id, at.isoformat(timespec="milliseconds"), retention),
+                )
+        return deleted
+
+    def purged(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT disclosure_id FROM purged")]
 
 
 class _Tx:

@@ -10,6 +10,7 @@ fields, never their values.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,15 @@ from schemas import (
     plausibility_problems,
 )
 
-__all__ = ["ParsedRecord", "PoliceAdapter", "PublishOutcome", "parse_police_json"]
+__all__ = [
+    "ACCEPTED",
+    "ParsedRecord",
+    "PoliceAdapter",
+    "PublishOutcome",
+    "concern_id_for",
+    "parse_police_json",
+    "validate_record",
+]
 
 ACCEPTED = "ACCEPTED"
 
@@ -147,80 +156,77 @@ def parse_police_json(
                 f"not JSON or JSON Lines (line {exc.lineno}, column {exc.colno}): fix the file",
             )
         ]
-    parsed: list[ParsedRecord] = []
-    for index, item in enumerate(raw, start=1):
-        label = f"{source}#{index}"
-        concern_id = item.get("concern_id") if isinstance(item, dict) else None
-        concern_id = concern_id if isinstance(concern_id, str) else None
-        if not isinstance(item, dict):
-            parsed.append(
-                ParsedRecord(
-                    label,
-                    None,
-                    None,
-                    ReasonCode.SCHEMA_INVALID.value,
-                    "each record must be a JSON object",
-                )
-            )
-            continue
-        limits = limit_problems(item)
-        if limits:
-            parsed.append(
-                ParsedRecord(label, None, concern_id, limits[0].code.value, _problems(limits))
-            )
-            continue
-        try:
-            concern = ConcernModel.model_validate(_with_ethnicity_codes(item))
-        except pydantic.ValidationError as exc:
-            parsed.append(
-                ParsedRecord(
-                    label, None, concern_id, ReasonCode.SCHEMA_INVALID.value, _describe(exc)
-                )
-            )
-            continue
-        if concern.source_agency != publisher_id:
-            parsed.append(
-                ParsedRecord(
-                    label,
-                    None,
-                    concern.concern_id,
-                    ReasonCode.UNKNOWN_PUBLISHER.value,
-                    f"source_agency must be {publisher_id!r}, the agency whose key signs it",
-                )
-            )
-            continue
-        implausible = plausibility_problems(concern, now or datetime.now(UTC))
-        if implausible:
-            parsed.append(
-                ParsedRecord(
-                    label,
-                    None,
-                    concern.concern_id,
-                    implausible[0].code.value,
-                    _problems(implausible),
-                )
-            )
-            continue
-        missing = missing_minimum_dataset(concern)
-        if missing:
-            parsed.append(
-                ParsedRecord(
-                    label,
-                    None,
-                    concern.concern_id,
-                    ReasonCode.MINIMUM_DATASET_MISSING.value,
-                    "missing: " + ", ".join(missing),
-                )
-            )
-            continue
-        risky = risk_problems(concern)
-        if risky:
-            parsed.append(
-                ParsedRecord(label, None, concern.concern_id, risky[0].code.value, _problems(risky))
-            )
-            continue
-        parsed.append(ParsedRecord(label, concern, concern.concern_id, ACCEPTED))
-    return parsed
+    return [
+        validate_record(item, label=f"{source}#{index}", publisher_id=publisher_id, now=now)
+        for index, item in enumerate(raw, start=1)
+    ]
+
+
+def validate_record(
+    item: object, *, label: str, publisher_id: str, now: datetime | None = None
+) -> ParsedRecord:
+    """Validate one record (a JSON object, or a CSV row made into one).
+
+    The checks, in order: size limits, the schema (pydantic), the publisher,
+    plausibility, the minimum dataset, the risk assessment. Errors name fields,
+    never their values.
+    """
+    concern_id = item.get("concern_id") if isinstance(item, dict) else None
+    concern_id = concern_id if isinstance(concern_id, str) else None
+    if not isinstance(item, dict):
+        return ParsedRecord(
+            label, None, None, ReasonCode.SCHEMA_INVALID.value, "each record must be a JSON object"
+        )
+    limits = limit_problems(item)
+    if limits:
+        return ParsedRecord(label, None, concern_id, limits[0].code.value, _problems(limits))
+    try:
+        concern = ConcernModel.model_validate(_with_ethnicity_codes(item))
+    except pydantic.ValidationError as exc:
+        return ParsedRecord(
+            label, None, concern_id, ReasonCode.SCHEMA_INVALID.value, _describe(exc)
+        )
+    if concern.source_agency != publisher_id:
+        return ParsedRecord(
+            label,
+            None,
+            concern.concern_id,
+            ReasonCode.UNKNOWN_PUBLISHER.value,
+            f"source_agency must be {publisher_id!r}, the agency whose key signs it",
+        )
+    implausible = plausibility_problems(concern, now or datetime.now(UTC))
+    if implausible:
+        return ParsedRecord(
+            label, None, concern.concern_id, implausible[0].code.value, _problems(implausible)
+        )
+    missing = missing_minimum_dataset(concern)
+    if missing:
+        return ParsedRecord(
+            label,
+            None,
+            concern.concern_id,
+            ReasonCode.MINIMUM_DATASET_MISSING.value,
+            "missing: " + ", ".join(missing),
+        )
+    risky = risk_problems(concern)
+    if risky:
+        return ParsedRecord(label, None, concern.concern_id, risky[0].code.value, _problems(risky))
+    return ParsedRecord(label, concern, concern.concern_id, ACCEPTED)
+
+
+def concern_id_for(source_agency: str, source_ref: str) -> str:
+    """The concern id a record without one gets: a UUID v5 of (agency, source_ref).
+
+    Deterministic, so a CSV row or an HTTP submission sent twice names the same
+    concern (and the router's replay check and the recipients' deduplication
+    make the second a no-op). ``source_ref`` must not hold personal data
+    (docs/police-json-format.md §5); the UUID does not reveal it anyway.
+    """
+    return str(uuid.uuid5(_CONCERN_NAMESPACE, f"{source_agency}\x1f{source_ref.strip()}"))
+
+
+#: Namespace of derived concern ids (a fixed random UUID; never change it).
+_CONCERN_NAMESPACE = uuid.UUID("6c1d0f4e-2b7a-4f0e-9d3c-5a8e1b2f7c40")
 
 
 class PoliceAdapter:
@@ -257,10 +263,15 @@ class PoliceAdapter:
         )
 
     def parse_files(self, paths: Iterable[Path]) -> list[ParsedRecord]:
+        """Validate every record of every file: ``*.csv`` as CSV (docs/csv-format.md),
+        anything else as police JSON, a JSON array or JSON Lines."""
+        from ._csv import parse_police_csv  # _csv builds on this module
+
         parsed: list[ParsedRecord] = []
         for path in paths:
+            is_csv = path.suffix.lower() == ".csv"
             try:
-                text = path.read_text(encoding="utf-8")
+                text = path.read_text(encoding="utf-8-sig" if is_csv else "utf-8")
             except OSError as exc:
                 parsed.append(
                     ParsedRecord(
@@ -272,7 +283,19 @@ class PoliceAdapter:
                     )
                 )
                 continue
-            parsed += parse_police_json(text, source=str(path), publisher_id=self.publisher_id)
+            except UnicodeDecodeError as exc:
+                parsed.append(
+                    ParsedRecord(
+                        str(path),
+                        None,
+                        None,
+                        ReasonCode.DECODE_ERROR.value,
+                        f"not UTF-8 (byte {exc.start}): save the file as UTF-8 (CSV UTF-8)",
+                    )
+                )
+                continue
+            parse = parse_police_csv if is_csv else parse_police_json
+            parsed += parse(text, source=str(path), publisher_id=self.publisher_id)
         return parsed
 
     async def publish(

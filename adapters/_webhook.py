@@ -25,11 +25,15 @@ A disclosure may therefore arrive more than once (a response lost to a
 timeout); the receiver must deduplicate on ``X-Safer-Disclosure-Id`` and
 answer 2xx to a duplicate.
 
-The HTTP client is a deliberately small HTTP/1.1 client over
-``asyncio.open_connection`` (one connection per request, ``Connection:
-close``): cancellable, one overall timeout per attempt, TLS through ``ssl``,
-and no dependency. It reads only the response's status line and headers. Why
-not ``http.client`` in a thread or aiohttp: docs/TIMELINESS.md.
+The HTTP client is httpx (a maintained client; it replaced a hand-written
+HTTP/1.1 client): one short-lived ``AsyncClient`` per attempt, so each attempt
+is one connection (``Connection: close``) with no pooled state to go stale
+between retries; redirects are never followed; proxies and certificates from
+the environment are ignored (``trust_env=False``: the endpoint and its trust
+are configuration, not ambient state); TLS through the given ``ssl`` context.
+Every attempt is bounded by one overall ``asyncio.timeout`` besides httpx's
+own per-phase timeouts, and only the response's status line and headers are
+read (the body is streamed and dropped unread).
 
 Nothing personal is logged: log lines carry the disclosure id, attempt number,
 HTTP status and exception *type*, never the URL, body, or response.
@@ -38,7 +42,6 @@ HTTP status and exception *type*, never the URL, body, or response.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -54,10 +57,12 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import structlog
 
 from schemas import ConfigError, ReasonCode, SignatureError, ValidationError
 
+from ._fhir import DISCLOSURE_ID_SYSTEM, disclosure_to_communication
 from ._metrics import WEBHOOK_DELIVERIES, WEBHOOK_RETRIES
 
 __all__ = [
@@ -71,6 +76,7 @@ __all__ = [
     "DeliveryResult",
     "RetryPolicy",
     "WebhookSender",
+    "fhir_webhook_body",
     "sign_webhook",
     "verify_webhook",
     "webhook_body",
@@ -258,8 +264,16 @@ def verify_webhook(
             hint="check both clocks; a replayed request is refused",
         )
     try:
-        signed_id = json.loads(body)["disclosure"]["disclosure_id"]
-    except (ValueError, KeyError, TypeError):
+        document = json.loads(body)
+        if document.get("resourceType") == "Communication":  # a FHIR R4 body
+            signed_id = next(
+                i["value"]
+                for i in document["identifier"]
+                if i.get("system") == DISCLOSURE_ID_SYSTEM
+            )
+        else:
+            signed_id = document["disclosure"]["disclosure_id"]
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
         raise SignatureError("signed body does not name its disclosure_id") from None
     if signed_id != disclosure_id:
         raise SignatureError(f"{HEADER_DISCLOSURE_ID} does not match the signed body")
@@ -303,6 +317,26 @@ def webhook_body(disclosure: Mapping[str, Any], payload: Mapping[str, Any]) -> b
     return text.encode("utf-8")
 
 
+def fhir_webhook_body(disclosure: Mapping[str, Any], payload: Mapping[str, Any]) -> bytes:
+    """The request body for a recipient that takes FHIR: a FHIR R4 ``Communication``
+    (``disclosure_to_communication``), keys sorted, compact, UTF-8."""
+    disclosure_id = disclosure.get("disclosure_id")
+    if not isinstance(disclosure_id, str) or not _ID.match(disclosure_id):
+        raise ValidationError(
+            "disclosure_id is missing or not a valid id", fields=("disclosure_id",)
+        )
+    metadata = {k: disclosure[k] for k in WEBHOOK_METADATA_FIELDS if k in disclosure}
+    communication = disclosure_to_communication(metadata, payload)
+    text = json.dumps(
+        communication,
+        default=_json_value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return text.encode("utf-8")
+
+
 def _json_value(value: object) -> object:
     if isinstance(value, datetime):
         if value.utcoffset() is None:
@@ -317,10 +351,6 @@ def _json_value(value: object) -> object:
 
 
 # --------------------------------------------------------------------------- sender
-
-
-class _ProtocolError(Exception):
-    """The endpoint's response was not HTTP/1.x."""
 
 
 @dataclass(frozen=True)
@@ -375,6 +405,8 @@ class WebhookSender:
         ssl_context: for https; default ``ssl.create_default_context()`` (system
             CAs, hostname checked, TLS 1.2 or later).
         recipient_id: named in log lines.
+        body_format: ``safer-json`` (``webhook_body``) or ``fhir-r4`` (a FHIR R4
+            Communication, ``fhir_webhook_body``), as the directory entry says.
         jitter, sleep, clock, now: injectable for tests: a uniform [0, 1)
             source, an async sleep, a monotonic clock in seconds, and the wall
             clock (for ``X-Safer-Timestamp`` and ``delivered_at``).
@@ -389,6 +421,7 @@ class WebhookSender:
         ssl_context: ssl.SSLContext | None = None,
         recipient_id: str = "",
         allow_plain_http: bool = False,
+        body_format: str = "safer-json",
         jitter: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -396,7 +429,11 @@ class WebhookSender:
     ) -> None:
         if len(secret) < _MIN_SECRET:
             raise ConfigError(f"webhook secret must be at least {_MIN_SECRET} bytes")
+        if body_format not in ("safer-json", "fhir-r4"):
+            raise ConfigError("webhook body_format must be safer-json or fhir-r4")
+        self._fhir = body_format == "fhir-r4"
         self._endpoint = _endpoint(url, allow_plain_http=allow_plain_http)
+        self._url = url
         self._secret = bytes(secret)
         self.retry = retry or RetryPolicy()
         self._ssl: ssl.SSLContext | None = None
@@ -411,8 +448,9 @@ class WebhookSender:
     async def send(
         self, disclosure: Mapping[str, Any], payload: Mapping[str, Any]
     ) -> DeliveryResult:
-        """Deliver one decrypted disclosure (its metadata and payload; see ``webhook_body``)."""
-        body = webhook_body(disclosure, payload)
+        """Deliver one decrypted disclosure (its metadata and payload; see ``webhook_body``,
+        or ``fhir_webhook_body`` for a recipient whose directory entry says fhir-r4)."""
+        body = (fhir_webhook_body if self._fhir else webhook_body)(disclosure, payload)
         return await self.send_body(str(disclosure["disclosure_id"]), body)
 
     async def send_body(self, disclosure_id: str, body: bytes) -> DeliveryResult:
@@ -429,20 +467,23 @@ class WebhookSender:
             error: str | None = None
             try:
                 status, headers = await self._post(disclosure_id, body, number)
-            except ssl.SSLCertVerificationError:
-                attempts.append(Attempt(number, None, "SSLCertVerificationError"))
-                return self._finish(
-                    disclosure_id,
-                    DeliveryOutcome.REJECTED,
-                    attempts,
-                    DeliveryReason.WEBHOOK_TLS_FAILED,
-                    None,
-                    "the endpoint's TLS certificate did not verify",
-                )
             except TimeoutError:
                 status, error = None, f"timeout after {policy.timeout:g} s"
-            except (OSError, asyncio.IncompleteReadError, _ProtocolError) as exc:
-                status, error = None, type(exc).__name__
+            except (OSError, httpx.TransportError) as exc:
+                untrusted, name = _failure(exc)
+                if untrusted:
+                    attempts.append(Attempt(number, None, name))
+                    return self._finish(
+                        disclosure_id,
+                        DeliveryOutcome.REJECTED,
+                        attempts,
+                        DeliveryReason.WEBHOOK_TLS_FAILED,
+                        None,
+                        "the endpoint's TLS certificate did not verify",
+                    )
+                if isinstance(exc, httpx.TimeoutException):
+                    name = f"timeout after {policy.timeout:g} s"
+                status, error = None, name
             else:
                 if 200 <= status < 300:
                     attempts.append(Attempt(number, status, None))
@@ -528,82 +569,59 @@ class WebhookSender:
             delivered_at=delivered_at,
         )
 
-    def _request(self, disclosure_id: str, body: bytes, attempt: int) -> bytes:
+    def _headers(self, disclosure_id: str, body: bytes, attempt: int) -> dict[str, str]:
         stamp = int(self._now().timestamp())
-        end = self._endpoint
-        lines = [
-            f"POST {end.target} HTTP/1.1",
-            f"Host: {end.host_header}",
-            f"User-Agent: {_USER_AGENT}",
-            "Content-Type: application/json; charset=utf-8",
-            f"Content-Length: {len(body)}",
-            "Connection: close",
-            f"{HEADER_DISCLOSURE_ID}: {disclosure_id}",
-            f"{HEADER_TIMESTAMP}: {stamp}",
-            f"{HEADER_SIGNATURE}: {sign_webhook(self._secret, stamp, body)}",
-            f"{HEADER_ATTEMPT}: {attempt}",
-        ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        return {
+            "Host": self._endpoint.host_header,
+            "User-Agent": _USER_AGENT,
+            "Content-Type": (
+                "application/fhir+json; fhirVersion=4.0" if self._fhir else "application/json"
+            )
+            + "; charset=utf-8",
+            "Connection": "close",
+            HEADER_DISCLOSURE_ID: disclosure_id,
+            HEADER_TIMESTAMP: str(stamp),
+            HEADER_SIGNATURE: sign_webhook(self._secret, stamp, body),
+            HEADER_ATTEMPT: str(attempt),
+        }
 
     async def _post(
         self, disclosure_id: str, body: bytes, attempt: int
     ) -> tuple[int, dict[str, str]]:
-        request = self._request(disclosure_id, body, attempt)
-        end = self._endpoint
-        writer: asyncio.StreamWriter | None = None
-        done = False
-        try:
-            async with asyncio.timeout(self.retry.timeout):
-                reader, writer = await asyncio.open_connection(
-                    end.host,
-                    end.port,
-                    ssl=self._ssl,
-                    server_hostname=end.host if self._ssl is not None else None,
-                )
-                writer.write(request)
-                await writer.drain()
-                head = await _read_head(reader)
-                done = True
-                return head
-        finally:
-            if writer is not None:
-                if done:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
-                else:
-                    writer.transport.abort()
+        """One attempt: the final status and headers, or an exception (see ``_failure``)."""
+        headers = self._headers(disclosure_id, body, attempt)
+        timeout = self.retry.timeout
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(
+                verify=self._ssl if self._ssl is not None else False,
+                timeout=httpx.Timeout(timeout),
+                follow_redirects=False,
+                trust_env=False,
+            ) as client,
+            client.stream("POST", self._url, content=body, headers=headers) as response,
+        ):
+            return response.status_code, {k.lower(): v for k, v in response.headers.items()}
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """The status and headers of the final response (1xx interim responses skipped)."""
-    while True:
-        try:
-            line = await reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError:
-            raise _ProtocolError("status line too long") from None
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise _ProtocolError("not an HTTP/1.x status line")
-        headers: dict[str, str] = {}
-        for _ in range(_MAX_HEADERS):
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError:
-                raise _ProtocolError("header line too long") from None
-            if line == b"\r\n":
-                break
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep:
-                raise _ProtocolError("malformed header line")
-            headers[name.strip().lower()] = value.strip()
-        else:
-            raise _ProtocolError("too many headers")
-        status = int(code)
-        if 100 <= status < 200 and status != 101:
-            continue
-        return status, headers
+def _failure(exc: BaseException) -> tuple[bool, str]:
+    """(is the endpoint's certificate untrusted, a loggable name) for a failed attempt.
+
+    httpx wraps socket errors (``ConnectError`` over ``ConnectionRefusedError``);
+    the innermost OS error names what happened best, and a certificate that did
+    not verify is permanent wherever in the chain it sits.
+    """
+    name = type(exc).__name__
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True, "SSLCertVerificationError"
+        if isinstance(current, OSError) and type(current) is not OSError:
+            name = type(current).__name__
+        current = current.__cause__ or current.__context__
+    return False, name
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -109,6 +109,21 @@ from ._vault import (
     vault_path_for,
 )
 
+# The witnessed log (issue 15.3): consistency bundles, cosignatures, the witness's rule.
+from ._witness import (
+    CONSISTENCY_FORMAT,
+    ConsistencySummary,
+    Cosigner,
+    CosignerKey,
+    WitnessRefusal,
+    WitnessState,
+    add_cosignatures,
+    count_cosignatures,
+    make_consistency_bundle,
+    verify_consistency_bundle,
+    witness_step,
+)
+
 __all__ += [
     "HIDDEN",
     "MONITORED_GROUPS",
@@ -151,4 +166,17 @@ __all__ += [
     "suppress_parts",
     "trail",
     "vault_path_for",
+]
+__all__ += [
+    "CONSISTENCY_FORMAT",
+    "ConsistencySummary",
+    "Cosigner",
+    "CosignerKey",
+    "WitnessRefusal",
+    "WitnessState",
+    "add_cosignatures",
+    "count_cosignatures",
+    "make_consistency_bundle",
+    "verify_consistency_bundle",
+    "witness_step",
 ]

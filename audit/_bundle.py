@@ -31,7 +31,7 @@ from typing import Any
 from schemas import AuditError, DecodeError, ReasonCode
 
 from ._merkle import leaf_hash, verify_inclusion
-from ._note import LogKey, open_checkpoint, parse_body, parse_note
+from ._note import LogKey, checkpoint_body_of_size, open_checkpoint
 from ._record import AuditRecord
 
 __all__ = ["BUNDLE_FORMAT", "BundleSummary", "make_bundle", "verify_bundle"]
@@ -66,12 +66,7 @@ def make_bundle(
     *, seq: int, entry: bytes, tree_size: int, proof: Sequence[bytes], checkpoint: str
 ) -> dict[str, Any]:
     """Assemble a bundle (the store's ``proof_bundle`` gathers the parts)."""
-    body = parse_body(parse_note(checkpoint).text)
-    if body.size != tree_size:
-        raise AuditError(
-            f"checkpoint is for size {body.size}, the proof for size {tree_size}",
-            code=ReasonCode.PROCESSING_ERROR,
-        )
+    checkpoint_body_of_size(checkpoint, tree_size)
     return {
         "format": BUNDLE_FORMAT,
         "seq": seq,

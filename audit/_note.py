@@ -40,6 +40,7 @@ __all__ = [
     "LogSigner",
     "NoteSignature",
     "SignedNote",
+    "checkpoint_body_of_size",
     "format_body",
     "key_hash",
     "open_checkpoint",
@@ -231,6 +232,18 @@ def _check_body(body: str) -> None:
             "a note body is non-empty lines each ending in a newline",
             code=ReasonCode.CONFIG_INVALID,
         )
+
+
+def checkpoint_body_of_size(checkpoint: str, size: int) -> CheckpointBody:
+    """The body of a signed checkpoint that must be for a tree of ``size`` entries
+    (a proof and its checkpoint travel together in a bundle)."""
+    body = parse_body(parse_note(checkpoint).text)
+    if body.size != size:
+        raise AuditError(
+            f"checkpoint is for size {body.size}, the proof for size {size}",
+            code=ReasonCode.PROCESSING_ERROR,
+        )
+    return body
 
 
 def parse_body(text: str) -> CheckpointBody:

@@ -68,6 +68,7 @@ from ._note import DEFAULT_ORIGIN, LogKey, LogSigner, format_body, parse_note
 from ._record import AuditRecord, as_event, format_time, parse_time, utc_millis
 from ._segments import SegmentAppender, SegmentReader
 from ._verify import LogSummary, verify_store
+from ._witness import make_consistency_bundle
 
 __all__ = ["AppendResult", "AuditLog", "AuditStore", "Checkpoint"]
 
@@ -845,6 +846,43 @@ class AuditStore:
         proof = self.inclusion_proof(seq, chosen.size)
         return make_bundle(
             seq=seq, entry=entry, tree_size=chosen.size, proof=proof, checkpoint=chosen.note
+        )
+
+    def consistency_bundle(self, old_size: int) -> dict[str, Any]:
+        """A consistency bundle from ``old_size`` to the newest signed checkpoint.
+
+        Signs a new checkpoint first when the store has a key and the log grew
+        since the last one. See ``verify_consistency_bundle``.
+        """
+        if isinstance(old_size, bool) or not isinstance(old_size, int) or old_size < 0:
+            raise ValidationError("the old size must be 0 or more", fields=("old_size",))
+        chosen = self.latest_checkpoint(signed=True)
+        if self._signer is not None and (chosen is None or chosen.size < self.count()):
+            chosen = self.checkpoint()
+        if chosen is None:
+            raise AuditError(
+                "no signed checkpoint to prove consistency to",
+                code=ReasonCode.KEY_MISSING,
+                hint="write one with `safer audit checkpoint` (it needs the log key)",
+            )
+        if old_size > chosen.size:
+            raise AuditError(
+                f"the log's newest signed checkpoint has {chosen.size} entries, fewer than "
+                f"{old_size}",
+                code=ReasonCode.PROCESSING_ERROR,
+                hint="give a size the log has reached (`safer audit verify` shows it)",
+            )
+        old_note = next(
+            (c.note for c in reversed(self.checkpoints()) if c.size == old_size and c.signed),
+            None,
+        )
+        return make_consistency_bundle(
+            old_size=old_size,
+            old_root=self.root(old_size),
+            old_checkpoint=old_note,
+            new_size=chosen.size,
+            proof=self.consistency_proof(old_size, chosen.size),
+            checkpoint=chosen.note,
         )
 
     # -- reading --------------------------------------------------------------

@@ -56,7 +56,7 @@ from ._kafka import (
     verify_origin,
 )
 from ._kafka_dist import KAFKA_VERSION, KafkaDistribution, install_kafka, kafka_distribution
-from ._keys import KeyStore
+from ._keys import KeyInfo, KeyStore
 from ._ledger import RoutedLedger, Seen, routed_digest
 from ._limits import SIZE_LIMITS, SizeLimits
 from ._local_cluster import (
@@ -71,6 +71,7 @@ from ._manifests import STRIMZI_API_VERSION, strimzi_topics
 from ._monitor import RECEIPT_PREFIX, TimelinessMonitor, tracked_from_records
 from ._process import child_preexec
 from ._quarantine import QuarantineItem, fetch_original, read_quarantine, replay_record
+from ._replay import Replay, ReplayCheck, replay_decision
 from ._router import Plan, Router, RouterCore, disclosure_id_for, subject_key
 from ._routing import (
     Candidate,
@@ -109,6 +110,14 @@ from ._secure import (
 )
 from ._signals import SignalStore, decode_signal_state, encode_signal_state, erase_signals
 from ._topics import HEADER_NAMES, Headers, TopicLayout, Topics, TopicSpec, topic_plan
+from ._trust import (
+    KEY_ADMIN_ID,
+    KEY_REVOCATION_REASONS,
+    KeyEvent,
+    KeyFollower,
+    key_event_record,
+    read_key_event,
+)
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -121,6 +130,8 @@ __all__ = [
     "HEADER_NAMES",
     "INTERNAL_TOPICS",
     "KAFKA_VERSION",
+    "KEY_ADMIN_ID",
+    "KEY_REVOCATION_REASONS",
     "MONITOR_PRINCIPAL",
     "RECEIPT_PREFIX",
     "ROUTER_ID",
@@ -143,6 +154,9 @@ __all__ = [
     "Engine",
     "Headers",
     "KafkaDistribution",
+    "KeyEvent",
+    "KeyFollower",
+    "KeyInfo",
     "KeyStore",
     "Keyring",
     "LocalKafka",
@@ -153,6 +167,8 @@ __all__ = [
     "Plan",
     "PostcodeTable",
     "QuarantineItem",
+    "Replay",
+    "ReplayCheck",
     "RoutedLedger",
     "Router",
     "RouterCore",
@@ -195,6 +211,7 @@ __all__ = [
     "issue_broker_certificate",
     "kafka_distribution",
     "kafka_engine",
+    "key_event_record",
     "key_id",
     "load_deployment",
     "loopback_cluster",
@@ -207,8 +224,10 @@ __all__ = [
     "principals",
     "pseudonym",
     "read_credentials",
+    "read_key_event",
     "read_quarantine",
     "read_topic",
+    "replay_decision",
     "replay_record",
     "resolve_partnerships",
     "routed_digest",

@@ -12,7 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from consent import Calendars, Directory, PolicySet, parse_calendars, parse_directory, parse_policy
+from consent import (
+    Calendars,
+    Directory,
+    LocalTimeliness,
+    PolicySet,
+    parse_calendars,
+    parse_directory,
+    parse_local_timeliness,
+    parse_policy,
+)
 from schemas import ConfigError, ReasonCode
 
 from ._routing import PostcodeTable, parse_postcode_table
@@ -244,6 +253,8 @@ class Deployment:
     postcodes: PostcodeTable
     #: School holidays and bank holidays for deadlines; None when deploy/ has none.
     calendars: Calendars | None = None
+    #: The local clocks for MEDIUM, LOW and notifications (deploy/timeliness.toml), if any.
+    timeliness: LocalTimeliness | None = None
 
 
 def _read(path: Path) -> str:
@@ -271,11 +282,15 @@ def load_deployment(deploy_dir: Path) -> Deployment:
     postcode_file = deploy_dir / "postcode_districts.toml"
     calendar_dir = deploy_dir / "calendars"
     calendar_files = sorted(calendar_dir.glob("*.toml")) if calendar_dir.is_dir() else []
+    timeliness_file = deploy_dir / "timeliness.toml"
     return Deployment(
         directory=parse_directory(_read(directory_file), str(directory_file)),
         policy=parse_policy({str(p): _read(p) for p in policy_files}),
         postcodes=parse_postcode_table(_read(postcode_file), str(postcode_file)),
         calendars=parse_calendars({str(p): _read(p) for p in calendar_files})
         if calendar_files
+        else None,
+        timeliness=parse_local_timeliness(_read(timeliness_file), str(timeliness_file))
+        if timeliness_file.is_file()
         else None,
     )

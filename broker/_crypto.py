@@ -23,6 +23,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -206,13 +207,16 @@ class Keyring:
     """Trusted signing keys: key id → (agency id, Ed25519 public key).
 
     An agency may hold several keys (rotation). Revocation is sticky: a revoked
-    key id stays revoked even if its key is added again.
+    key id stays revoked even if its key is added again. A retired key (the old
+    key of a rotation) verifies until its retirement time, when the caller
+    passes the time it checks at (``now``), and is refused as KEY_REVOKED after.
     """
 
     _entries: dict[str, tuple[str, Ed25519PublicKey]] = field(
         default_factory=dict, init=False, repr=False
     )
     _revoked: set[str] = field(default_factory=set, init=False, repr=False)
+    _retire_at: dict[str, datetime] = field(default_factory=dict, init=False, repr=False)
 
     def add(self, agency_id: str, public_key: Ed25519PublicKey) -> str:
         """Trust ``public_key`` as ``agency_id``'s; return its key id."""
@@ -231,17 +235,41 @@ class Keyring:
         """Stop trusting ``key_id``; records signed with it then fail with KEY_REVOKED."""
         self._revoked.add(key_id)
 
+    def retire(self, key_id: str, at: datetime) -> None:
+        """``key_id`` verifies until ``at`` (aware), and is refused from then on."""
+        if at.utcoffset() is None:
+            raise ValidationError("retirement time must be timezone-aware", fields=("at",))
+        self._retire_at[key_id] = at
+
+    def is_revoked(self, key_id: str) -> bool:
+        return key_id in self._revoked
+
+    def retires_at(self, key_id: str) -> datetime | None:
+        return self._retire_at.get(key_id)
+
     def key_ids(self) -> list[str]:
         """The trusted (not revoked) key ids, sorted."""
         return sorted(k for k in self._entries if k not in self._revoked)
 
-    def lookup(self, key_id: str) -> tuple[str, Ed25519PublicKey]:
-        """Return (agency id, public key) or raise UNKNOWN_PUBLISHER / KEY_REVOKED."""
+    def lookup(self, key_id: str, now: datetime | None = None) -> tuple[str, Ed25519PublicKey]:
+        """Return (agency id, public key) or raise UNKNOWN_PUBLISHER / KEY_REVOKED.
+
+        With ``now``, a retired key (see ``retire``) is refused from its retirement time.
+        """
         if key_id in self._revoked:
             raise SignatureError(
                 f"signing key {_short(key_id)} has been revoked",
                 code=ReasonCode.KEY_REVOKED,
                 hint="the publisher must sign with its current key; quarantine and re-send",
+            )
+        retire_at = self._retire_at.get(key_id)
+        if now is not None and retire_at is not None and now >= retire_at:
+            raise SignatureError(
+                f"signing key {_short(key_id)} was retired at {retire_at.isoformat()} "
+                "(rotated out)",
+                code=ReasonCode.KEY_REVOKED,
+                hint="the publisher must sign with its current key (`safer keys list`); "
+                "quarantine and re-send",
             )
         entry = self._entries.get(key_id)
         if entry is None:
@@ -261,9 +289,10 @@ class Keyring:
         schema_id: int,
         record_id: str,
         body: bytes,
+        now: datetime | None = None,
     ) -> str:
         """Verify a record signature and return the signing agency's id, or raise."""
-        agency_id, public_key = self.lookup(key_id)
+        agency_id, public_key = self.lookup(key_id, now)
         verify_record(public_key, signature, schema_id=schema_id, record_id=record_id, body=body)
         return agency_id
 

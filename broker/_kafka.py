@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -39,6 +40,7 @@ __all__ = [
     "caught_up",
     "create_topics",
     "fetch",
+    "follow_topic",
     "header",
     "make_consumer",
     "make_producer",
@@ -106,6 +108,7 @@ def verify_origin(
     headers: Sequence[tuple[str, bytes]] | None,
     *,
     id_header: str | None,
+    now: datetime | None = None,
 ) -> VerifiedOrigin:
     """Check the headers of a record and its signature; return who signed it, or raise.
 
@@ -163,6 +166,7 @@ def verify_origin(
         schema_id=schema_id,
         record_id=record_id,
         body=body,
+        now=now,
     )
     return VerifiedOrigin(agency_id, schema_id, record_id)
 
@@ -406,6 +410,42 @@ async def fetch(
             "'A stored position is lost') before resetting this service's position",
         ) from None
     return batch
+
+
+async def follow_topic(
+    bootstrap_servers: str,
+    topic: str,
+    stop: asyncio.Event,
+    caught_up_event: asyncio.Event,
+    apply: Callable[[ConsumerRecord[bytes, bytes]], object],
+    *,
+    poll_ms: int,
+    on_caught_up: Callable[[], None] = lambda: None,
+    **security: Any,
+) -> None:
+    """Read every record of ``topic`` from the beginning into ``apply`` until ``stop``.
+
+    For the state a service rebuilds from a compacted topic (the routed ledger,
+    the cumulative-concern signal, key events): ``caught_up_event`` is set, and
+    ``on_caught_up`` called, once the state holds everything written before the
+    follower started.
+    """
+    consumer = make_consumer(
+        bootstrap_servers, auto_offset_reset="earliest", fetch_max_wait_ms=poll_ms, **security
+    )
+    await consumer.start()
+    try:
+        tps = await assign_stored(consumer, [topic], {})
+        while not stop.is_set():
+            batch = await fetch(consumer, *tps, timeout_ms=poll_ms, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    apply(record)
+            if not caught_up_event.is_set() and await caught_up(consumer, tps):
+                caught_up_event.set()
+                on_caught_up()
+    finally:
+        await stop_clients(consumer)
 
 
 async def assign_stored(

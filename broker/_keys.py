@@ -9,6 +9,12 @@ Layout::
         signing.pub             0644  PEM SubjectPublicKeyInfo
         encryption.key          0600  X25519, PEM PKCS8, unencrypted
         encryption.pub          0644  PEM SubjectPublicKeyInfo
+        previous/<key-id>.pub   0644  a rotated-out signing key (``safer keys rotate``)
+        previous/<key-id>.retire      when it stops verifying (ISO 8601 UTC)
+      revoked/<key-id>.json     0644  a revoked signing key: agency, reason code, time
+
+Rotation and revocation here are this data directory's record; the signed key
+events on ``hips.keys`` (``broker._trust``) carry them to every other process.
 
 These are DEVELOPMENT keys: private keys are stored unencrypted and protected
 only by file permissions. A production deployment keeps private keys in an
@@ -18,11 +24,14 @@ HSM or a secrets manager and mounts them read-only with mode 0400/0600.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -38,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 
 from schemas import ConfigError, ReasonCode
 
-from ._crypto import PSEUDONYM_SECRET_MIN_BYTES, Keyring, SigningIdentity
+from ._crypto import PSEUDONYM_SECRET_MIN_BYTES, Keyring, SigningIdentity, key_id
 
 __all__ = [
     "AGENCY_ID_PATTERN",
@@ -48,6 +57,7 @@ __all__ = [
     "SIGNING_KEY",
     "SIGNING_PUB",
     "WEBHOOK_SECRET",
+    "KeyInfo",
     "KeyStore",
 ]
 
@@ -68,6 +78,25 @@ _PUBLIC_MODE = 0o644
 _DIR_MODE = 0o700
 
 _INIT_HINT = "run `safer keys init` to create development keys"
+_PREVIOUS = "previous"
+_REVOKED = "revoked"
+_KEY_ID_FORM = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One signing key this data directory knows, for ``safer keys list``."""
+
+    agency_id: str
+    key_id: str
+    #: ``active``, ``retiring`` (verifies until ``retire_at``), ``retired`` or ``revoked``.
+    state: str
+    created_at: datetime
+    retire_at: datetime | None = None
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+
 _PEM_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm)
 
 
@@ -336,11 +365,168 @@ class KeyStore:
         return cached
 
     def keyring(self, agency_ids: Iterable[str]) -> Keyring:
-        """A fresh Keyring trusting the stored signing public keys of ``agency_ids``."""
+        """A fresh Keyring trusting the stored signing public keys of ``agency_ids``.
+
+        Rotated-out keys are trusted until their retirement time; revoked keys never.
+        """
         ring = Keyring()
         for agency_id in agency_ids:
             ring.add(agency_id, self.signing_public(agency_id))
+            for kid, public, retire_at in self._previous(agency_id):
+                added = ring.add(agency_id, public)
+                if added == kid and retire_at is not None:
+                    ring.retire(kid, retire_at)
+        for kid in self.revocations():
+            ring.revoke(kid)
         return ring
+
+    # ------------------------------------------------------------------ rotation
+
+    def signing_key_id(self, agency_id: str) -> str:
+        return key_id(self.signing_public(agency_id).public_bytes_raw())
+
+    def rotate_signing(self, agency_id: str, retire_at: datetime) -> tuple[str, str]:
+        """Give ``agency_id`` a new signing key; the old one verifies until ``retire_at``.
+
+        The old public key moves to ``previous/`` with its retirement time; its
+        private key is deleted (nothing may sign with it again). Returns
+        (old key id, new key id).
+        """
+        if retire_at.utcoffset() is None:
+            raise ConfigError(
+                "retirement time must be timezone-aware", code=ReasonCode.CONFIG_INVALID
+            )
+        agency_dir = self._agency_dir(agency_id)
+        old_public = self.signing_public(agency_id)
+        old_kid = key_id(old_public.public_bytes_raw())
+        previous = agency_dir / _PREVIOUS
+        self._ensure_dir(previous)
+        _write_file(
+            previous / f"{old_kid}.pub", _public_pem(old_public), _PUBLIC_MODE, replace=True
+        )
+        _write_file(
+            previous / f"{old_kid}.retire",
+            retire_at.astimezone(UTC).isoformat().encode(),
+            _PUBLIC_MODE,
+            replace=True,
+        )
+        signing = Ed25519PrivateKey.generate()
+        _write_file(agency_dir / SIGNING_KEY, _private_pem(signing), _PRIVATE_MODE, replace=True)
+        _write_file(
+            agency_dir / SIGNING_PUB, _public_pem(signing.public_key()), _PUBLIC_MODE, replace=True
+        )
+        _fsync_dir(agency_dir)
+        self._signing.pop(agency_id, None)
+        self._signing_public.pop(agency_id, None)
+        return old_kid, key_id(signing.public_key().public_bytes_raw())
+
+    def revoke(self, kid: str, *, agency_id: str, reason: str, at: datetime) -> bool:
+        """Record ``kid`` as revoked; False if it already was (the first record stands)."""
+        if not _KEY_ID_FORM.fullmatch(kid):
+            raise ConfigError(
+                "a key id is 16 hex digits",
+                code=ReasonCode.CONFIG_INVALID,
+                hint="copy it from `safer keys list`",
+            )
+        folder = self.root / _REVOKED
+        self._ensure_dir(folder)
+        body = json.dumps(
+            {
+                "agency_id": agency_id,
+                "key_id": kid,
+                "reason": reason,
+                "at": at.astimezone(UTC).isoformat(),
+            },
+            sort_keys=True,
+        ).encode()
+        try:
+            _write_file(folder / f"{kid}.json", body, _PUBLIC_MODE, replace=False)
+        except FileExistsError:
+            return False
+        _fsync_dir(folder)
+        return True
+
+    def revocations(self) -> dict[str, dict[str, str]]:
+        """Revoked key ids → their record (agency_id, reason, at)."""
+        folder = self.root / _REVOKED
+        if not folder.is_dir():
+            return {}
+        found: dict[str, dict[str, str]] = {}
+        for path in sorted(folder.glob("*.json")):
+            if _KEY_ID_FORM.fullmatch(path.stem):
+                try:
+                    found[path.stem] = json.loads(path.read_text("utf-8"))
+                except (OSError, ValueError):
+                    found[path.stem] = {"reason": "unreadable record", "agency_id": "", "at": ""}
+        return found
+
+    def owner_of(self, kid: str) -> str | None:
+        """The agency whose current or previous signing key is ``kid``."""
+        found = self.public_by_id(kid)
+        return None if found is None else found[0]
+
+    def public_by_id(self, kid: str) -> tuple[str, Ed25519PublicKey] | None:
+        """(agency id, public key) of the current or previous signing key ``kid``."""
+        for agency_id in self.agencies():
+            if self.signing_key_id(agency_id) == kid:
+                return agency_id, self.signing_public(agency_id)
+            for previous_kid, public, _ in self._previous(agency_id):
+                if previous_kid == kid:
+                    return agency_id, public
+        return None
+
+    def key_infos(self, now: datetime) -> list[KeyInfo]:
+        """Every signing key of every agency: current, rotated out, revoked."""
+        revoked = self.revocations()
+        infos: list[KeyInfo] = []
+
+        def made(path: Path) -> datetime:
+            return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+        def info(agency_id: str, kid: str, path: Path, retire_at: datetime | None) -> KeyInfo:
+            record = revoked.get(kid)
+            if record is not None:
+                at = record.get("at") or ""
+                return KeyInfo(
+                    agency_id,
+                    kid,
+                    "revoked",
+                    made(path),
+                    retire_at,
+                    datetime.fromisoformat(at) if at else None,
+                    record.get("reason"),
+                )
+            if retire_at is None:
+                return KeyInfo(agency_id, kid, "active", made(path))
+            state = "retired" if now >= retire_at else "retiring"
+            return KeyInfo(agency_id, kid, state, made(path), retire_at)
+
+        for agency_id in self.agencies():
+            folder = self._agency_dir(agency_id)
+            infos.append(
+                info(agency_id, self.signing_key_id(agency_id), folder / SIGNING_PUB, None)
+            )
+            for kid, _, retire_at in self._previous(agency_id):
+                infos.append(info(agency_id, kid, folder / _PREVIOUS / f"{kid}.pub", retire_at))
+        return infos
+
+    def _previous(self, agency_id: str) -> list[tuple[str, Ed25519PublicKey, datetime | None]]:
+        folder = self._agency_dir(agency_id) / _PREVIOUS
+        if not folder.is_dir():
+            return []
+        found: list[tuple[str, Ed25519PublicKey, datetime | None]] = []
+        for path in sorted(folder.glob("*.pub")):
+            key = self._load_public(path)
+            if not isinstance(key, Ed25519PublicKey):
+                raise self._wrong_type(path, "an Ed25519 public key")
+            retire_path = path.with_suffix(".retire")
+            retire_at = (
+                datetime.fromisoformat(retire_path.read_text("utf-8").strip())
+                if retire_path.is_file()
+                else None
+            )
+            found.append((key_id(key.public_bytes_raw()), key, retire_at))
+        return found
 
     # ------------------------------------------------------------------ helpers
 

@@ -22,9 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ._kafka import OutRecord, assign_stored, caught_up, fetch, make_consumer, stop_clients
+from ._kafka import OutRecord, follow_topic
 
 __all__ = ["RoutedLedger", "Seen", "routed_digest"]
 
@@ -97,22 +96,13 @@ class RoutedLedger:
 
     async def run(self, stop: asyncio.Event, caught_up_event: asyncio.Event) -> None:
         """Follow ``hips.routed`` from the beginning; set ``caught_up_event`` at its end."""
-        consumer: AIOKafkaConsumer = make_consumer(
+        await follow_topic(
             self._bootstrap,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._poll_ms,
+            self.topic,
+            stop,
+            caught_up_event,
+            lambda record: self.apply(record.key, record.value),
+            poll_ms=self._poll_ms,
+            on_caught_up=lambda: _log.info("ledger.caught_up", routed=len(self._routed)),
             **self._security,
         )
-        await consumer.start()
-        try:
-            tps: list[TopicPartition] = await assign_stored(consumer, [self.topic], {})
-            while not stop.is_set():
-                batch = await fetch(consumer, *tps, timeout_ms=self._poll_ms, max_records=10_000)
-                for records in batch.values():
-                    for record in records:
-                        self.apply(record.key, record.value)
-                if not caught_up_event.is_set() and await caught_up(consumer, tps):
-                    caught_up_event.set()
-                    _log.info("ledger.caught_up", routed=len(self._routed))
-        finally:
-            await stop_clients(consumer)

@@ -52,6 +52,8 @@ from consent import (
     current_consent,
     deadline_for,
     decide,
+    decision_input,
+    input_sha256,
     minimise,
     missing_minimum_dataset,
     risk_problems,
@@ -98,6 +100,7 @@ from ._limits import SIZE_LIMITS
 from ._routing import candidate_recipients, resolve_partnerships
 from ._signals import SignalStore
 from ._topics import Headers, Topics, header_has_form
+from ._trust import KeyFollower
 
 __all__ = ["Plan", "Router", "RouterCore", "disclosure_id_for", "subject_key"]
 
@@ -222,9 +225,13 @@ class RouterCore:
         actor: str = "safer-router",
         consent_view: ConsentView | None = None,
         ledger: RoutedLedger | None = None,
+        key_follower: KeyFollower | None = None,
         signals: SignalStore | None = None,
     ) -> None:
         self._consent_view = consent_view
+        self._key_follower = key_follower
+        if key_follower is not None:
+            key_follower.watch(keyring)
         self._ledger = ledger
         self._signals = signals
         self._codec = codec
@@ -240,6 +247,11 @@ class RouterCore:
     def consent_view(self) -> ConsentView | None:
         """The latest consent records per subject, or None (concern statements only)."""
         return self._consent_view
+
+    @property
+    def key_follower(self) -> KeyFollower | None:
+        """Follows ``hips.keys``: rotations and revocations reach the keyring (issue 15)."""
+        return self._key_follower
 
     @property
     def ledger(self) -> RoutedLedger | None:
@@ -404,7 +416,7 @@ class RouterCore:
                 "record key is not a subject pseudonym", code=ReasonCode.PID_IN_METADATA
             )
         decoded = self._codec.decode(value, expect=CONCERN)
-        origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID)
+        origin = verify_origin(self._keyring, value, headers, id_header=Headers.CONCERN_ID, now=now)
         _refuse(limit_problems(decoded.record))
         try:
             concern = ConcernModel.from_avro(decoded.record)
@@ -478,8 +490,19 @@ class RouterCore:
                 source_agency_type=publisher.agency_type,
                 cumulative=[flag for flag, _ in raised],
             )
+            digest_in = input_sha256(
+                decision_input(concern, candidate.recipient, decision, consent, now)
+            )
             self._plan_decision(
-                plan, concern, recipient, decision, pseudonyms, subject, now, raised
+                plan,
+                concern,
+                recipient,
+                decision,
+                pseudonyms,
+                subject,
+                now,
+                raised,
+                decision_input_sha256=digest_in,
             )
         return plan
 
@@ -624,7 +647,7 @@ class RouterCore:
     def _deadline(
         self, concern: ConcernModel, recipient: Recipient, outcome: str, now: datetime
     ) -> datetime | None:
-        """The statutory clock for this disclosure (docs/TIMELINESS.md), if one applies."""
+        """This disclosure's clock (docs/TIMELINESS.md): statutory, or the local policy's."""
         calendars = self._deployment.calendars
         if calendars is None:
             return None
@@ -638,6 +661,7 @@ class RouterCore:
             school_calendar=calendars.school(recipient.lscp),
             bank_holidays=calendars.bank_holidays,
             zone=_LONDON,
+            local=self._deployment.timeliness,
         )
         return deadline.due if deadline is not None else None
 
@@ -651,6 +675,7 @@ class RouterCore:
         subject: bytes,
         now: datetime,
         raised: Sequence[tuple[CumulativeFlag, tuple[str, ...]]] = (),
+        decision_input_sha256: str | None = None,
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
@@ -765,6 +790,7 @@ class RouterCore:
             deadline=deadline,
             at=now,
             actor=self._actor,
+            input_sha256=decision_input_sha256,
         )
         plan.audits.append(audit)
         plan.outcomes[event.value] += 1
@@ -984,11 +1010,12 @@ class Router:
     async def _start_followers(
         self, producer: Any, stop: asyncio.Event
     ) -> list[asyncio.Task[None]]:
-        """Follow ``hips.consent``, ``hips.routed`` and ``hips.signals``; return once all
-        are caught up.
+        """Follow ``hips.consent``, ``hips.routed``, ``hips.keys`` and ``hips.signals``;
+        return once all are caught up.
 
-        Routing must not start before the router knows every consent record and
-        every concern already routed (else a replay would be routed again).
+        Routing must not start before the router knows every consent record,
+        every concern already routed (else a replay would be routed again),
+        every revoked key and every child's cumulative-concern counts.
         """
         starts: list[tuple[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]]] = []
         view = self._core.consent_view
@@ -1003,6 +1030,9 @@ class Router:
         ledger = self._core.ledger
         if ledger is not None:
             starts.append(("routed-ledger", lambda done: ledger.run(stop, done)))
+        follower = self._core.key_follower
+        if follower is not None:
+            starts.append(("key-events", lambda done: follower.run(stop, done)))
         signals = self._core.signals
         if signals is not None:
             starts.append(("signal-store", lambda done: signals.run(stop, done)))

@@ -244,7 +244,8 @@ def acl_plan(
       commits offsets for that consumer group;
     * the audit feed reads audit and receipts; the monitor writes alerts,
       notices and audit;
-    * the admin creates and configures ``<prefix>.*`` topics, and writes only the
+    * the admin creates and configures ``<prefix>.*`` topics, writes key events
+      (``hips.keys``, which every principal may read), and writes only the
       tombstones of ``hips.signals`` that a shred sends;
     * everyone (``User:*``) is DENIED delete, alter and alter-configs on the
       audit topic: a DENY beats any ALLOW, so no principal can shorten its
@@ -299,6 +300,19 @@ def acl_plan(
 
     for name in [topics.alerts, topics.audit, *(topics.notices(a) for a in agency_types)]:
         grant(MONITOR_PRINCIPAL, op.WRITE, name)
+
+    # Key events (rotation, revocation): the admin writes them, everyone follows them.
+    grant(ADMIN_PRINCIPAL, op.WRITE, topics.keys)
+    readers = [
+        ROUTER_PRINCIPAL,
+        AUDIT_FEED_PRINCIPAL,
+        MONITOR_PRINCIPAL,
+        ADMIN_PRINCIPAL,
+        *(p.id for p in directory.publishers),
+        *(r.id for r in directory.recipients),
+    ]
+    for who in readers:
+        grant(who, op.READ, topics.keys)
 
     # `safer audit shred` erases a subject's cumulative-concern counts (tombstones).
     grant(ADMIN_PRINCIPAL, op.WRITE, topics.signals)

@@ -29,21 +29,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consent import SignalEvent, prune_events
 from schemas import BrokerError, ReasonCode, RiskGrade
 
-from ._kafka import (
-    OutRecord,
-    assign_stored,
-    caught_up,
-    fetch,
-    make_consumer,
-    make_producer,
-    stop_clients,
-)
+from ._kafka import OutRecord, follow_topic, make_producer, stop_clients
 
 __all__ = ["SignalStore", "decode_signal_state", "encode_signal_state", "erase_signals"]
 
@@ -168,25 +159,16 @@ class SignalStore:
 
     async def run(self, stop: asyncio.Event, caught_up_event: asyncio.Event) -> None:
         """Follow ``hips.signals`` from the beginning; set ``caught_up_event`` at its end."""
-        consumer: AIOKafkaConsumer = make_consumer(
+        await follow_topic(
             self._bootstrap,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._poll_ms,
+            self.topic,
+            stop,
+            caught_up_event,
+            lambda record: self.apply(record.key, record.value),
+            poll_ms=self._poll_ms,
+            on_caught_up=lambda: _log.info("signals.caught_up", children=len(self._state)),
             **self._security,
         )
-        await consumer.start()
-        try:
-            tps: list[TopicPartition] = await assign_stored(consumer, [self.topic], {})
-            while not stop.is_set():
-                batch = await fetch(consumer, *tps, timeout_ms=self._poll_ms, max_records=10_000)
-                for records in batch.values():
-                    for record in records:
-                        self.apply(record.key, record.value)
-                if not caught_up_event.is_set() and await caught_up(consumer, tps):
-                    caught_up_event.set()
-                    _log.info("signals.caught_up", children=len(self._state))
-        finally:
-            await stop_clients(consumer)
 
 
 async def erase_signals(

@@ -106,6 +106,11 @@ class Topics:
         return f"{self.prefix}.routed"
 
     @property
+    def keys(self) -> str:
+        """Signed key events: rotation and revocation (compacted; ``broker._trust``)."""
+        return f"{self.prefix}.keys"
+
+    @property
     def signals(self) -> str:
         """The cumulative-concern signal per child pseudonym (issue 16; compacted)."""
         return f"{self.prefix}.signals"
@@ -158,17 +163,26 @@ class TopicSpec:
 
 
 def topic_plan(
-    topics: Topics, layout: TopicLayout, *, publisher_agency_types: Iterable[str]
+    topics: Topics,
+    layout: TopicLayout,
+    *,
+    publisher_agency_types: Iterable[str],
+    agreement_retention_days: Mapping[str, int] | None = None,
 ) -> list[TopicSpec]:
     """Every topic SAFER Exchange uses, with partitions, replication and retention.
 
     * ``hips.audit`` and ``hips.receipts`` are kept forever: the audit store can be
       rebuilt from them.
     * ``hips.consent`` is compacted: the latest record per subject is what counts.
+    * ``hips.keys`` is compacted: the latest state of each signing key is what counts.
     * ``hips.signals`` is compacted too (the latest state per child pseudonym); a
       tombstone and its record are gone from the log within a day of a shred.
     * Inbound and quarantine hold concerns in clear, so they are kept only long
       enough to route and to replay after a fix.
+    * A recipient topic keeps its records for the delivery retention, or for the
+      shortest retention an agreement for that agency type sets if that is shorter
+      (``agreement_retention_days``: agency type -> days; issue 15.5). Triage
+      topics follow the social-care agreements.
     """
     rf = layout.replication_factor
     base = {
@@ -186,7 +200,24 @@ def topic_plan(
     specs = [
         TopicSpec(topics.inbound(a), layout.inbound_partitions, rf, clear) for a in agency_types
     ]
-    specs += [TopicSpec(name, 1, rf, delivery) for name in topics.all_recipient_topics()]
+    shortest = dict(agreement_retention_days or {})
+
+    def for_agency(agency_type: str) -> dict[str, str]:
+        days = shortest.get(agency_type)
+        if days is None or days >= layout.delivery_retention_days:
+            return delivery
+        return retain(max(days, 1))
+
+    specs += [
+        TopicSpec(topics.disclosures(lscp, agency), 1, rf, for_agency(agency.value))
+        for lscp in Lscp
+        for agency in AgencyType
+        if agency is not AgencyType.POLICE
+    ]
+    specs += [
+        TopicSpec(topics.triage(lscp), 1, rf, for_agency(AgencyType.CHILDRENS_SOCIAL_CARE.value))
+        for lscp in Lscp
+    ]
     specs += [
         TopicSpec(topics.quarantine, 1, rf, clear),
         TopicSpec(topics.audit, 1, rf, forever),
@@ -194,6 +225,7 @@ def topic_plan(
         TopicSpec(topics.alerts, 1, rf, delivery),
         TopicSpec(topics.consent, 1, rf, {**base, "cleanup.policy": "compact"}),
         TopicSpec(topics.routed, 1, rf, {**base, "cleanup.policy": "compact"}),
+        TopicSpec(topics.keys, 1, rf, {**base, "cleanup.policy": "compact"}),
         # Pseudonyms, concern ids and counts only; a shred's tombstone removes a child's
         # state, and compaction removes it from the log within a day.
         TopicSpec(

@@ -16,6 +16,8 @@ Public surface:
 * ``decide`` → ``Decision`` (``Permit`` | ``Deny`` | ``Refer``);
 * ``minimise`` → ``MinimisedPayload`` (with the ``Redaction`` of free text it made);
 * ``missing_minimum_dataset`` → the fields a concern lacks to be routable;
+* ``decision_input``/``input_sha256`` → the canonical input of a decision and its hash;
+* ``deadline_for`` (with ``parse_calendars`` and ``parse_local_timeliness``) → deadlines.
 * ``risk_problems`` / ``risk_warnings`` → what refuses a concern's risk
   assessments, and what is only recorded (a DASH score against its grade);
 * ``CumulativeThreshold``, ``SignalEvent``, ``cumulative_flag`` → the
@@ -36,14 +38,18 @@ from ._deadlines import (
     Closure,
     Deadline,
     DeadlineRule,
+    LocalRule,
+    LocalTimeliness,
     alert_points,
     deadline_for,
     parse_calendar,
     parse_calendars,
+    parse_local_timeliness,
     parse_response_duration,
 )
 from ._decide import AT_RISK, decide, effective_consent
 from ._decision import Decision, DecisionInput, Deny, Permit, Refer, decision_id_for
+from ._inputs import INPUT_VERSION, concern_sha256, decision_input, input_sha256
 from ._minimise import FREE_TEXT_PATHS, WITHHELD_REASON, MinimisedPayload, Redaction, minimise
 from ._policy import (
     LAWFUL_BASES,
@@ -59,6 +65,7 @@ from ._policy import (
 )
 from ._recipient import Directory, Publisher, Recipient, parse_directory
 from ._record import ConsentRecord, consent_record_id_for
+from ._retention import add_retention, governing_agreement, retention_days
 from ._risk import (
     ASSESSED_ROLES,
     DASH_HIGH,
@@ -101,6 +108,7 @@ __all__ = [
     "DEFAULT_ENCOMPASS_NOTICE",
     "ENCOMPASS_TIME",
     "FREE_TEXT_PATHS",
+    "INPUT_VERSION",
     "LAWFUL_BASES",
     "LONDON",
     "NOT_SOUGHT_CITATIONS",
@@ -128,6 +136,8 @@ __all__ = [
     "Directory",
     "DueAlert",
     "LawfulBasis",
+    "LocalRule",
+    "LocalTimeliness",
     "MinimisedPayload",
     "Permit",
     "PolicyProblems",
@@ -141,10 +151,12 @@ __all__ = [
     "SubjectAges",
     "ThresholdMet",
     "Tracked",
+    "add_retention",
     "alert_points",
     "alerts_due",
     "completed_at",
     "concern_field_paths",
+    "concern_sha256",
     "consent_record_id_for",
     "cumulative_flag",
     "current_consent",
@@ -152,8 +164,11 @@ __all__ = [
     "deadline_for",
     "decide",
     "decision_id_for",
+    "decision_input",
     "effective_consent",
+    "governing_agreement",
     "in_window",
+    "input_sha256",
     "is_overdue",
     "justification_from_text",
     "minimise",
@@ -162,9 +177,11 @@ __all__ = [
     "parse_calendar",
     "parse_calendars",
     "parse_directory",
+    "parse_local_timeliness",
     "parse_policy",
     "parse_response_duration",
     "prune_events",
+    "retention_days",
     "risk_problems",
     "risk_warnings",
 ]

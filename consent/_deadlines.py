@@ -22,6 +22,11 @@ The rules, in the order they are considered:
   bank holidays excluded.
 * ``AGREEMENT_RESPONSE``: the agreement's own response time (an ISO 8601
   duration of elapsed time), when it sets one.
+* ``LOCAL_MEDIUM_RESPONSE``, ``LOCAL_LOW_RESPONSE`` and ``LOCAL_NOTIFICATION``:
+  the deployment's own policy (``deploy/timeliness.toml``, parsed by
+  ``parse_local_timeliness``) gives MEDIUM and LOW concerns, and notifications
+  to agencies that need not act (schools, the LA), a number of working days,
+  so that every disclosure has a clock.
 
 Apart from Encompass, every rule that applies is computed and the earliest due
 time wins; ``Deadline.considered`` keeps the others for the record.
@@ -57,10 +62,13 @@ __all__ = [
     "Closure",
     "Deadline",
     "DeadlineRule",
+    "LocalRule",
+    "LocalTimeliness",
     "alert_points",
     "deadline_for",
     "parse_calendar",
     "parse_calendars",
+    "parse_local_timeliness",
     "parse_response_duration",
 ]
 
@@ -105,6 +113,9 @@ class DeadlineRule(StrEnum):
     HIGH_REVIEW_24H = "HIGH_REVIEW_24H"
     REFERRAL_ONE_WORKING_DAY = "REFERRAL_ONE_WORKING_DAY"
     AGREEMENT_RESPONSE = "AGREEMENT_RESPONSE"
+    LOCAL_MEDIUM_RESPONSE = "LOCAL_MEDIUM_RESPONSE"
+    LOCAL_LOW_RESPONSE = "LOCAL_LOW_RESPONSE"
+    LOCAL_NOTIFICATION = "LOCAL_NOTIFICATION"
 
 
 class CalendarKind(StrEnum):
@@ -374,6 +385,86 @@ def parse_response_duration(text: str) -> dt.timedelta:
     return duration
 
 
+# --------------------------------------------------------------------------- local policy
+
+
+@dataclass(frozen=True)
+class LocalRule:
+    """One rule of the deployment's own timeliness policy: working days, and why."""
+
+    working_days: int
+    source: str
+
+
+@dataclass(frozen=True)
+class LocalTimeliness:
+    """The deployment's own clocks where no statute sets one (``deploy/timeliness.toml``).
+
+    ``medium``/``low`` apply to every disclosure of that grade; ``notification``
+    to disclosures to ``notification_types`` (agencies told so they know, not
+    asked to act: a school, the LA). Each is a number of working days
+    (09:00-17:00 Mon-Fri, bank holidays excluded) and names its source.
+    """
+
+    name: str
+    source_name: str
+    medium: LocalRule | None
+    low: LocalRule | None
+    notification: LocalRule | None
+    notification_types: tuple[AgencyType, ...] = ()
+
+
+class _LocalRuleEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    working_days: int = Field(ge=1, le=30, strict=True)
+    source: str = Field(min_length=10, max_length=600)
+
+
+class _NotificationEntry(_LocalRuleEntry):
+    agency_types: tuple[AgencyType, ...] = Field(min_length=1)
+
+
+class _GradeEntries(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    MEDIUM: _LocalRuleEntry | None = None
+    LOW: _LocalRuleEntry | None = None
+
+
+class _LocalFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=100)
+    grade: _GradeEntries = _GradeEntries()
+    notification: _NotificationEntry | None = None
+
+
+def parse_local_timeliness(text: str, source_name: str) -> LocalTimeliness:
+    """Validate the local timeliness policy's TOML ``text`` (docs/TIMELINESS.md).
+
+    Raises ``PolicyError`` (``CONFIG_INVALID``) naming the file and the field.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _calendar_error(f"{source_name}: not valid TOML ({exc})") from None
+    try:
+        shape = _LocalFile.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise _calendar_error(f"{source_name}: {_describe(exc)}") from None
+
+    def rule(entry: _LocalRuleEntry | None) -> LocalRule | None:
+        return None if entry is None else LocalRule(entry.working_days, entry.source)
+
+    return LocalTimeliness(
+        name=shape.name,
+        source_name=source_name,
+        medium=rule(shape.grade.MEDIUM),
+        low=rule(shape.grade.LOW),
+        notification=rule(shape.notification),
+        notification_types=shape.notification.agency_types if shape.notification else (),
+    )
+
+
 # --------------------------------------------------------------------------- deadlines
 
 
@@ -447,6 +538,7 @@ def deadline_for(
     zone: dt.tzinfo,
     default_response: str | None = None,
     encompass_notice: dt.timedelta = DEFAULT_ENCOMPASS_NOTICE,
+    local: LocalTimeliness | None = None,
 ) -> Deadline | None:
     """The deadline of one disclosure, or None when no rule sets one.
 
@@ -462,6 +554,8 @@ def deadline_for(
         zone: ``zoneinfo.ZoneInfo("Europe/London")``.
         default_response: the agreement's response time (ISO 8601 duration), if any.
         encompass_notice: the least notice that makes 08:30 today practicable.
+        local: the deployment's own policy for MEDIUM, LOW and notifications
+            (None: only the statutory rules and the agreement's response time).
 
     Raises ``ValidationError`` for an impossible input (naive time, wrong zone,
     unknown enum value, DENY) and ``PolicyError`` for a bad ``default_response``.
@@ -530,6 +624,36 @@ def deadline_for(
                 "(elapsed time)",
             )
         )
+    if local is not None:
+        for rule_name, local_rule, what in (
+            (
+                DeadlineRule.LOCAL_MEDIUM_RESPONSE,
+                local.medium if grade is RiskGrade.MEDIUM else None,
+                "MEDIUM risk",
+            ),
+            (
+                DeadlineRule.LOCAL_LOW_RESPONSE,
+                local.low if grade is RiskGrade.LOW else None,
+                "LOW risk",
+            ),
+            (
+                DeadlineRule.LOCAL_NOTIFICATION,
+                local.notification if agency in local.notification_types else None,
+                f"a notification to {agency.value}",
+            ),
+        ):
+            if local_rule is None:
+                continue
+            days = local_rule.working_days
+            due, skipped = clock.add_working_time(start, _WORKING_DAY_LENGTH * days)
+            candidates.append(
+                (
+                    rule_name,
+                    due,
+                    f"{what}: {local.name} allows {days} working day{'s' if days > 1 else ''} "
+                    f"(source: {local_rule.source})" + _skipped_text(skipped),
+                )
+            )
     if not candidates:
         return None
     order = list(DeadlineRule)

@@ -38,6 +38,8 @@ class Recipient:
     school_urn: str | None = None
     #: With ``delivery = "webhook"``: where each decrypted disclosure is POSTed.
     webhook_url: str | None = None
+    #: The body a webhook recipient takes: our JSON, or a FHIR R4 Communication (issue 13).
+    disclosure_format: str = "safer-json"
 
     @property
     def is_front_door(self) -> bool:
@@ -134,6 +136,7 @@ class _RecipientEntry(BaseModel):
     front_door: bool = False
     school_urn: str | None = Field(default=None, pattern=r"^\d{6,7}$")
     webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s@]+$")
+    disclosure_format: Literal["safer-json", "fhir-r4"] = "safer-json"
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> _RecipientEntry:
@@ -247,6 +250,7 @@ def parse_directory(text: str, source_name: str) -> Directory:
                 front_door=rec.front_door,
                 school_urn=rec.school_urn,
                 webhook_url=rec.webhook_url,
+                disclosure_format=rec.disclosure_format,
             )
         )
 

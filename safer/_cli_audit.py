@@ -20,6 +20,7 @@ from schemas import AuditError, ConfigError, LogTamperedError, ReasonCode
 from ._cli_audit_reports import register_reports
 from ._cli_audit_risk import register_risk
 from ._cli_common import FORMATTER, err, out, settings_from
+from ._cli_witness import consistency_bundle_json, register_witness, verify_consistency_cli
 from ._runtime import Runtime
 
 __all__ = ["register"]
@@ -129,6 +130,18 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
         signer = runtime.log_signer()
     except ConfigError:
         signer = None  # a stored signed checkpoint may still cover the entry
+    if args.consistency is not None:
+        with AuditStore(runtime.settings.audit_db, signer=signer) as store:
+            text = consistency_bundle_json(store, args.consistency)
+        print(text)
+        err.print(
+            f"consistency proof from size {args.consistency} to the newest signed checkpoint; "
+            "check it with `safer audit verify-bundle FILE --key PUB`, or give it to a witness"
+        )
+        return 0
+    if args.seq is None:
+        err.print("give an entry's SEQ, or --consistency FROM_SIZE (see --help)")
+        return 2
     with AuditStore(runtime.settings.audit_db, signer=signer) as store:
         bundle = store.proof_bundle(args.seq)
     print(json.dumps(bundle, indent=2, ensure_ascii=False))
@@ -159,6 +172,8 @@ def cmd_audit_verify_bundle(args: argparse.Namespace) -> int:
             code=ReasonCode.CONFIG_INVALID,
             hint="pass the file `safer audit prove SEQ > bundle.json` wrote, or - for stdin",
         ) from None
+    if b'"safer-exchange/audit-consistency/' in data[:4096]:
+        return verify_consistency_cli(data, key, args)
     try:
         summary = verify_bundle(data, key)
     except AuditError as exc:
@@ -270,9 +285,24 @@ def register(sub: Any) -> None:
         "RFC 9162 inclusion proof and a signed checkpoint. Anyone holding the log's\n"
         "public key can check it offline with `safer audit verify-bundle`, without\n"
         "the store. Entries hold pseudonyms and ids only, never personal data.\n\n"
-        "example:\n  safer audit prove 42 > bundle.json",
+        "With --consistency FROM_SIZE it prints a consistency bundle instead: the root\n"
+        "of the first FROM_SIZE entries (and their signed checkpoint, if kept), the\n"
+        "RFC 9162 consistency proof and the newest signed checkpoint. It proves the log\n"
+        "only grew since FROM_SIZE; verify-bundle checks it offline, and a witness\n"
+        "(`safer audit witness cosign`) cosigns it.\n\n"
+        "example:\n  safer audit prove 42 > bundle.json\n"
+        "  safer audit prove --consistency 1200 > consistency.json",
     )
-    prove.add_argument("seq", type=int, metavar="SEQ", help="sequence number of the entry")
+    prove.add_argument(
+        "seq", type=int, nargs="?", metavar="SEQ", help="sequence number of the entry"
+    )
+    prove.add_argument(
+        "--consistency",
+        type=int,
+        metavar="FROM_SIZE",
+        default=None,
+        help="export a consistency bundle from this log size instead",
+    )
     prove.set_defaults(func=cmd_audit_prove)
 
     verify_bundle_cmd = audit_sub.add_parser(
@@ -281,13 +311,39 @@ def register(sub: Any) -> None:
         formatter_class=FORMATTER,
         description="Verify a bundle from `safer audit prove`: the checkpoint's signature by\n"
         "the log key, the entry's leaf hash and its inclusion proof against the signed\n"
-        "root. Needs no store and no data directory. Exit code 1 if it does not hold.\n\n"
+        "root. Needs no store and no data directory. Exit code 1 if it does not hold.\n"
+        "A consistency bundle (`prove --consistency`) is checked too: both checkpoints'\n"
+        "signatures and the consistency proof. Witnessed: with --witness VKEY (once per\n"
+        "trusted witness) and --cosigned FILE (each witness's cosigned checkpoint), it\n"
+        "counts valid C2SP cosignatures and needs --quorum K of them (default 1), else\n"
+        "exit 1.\n\n"
         "example:\n  safer audit verify-bundle bundle.json --key signing.pub\n"
-        "  safer audit verify-bundle bundle.json --key 'safer-exchange.hips/audit/v1+…'",
+        "  safer audit verify-bundle bundle.json --key 'safer-exchange.hips/audit/v1+…'\n"
+        "  safer audit verify-bundle consistency.json --key log.vkey \\\n"
+        "      --witness w1.vkey --witness w2.vkey --witness w3.vkey --quorum 2 \\\n"
+        "      --cosigned w1.note --cosigned w2.note\n"
+        "  safer audit verify-bundle consistency.json --key log.vkey "
+        "--witnesses deploy/witnesses.toml --cosigned w1.note",
+    )
+    verify_bundle_cmd.add_argument(
+        "--witness", action="append", metavar="VKEY", help="a trusted witness's verifier key"
+    )
+    verify_bundle_cmd.add_argument(
+        "--cosigned", action="append", metavar="FILE", help="a witness's cosigned checkpoint"
+    )
+    verify_bundle_cmd.add_argument(
+        "--quorum", type=int, default=None, metavar="K", help="cosignatures required (k of n)"
+    )
+    verify_bundle_cmd.add_argument(
+        "--witnesses",
+        metavar="FILE",
+        default=None,
+        help="TOML: quorum = K and [[witness]] vkey = ... (adds to --witness)",
     )
     verify_bundle_cmd.add_argument("bundle", metavar="BUNDLE", help="bundle file, or - for stdin")
     verify_bundle_cmd.add_argument("--key", required=True, help=_KEY_HELP)
     verify_bundle_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     verify_bundle_cmd.set_defaults(func=cmd_audit_verify_bundle)
+    register_witness(audit_sub)
     register_reports(audit_sub)
     register_risk(audit_sub)

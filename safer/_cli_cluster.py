@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -40,6 +41,7 @@ from broker import (
 )
 
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._retention import run_retention
 from ._runtime import Runtime, refuse_second_engine, resolve_bootstrap, write_broker_file
 
 __all__ = ["KUBERNETES_TOPICS", "register", "run_cluster", "topics_manifest"]
@@ -250,6 +252,7 @@ async def _serve_cluster(
                     stop,
                     router_process=True,  # as `safer up`: routing gets a core of its own
                     log_file=log_file,
+                    extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=lambda: err.print(
                         f"[green]ready[/] on the {CLUSTER_NODES}-broker cluster: router "
                         f"(exactly-once), audit feed and {len(recipients)} recipient adapters. "

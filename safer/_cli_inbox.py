@@ -9,13 +9,15 @@ sent at once when a broker is reachable and otherwise by the running adapter.
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.panel import Panel
 from rich.table import Table
 
-from adapters import Inbox, InboxItem
+from adapters import Inbox, InboxItem, disclosure_to_communication
+from broker import load_deployment
 from consent import LAWFUL_BASES
 
 from ._cli_common import FORMATTER, err, out, settings_from
@@ -29,6 +31,8 @@ from ._inbox_flow import (
     open_inbox,
     time_left,
 )
+from ._retention import purge_inboxes
+from ._runtime import Runtime
 
 __all__ = ["OUTCOME_CODES", "register"]
 
@@ -203,9 +207,31 @@ def _render_disclosure(item: InboxItem) -> None:
         out.print(f"[b]{key}[/]: {value}")
 
 
+def _as_fhir(item: InboxItem, recipient_id: str) -> str:
+    """A disclosure as the FHIR R4 Communication a FHIR-speaking recipient takes."""
+    metadata = {
+        "disclosure_id": item.disclosure_id,
+        "concern_id": item.concern_id,
+        "recipient_id": recipient_id,
+        "concern_type": item.concern_type,
+        "risk_grade": item.risk_grade,
+        "lawful_basis": item.lawful_basis,
+        "purpose": item.purpose,
+        "profile": item.profile,
+        "decided_at": item.decided_at,
+    }
+    return json.dumps(disclosure_to_communication(metadata, item.payload), indent=1)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    recipient = load_deployment(settings.deploy_dir).directory.recipient(args.recipient)
+    fhir = args.fhir or (recipient is not None and recipient.disclosure_format == "fhir-r4")
     result = open_disclosure(settings, args.recipient, args.id, mark=not args.no_mark)
+    if fhir:
+        print(_as_fhir(result.item, args.recipient), flush=True)
+        _report(result.send)
+        return 0
     _render_disclosure(result.item)
     out.print("[dim]shared only with you, for the purpose above; do not forward[/]")
     _report(result.send)
@@ -248,6 +274,42 @@ def cmd_action(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    runtime = Runtime(settings_from(args), bootstrap="")
+    now = datetime.now(UTC)
+    if args.as_of:
+        value = datetime.fromisoformat(args.as_of)
+        now = value if value.tzinfo else value.replace(tzinfo=UTC)
+    purged = purge_inboxes(runtime, now, dry_run=args.dry_run)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "recipient_id": p.recipient_id,
+                        "disclosure_id": p.disclosure_id,
+                        "agreement_id": p.agreement_id,
+                        "retention": p.retention,
+                        "received_at": p.received_at.isoformat(),
+                        "due": p.due.isoformat(),
+                        "audit_seq": p.seq,
+                    }
+                    for p in purged
+                ]
+            )
+        )
+        return 0
+    verb = "would purge" if args.dry_run else "purged"
+    for p in purged:
+        seq = f" (PURGED, audit seq {p.seq})" if p.seq else ""
+        out.print(
+            f"{verb} {p.disclosure_id} from {p.recipient_id}: {p.agreement_id} keeps "
+            f"{p.retention}, ended {p.due.date()}{seq}"
+        )
+    out.print(f"{len(purged)} inbox copies {verb}; the audit log is kept forever")
+    return 0
+
+
 def register(sub: Any) -> None:
     inbox = sub.add_parser(
         "inbox",
@@ -284,12 +346,18 @@ def register(sub: Any) -> None:
         description="Show the decrypted disclosure: why it was shared, on which lawful\n"
         "basis, the deadline, and the fields your agency may see. Reading it marks\n"
         "it OPENED and sends a receipt to the sender (queued if no broker runs).\n"
-        "ID may be the first 8 characters of the disclosure id.\n\n"
-        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc",
+        "ID may be the first 8 characters of the disclosure id. With --fhir, or for a\n"
+        'recipient whose directory entry says disclosure_format = "fhir-r4", it prints\n'
+        "a FHIR R4 Communication (JSON) instead (docs/fhir.md).\n\n"
+        "example:\n  safer inbox show 3f6c2a8e --recipient portsmouth-csc\n"
+        "  safer inbox show 3f6c2a8e --recipient portsmouth-health --fhir",
     )
     show.add_argument("id", metavar="ID", help="disclosure id (or its first characters)")
     show.add_argument("--recipient", required=True, help="your recipient id")
     show.add_argument("--no-mark", action="store_true", help="do not mark it OPENED")
+    show.add_argument(
+        "--fhir", action="store_true", help="print it as a FHIR R4 Communication (JSON)"
+    )
     show.set_defaults(func=cmd_show)
 
     ack = actions.add_parser(
@@ -327,3 +395,21 @@ def register(sub: Any) -> None:
     )
     action.add_argument("--note", help="free text for the sender, encrypted to them")
     action.set_defaults(func=cmd_action)
+
+    purge = actions.add_parser(
+        "purge",
+        help="delete inbox copies whose agreement's retention has ended (audited)",
+        formatter_class=FORMATTER,
+        description="Each data-sharing agreement names a retention (deploy/policy, e.g. P6Y).\n"
+        "For every disclosure in every inbox, the governing agreement (the recipient's\n"
+        "agency type and the disclosure's purpose) gives the time it may be kept from\n"
+        "receipt. Past it, a PURGED entry goes into the audit log first, then the copy\n"
+        "(payload, wire bytes, queued receipts) is deleted and never stored again. The\n"
+        "audit log itself is never purged. `safer up` runs this at start and hourly.\n\n"
+        "example:\n  safer inbox purge --dry-run\n  safer inbox purge\n"
+        "  safer inbox purge --as-of 2032-01-01 --dry-run --json   # what will go when",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    purge.add_argument("--as-of", default=None, help="judge as at this ISO 8601 time")
+    purge.add_argument("--json", action="store_true", help="print JSON")
+    purge.set_defaults(func=cmd_purge)

@@ -24,15 +24,18 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from adapters import parse_police_json
+from adapters import consents_bundle, parse_police_json
 from broker import (
+    ROUTER_ID,
     candidate_recipients,
     consent_out_record,
     make_producer,
     pseudonym,
+    read_topic,
     resolve_partnerships,
     send_all,
     start_client,
+    verify_consent_record,
 )
 from consent import (
     LAWFUL_BASES,
@@ -52,11 +55,13 @@ from schemas import (
     NotSoughtReason,
     OverrideJustification,
     ReasonCode,
+    SaferError,
     ValidationError,
     age_on,
 )
 
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_replay import print_replay, replay_disclosure
 from ._runtime import Runtime, resolve_bootstrap
 
 __all__ = ["canonical_identifier", "compact_fields", "explain_concern", "register"]
@@ -425,6 +430,23 @@ def _print_explanation(answer: dict[str, Any], context: dict[str, Any]) -> None:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     runtime = Runtime(settings, bootstrap="")
+    if args.replay:
+        stored = None
+        if args.concern:
+            directory = runtime.deployment.directory
+            stored = _load_concern(Path(args.concern), {p.id for p in directory.publishers})
+        replay = replay_disclosure(runtime, args.replay, stored)
+        if args.json:
+            print(json.dumps(replay.to_json(), ensure_ascii=False, default=str))
+        else:
+            print_replay(replay)
+        return 0 if replay.matches else 1
+    if not args.concern:
+        err.print(
+            "[red]give a concern file to explain, or --replay DISCLOSURE_ID[/red] "
+            "(see safer policy explain --help)"
+        )
+        return 2
     now = _parse_time(args.at, "--at") if args.at else datetime.now(UTC)
     try:
         answer, context = explain_concern(runtime, Path(args.concern), now)
@@ -527,6 +549,53 @@ def cmd_consent_record(args: argparse.Namespace) -> int:
     return run_async(publish)
 
 
+def cmd_consent_export(args: argparse.Namespace) -> int:
+    """Every verified consent record on hips.consent (latest per person unless --all),
+    as a FHIR R4 Bundle of Consent resources."""
+    settings = settings_from(args)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
+
+    async def export(stop: asyncio.Event) -> int:
+        raw = await read_topic(
+            runtime.bootstrap,
+            settings.topics.consent,
+            timeout=args.timeout,
+            **runtime.security_for(ROUTER_ID),
+        )
+        latest: dict[str, ConsentRecord] = {}
+        every: list[ConsentRecord] = []
+        skipped = 0
+        for message in raw:
+            try:
+                record = verify_consent_record(
+                    runtime.codec,
+                    runtime.keyring(),
+                    runtime.deployment.directory,
+                    key=message.key,
+                    value=message.value,
+                    headers=message.headers,
+                )
+            except SaferError:
+                skipped += 1
+                continue
+            every.append(record)
+            known = latest.get(record.subject_pseudonym)
+            if known is None or record.recorded_at >= known.recorded_at:
+                latest[record.subject_pseudonym] = record
+        chosen = every if args.all else list(latest.values())
+        if args.subject_pseudonym:
+            chosen = [r for r in chosen if r.subject_pseudonym == args.subject_pseudonym]
+        print(json.dumps(consents_bundle(chosen), indent=1))
+        if skipped:
+            err.print(
+                f"{skipped} record(s) on {settings.topics.consent} failed verification and are "
+                "not exported (the router quarantines them too)"
+            )
+        return 0
+
+    return run_async(export)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -572,10 +641,25 @@ def register(sub: Any) -> None:
         '--json prints {"policy_revision", "recipients": [{"recipient_id", "lscp",\n'
         '"agency_type", "decision", "lawful_basis", "reason_codes", "reasons",\n'
         '"fields"}]}. Names and other personal data are never printed.\n\n'
+        "\nReplay a logged decision: --replay DISCLOSURE_ID takes the decision's audit\n"
+        "record (local audit log), the concern it was made on (the signed original on its\n"
+        "inbound topic, through the running broker; or CONCERN.json, the publisher's copy)\n"
+        "and the consent records the log holds, decides again as the router did at that\n"
+        "time, and compares: the hash of the canonical decision input (input_sha256), the\n"
+        "decision id, outcome, reasons, lawful basis, fields, payload hash and deadline.\n"
+        "Exit 0 when everything matches, 1 with the reason when it does not.\n\n"
         "example:\n  safer policy explain deploy/examples/concern-domestic-abuse.json\n"
-        "  safer policy explain --json --at 2026-11-23T07:00:00Z concern.json",
+        "  safer policy explain --json --at 2026-11-23T07:00:00Z concern.json\n"
+        "  safer policy explain --replay 3f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d\n"
+        "  safer policy explain --replay 3f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d concern.json",
     )
-    explain.add_argument("concern", metavar="CONCERN.json", help="one concern as JSON")
+    explain.add_argument("concern", metavar="CONCERN.json", nargs="?", help="one concern as JSON")
+    explain.add_argument(
+        "--replay",
+        metavar="DISCLOSURE_ID",
+        default=None,
+        help="recompute this logged decision and show that it matches",
+    )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.add_argument(
         "--at", default=None, help="decide as at this ISO 8601 time (ages; default: now)"
@@ -634,3 +718,22 @@ def register(sub: Any) -> None:
     record.add_argument("--ref", default=None, help="the agency's own case reference")
     record.add_argument("--at", default=None, help="when it was recorded (default: now)")
     record.set_defaults(func=cmd_consent_record)
+    export = consent_sub.add_parser(
+        "export",
+        help="export consent records as FHIR R4 Consent resources",
+        formatter_class=FORMATTER,
+        description="Read hips.consent, verify each record's signature, and print a FHIR R4\n"
+        "Bundle (type collection) of Consent resources: the latest record per person,\n"
+        "or every record with --all. People are named by pseudonym only; the recording\n"
+        "agency is the organization and who decided is the performer (docs/fhir.md).\n"
+        "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
+        "example:\n  safer consent export --fhir > consents.json\n"
+        "  safer consent export --fhir --all --subject-pseudonym 3f0c…",
+    )
+    export.add_argument(
+        "--fhir", action="store_true", required=True, help="FHIR R4 (the only format for now)"
+    )
+    export.add_argument("--all", action="store_true", help="every record, not only the latest")
+    export.add_argument("--subject-pseudonym", default=None, help="one person's records only")
+    export.add_argument("--timeout", type=float, default=30.0, help="seconds to read the topic")
+    export.set_defaults(func=cmd_consent_export)

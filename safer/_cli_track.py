@@ -20,13 +20,13 @@ from rich.table import Table
 
 from audit import AuditStore
 from broker import Settings, load_deployment, read_topic, tracked_from_records
-from consent import Tracked, alert_points, completed_at
+from consent import Directory, Tracked, alert_points, completed_at
 from schemas import ConfigError, ReasonCode
 
 from ._cli_common import FORMATTER, out, run_async, settings_from
 from ._runtime import Runtime, resolve_bootstrap
 
-__all__ = ["PUBLISHED_DB", "record_published", "register"]
+__all__ = ["PUBLISHED_DB", "record_published", "register", "track_rows"]
 
 _UK = ZoneInfo("Europe/London")
 
@@ -83,6 +83,58 @@ def _state(item: Tracked, now: datetime) -> str:
     return item.status
 
 
+def track_rows(
+    store: AuditStore, directory: Directory, concern_id: str, now: datetime
+) -> list[dict[str, Any]]:
+    """Where each recipient is with one concern ([] if the audit log has nothing yet).
+
+    What `safer track --json` prints, and the gateway's GET /v1/concerns/{id} answers.
+    """
+    records = list(store.records(concern_id=concern_id))
+    rows: list[dict[str, Any]] = []
+    tracked = {t.disclosure_id: t for t in tracked_from_records(records, directory)}
+    for record in records:
+        event = record.event.value
+        if event in ("DISCLOSED", "REFERRED") and record.disclosure_id in tracked:
+            item = tracked[record.disclosure_id]
+            rows.append(
+                {
+                    "concern_id": concern_id,
+                    "recipient": item.recipient_id,
+                    "outcome": event,
+                    "decided": item.decided_at.isoformat(timespec="seconds"),
+                    "received": item.received_at.isoformat(timespec="seconds")
+                    if item.received_at
+                    else None,
+                    "opened": item.opened_at.isoformat(timespec="seconds")
+                    if item.opened_at
+                    else None,
+                    "actioned": item.actioned_at.isoformat(timespec="seconds")
+                    if item.actioned_at
+                    else None,
+                    "deadline": item.due.isoformat(timespec="seconds") if item.due else None,
+                    "status": _state(item, now),
+                    "time_left": _left(item.due, now) if completed_at(item) is None else "done",
+                }
+            )
+        elif event in ("WITHHELD", "QUARANTINED"):
+            rows.append(
+                {
+                    "concern_id": concern_id,
+                    "recipient": record.recipient or "-",
+                    "outcome": event,
+                    "decided": record.at.isoformat(timespec="seconds"),
+                    "received": None,
+                    "opened": None,
+                    "actioned": None,
+                    "deadline": None,
+                    "status": ", ".join(record.reason_codes) or event,
+                    "time_left": "-",
+                }
+            )
+    return rows
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     concern_ids = [args.concern_id] if args.concern_id else []
@@ -99,59 +151,14 @@ def cmd_track(args: argparse.Namespace) -> int:
     with _store(settings) as store:
         rows: list[dict[str, Any]] = []
         for concern_id in concern_ids:
-            records = list(store.records(concern_id=concern_id))
-            if not records:
+            found = track_rows(store, deployment.directory, concern_id, now)
+            if not found:
                 raise ConfigError(
                     f"nothing in the audit log for concern {concern_id}",
                     code=ReasonCode.NO_RECIPIENT,
                     hint="it may not have been routed yet: is `safer up` running?",
                 )
-            tracked = {
-                t.disclosure_id: t for t in tracked_from_records(records, deployment.directory)
-            }
-            for record in records:
-                event = record.event.value
-                if event in ("DISCLOSED", "REFERRED") and record.disclosure_id in tracked:
-                    item = tracked[record.disclosure_id]
-                    rows.append(
-                        {
-                            "concern_id": concern_id,
-                            "recipient": item.recipient_id,
-                            "outcome": event,
-                            "decided": item.decided_at.isoformat(timespec="seconds"),
-                            "received": item.received_at.isoformat(timespec="seconds")
-                            if item.received_at
-                            else None,
-                            "opened": item.opened_at.isoformat(timespec="seconds")
-                            if item.opened_at
-                            else None,
-                            "actioned": item.actioned_at.isoformat(timespec="seconds")
-                            if item.actioned_at
-                            else None,
-                            "deadline": item.due.isoformat(timespec="seconds")
-                            if item.due
-                            else None,
-                            "status": _state(item, now),
-                            "time_left": _left(item.due, now)
-                            if completed_at(item) is None
-                            else "done",
-                        }
-                    )
-                elif event in ("WITHHELD", "QUARANTINED"):
-                    rows.append(
-                        {
-                            "concern_id": concern_id,
-                            "recipient": record.recipient or "-",
-                            "outcome": event,
-                            "decided": record.at.isoformat(timespec="seconds"),
-                            "received": None,
-                            "opened": None,
-                            "actioned": None,
-                            "deadline": None,
-                            "status": ", ".join(record.reason_codes) or event,
-                            "time_left": "-",
-                        }
-                    )
+            rows += found
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

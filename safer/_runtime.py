@@ -36,6 +36,7 @@ from audit import (
 from broker import (
     ADMIN_PRINCIPAL,
     AUDIT_FEED_PRINCIPAL,
+    KEY_ADMIN_ID,
     MONITOR_PRINCIPAL,
     ROUTER_ID,
     ROUTER_PRINCIPAL,
@@ -43,6 +44,7 @@ from broker import (
     ClientAccess,
     ConsentView,
     Deployment,
+    KeyFollower,
     Keyring,
     KeyStore,
     Plan,
@@ -59,8 +61,17 @@ from broker import (
     pseudonym,
     topic_plan,
 )
-from consent import Publisher, Recipient
-from schemas import AgencyType, BrokerError, Codec, ConfigError, EmbeddedRegistry, ReasonCode
+from consent import Publisher, Recipient, retention_days
+from schemas import (
+    AgencyType,
+    BrokerError,
+    Codec,
+    ConfigError,
+    ConfluentRegistry,
+    EmbeddedRegistry,
+    ReasonCode,
+    Registry,
+)
 
 __all__ = [
     "AUDIT_LOG_ID",
@@ -166,6 +177,35 @@ def adopt_running_engine(settings: Settings) -> Settings:
     )
 
 
+def registry_from_env(path: Path) -> Registry:
+    """The embedded registry at ``path``, or a Confluent-compatible one by configuration.
+
+    ``SAFER_SCHEMA_REGISTRY_URL`` selects a Confluent-compatible registry, with
+    ``SAFER_SCHEMA_REGISTRY_AUTH`` (``user:password``, basic auth) or
+    ``SAFER_SCHEMA_REGISTRY_TOKEN`` (bearer) and ``SAFER_SCHEMA_REGISTRY_CAFILE``
+    (docs/schema-registry.md). Every publisher and router of a deployment must
+    use the same one: ids are the registry's.
+    """
+    url = os.environ.get("SAFER_SCHEMA_REGISTRY_URL", "").strip()
+    if not url:
+        return EmbeddedRegistry(path)
+    user_info = os.environ.get("SAFER_SCHEMA_REGISTRY_AUTH", "")
+    token = os.environ.get("SAFER_SCHEMA_REGISTRY_TOKEN", "")
+    auth: tuple[str, str] | str | None = None
+    if user_info:
+        user, sep, password = user_info.partition(":")
+        if not sep:
+            raise ConfigError(
+                "SAFER_SCHEMA_REGISTRY_AUTH must be user:password",
+                code=ReasonCode.CONFIG_INVALID,
+            )
+        auth = (user, password)
+    elif token:
+        auth = token
+    cafile = os.environ.get("SAFER_SCHEMA_REGISTRY_CAFILE", "")
+    return ConfluentRegistry(url, auth=auth, verify=cafile or True)
+
+
 def refuse_second_engine(settings: Settings) -> None:
     """Raise if another process already runs a local engine on this data directory.
 
@@ -229,7 +269,7 @@ class Runtime:
 
     @cached_property
     def codec(self) -> Codec:
-        return Codec(EmbeddedRegistry(self.settings.registry_file))
+        return Codec(registry_from_env(self.settings.registry_file))
 
     def security_for(self, principal: str) -> dict[str, Any]:
         """aiokafka keyword arguments for a client acting as ``principal``.
@@ -282,8 +322,22 @@ class Runtime:
         ]
 
     def key_identities(self) -> list[str]:
-        """Every identity with keys: those on Kafka, and the audit log's checkpoint signer."""
-        return [*self.identities(), AUDIT_LOG_ID]
+        """Every identity with keys: those on Kafka, the audit log's checkpoint signer and
+        the key administrator (signs key events on hips.keys)."""
+        return [*self.identities(), AUDIT_LOG_ID, KEY_ADMIN_ID]
+
+    def key_follower(self, principal: str, keyrings: Sequence[Keyring] = ()) -> KeyFollower | None:
+        """A follower of ``hips.keys`` for ``keyrings``, or None before `safer keys init`
+        has made the key administrator (older data directories)."""
+        if not self.keys.has_agency(KEY_ADMIN_ID):
+            return None
+        return KeyFollower(
+            topic=self.settings.topics.keys,
+            bootstrap_servers=self.bootstrap,
+            admin_key=self.keys.signing_public(KEY_ADMIN_ID),
+            keyrings=keyrings,
+            security=self.security_for(principal),
+        )
 
     def init_keys(self, *, overwrite: bool = False) -> int:
         """Create development keys for every identity; returns how many were new."""
@@ -322,7 +376,17 @@ class Runtime:
             publisher_agency_types=[
                 p.agency_type.value for p in self.deployment.directory.publishers
             ],
+            agreement_retention_days=self.agreement_retention_days(),
         )
+
+    def agreement_retention_days(self) -> dict[str, int]:
+        """Recipient agency type -> the shortest retention any agreement gives it (days)."""
+        days: dict[str, int] = {}
+        for agreement in self.deployment.policy.agreements:
+            for agency in agreement.recipient_agency_types:
+                value = retention_days(agreement.retention)
+                days[agency.value] = min(days.get(agency.value, value), value)
+        return days
 
     async def create_topics(self) -> list[str]:
         """The admin step: create or reconcile every topic; returns what changed."""
@@ -353,6 +417,7 @@ class Runtime:
                 bootstrap_servers=self.bootstrap,
                 security=self.security_for(ROUTER_PRINCIPAL),
             ),
+            key_follower=self.key_follower(ROUTER_PRINCIPAL),
             signals=self.signal_store(),
         )
 
@@ -398,12 +463,17 @@ class Runtime:
         await asyncio.to_thread(enrol_subjects, self._subject_vault, subjects, pseudonymise)
 
     def audit_feed(
-        self, store: AuditStore, *, checkpoint_interval: float = 60.0, batch_size: int = 2000
+        self,
+        store: AuditStore,
+        *,
+        checkpoint_interval: float = 60.0,
+        batch_size: int = 2000,
+        keyring: Keyring | None = None,
     ) -> AuditFeed:
         return AuditFeed(
             store=store,
             codec=self.codec,
-            keyring=self.keyring(),
+            keyring=keyring if keyring is not None else self.keyring(),
             topics=self.settings.topics,
             bootstrap_servers=self.bootstrap,
             router_id=ROUTER_ID,
@@ -436,12 +506,14 @@ class Runtime:
     def inbox_path(self, recipient_id: str) -> Path:
         return self.settings.inbox_dir / f"{recipient_id}.db"
 
-    def recipient_adapter(self, recipient: Recipient) -> RecipientAdapter:
+    def recipient_adapter(
+        self, recipient: Recipient, *, keyring: Keyring | None = None
+    ) -> RecipientAdapter:
         return RecipientAdapter(
             recipient=recipient,
             inbox=Inbox(self.inbox_path(recipient.id)),
             codec=self.codec,
-            keyring=self.keyring(),
+            keyring=keyring if keyring is not None else self.keyring(),
             identity=self.keys.signing_identity(recipient.id),
             private_key=self.keys.encryption_private(recipient.id),
             topics=self.recipient_topics(recipient),
@@ -459,6 +531,7 @@ class Runtime:
             recipient.webhook_url,
             self.keys.webhook_secret(recipient.id),
             recipient_id=recipient.id,
+            body_format=recipient.disclosure_format,
             # Short rounds: the adapter retries on its next loop instead of blocking.
             retry=RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=5.0, max_elapsed=20.0),
         )
@@ -485,23 +558,34 @@ class Runtime:
         router_process: bool = False,
         router_ops_port: int | None = None,
         log_file: Path | None = None,
+        extra: Sequence[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = (),
     ) -> None:
         """Run the chosen services until ``stop`` is set.
 
         Each service is supervised: if it fails, the failure is logged (type
         only, never a message that might carry data) and the service restarts
         after an increasing delay. Every service resumes from its stored
-        position, so a restart neither loses nor repeats work.
+        position, so a restart neither loses nor repeats work. ``extra`` adds
+        services of the shell (``safer up`` adds retention).
         """
         own_store = store is None and feed
         audit_store = store or (self.audit_store() if feed else None)
         chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
         runners: list[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = []
+        # One keyring for the feed and the recipients, kept current by one follower of
+        # hips.keys: a rotated key is trusted, a revoked router key refused (issue 15).
+        shared = self.keyring() if (feed or chosen) else None
         if feed and audit_store is not None:
-            runners.append(("audit-feed", self.audit_feed(audit_store).run))
+            runners.append(("audit-feed", self.audit_feed(audit_store, keyring=shared).run))
             if monitor:
                 runners.append(("monitor", self.monitor(audit_store).run))
-        runners += [(f"recipient:{r.id}", self.recipient_adapter(r).run) for r in chosen]
+        runners += [
+            (f"recipient:{r.id}", self.recipient_adapter(r, keyring=shared).run) for r in chosen
+        ]
+        follower = self.key_follower(ADMIN_PRINCIPAL, [shared]) if shared is not None else None
+        if follower is not None:
+            runners.append(("key-events", follower.run))
+        runners += list(extra)
         if router and router_process:
             runners.append(
                 (

@@ -128,6 +128,7 @@ def simulate_week(
                 school_calendar=_with_injected_closure(calendars, recipient.lscp.value),
                 bank_holidays=calendars.bank_holidays,
                 zone=zone,
+                local=deployment.timeliness,
             )
             report.disclosures += 1
             due = deadline.due if deadline else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -31,9 +32,14 @@ from ._cli_audit import register as register_audit
 from ._cli_cluster import register as register_cluster
 from ._cli_cluster import run_cluster
 from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_gateway import add_gateway_options, run_gateway
+from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
+from ._cli_keys import register_key_actions
+from ._cli_onboard import register as register_onboard
 from ._cli_policy import register as register_policy
 from ._cli_quarantine import register as register_quarantine
+from ._cli_registry import register as register_registry
 from ._cli_secure import register as register_secure
 from ._cli_topics import register as register_topics
 from ._cli_track import record_published
@@ -41,6 +47,7 @@ from ._cli_track import register as register_track
 from ._cli_users import register as register_users
 from ._demo import run_demo
 from ._logging import configure_logging
+from ._retention import run_retention
 from ._runtime import (
     ROUTER_READY_LINE,
     Runtime,
@@ -290,6 +297,16 @@ def _up_ops(
     return asyncio.create_task(run(), name="safer-up-ops")
 
 
+async def _gateway_in_up(runtime: Runtime, stop: asyncio.Event, args: argparse.Namespace) -> None:
+    """The gateway beside the other services: its failure to start is reported, not fatal."""
+    try:
+        await run_gateway(runtime, stop, args)
+    except SaferError as exc:
+        err.print(f"[red]gateway not started[/] [{exc.code}] {exc.message}")
+        if exc.hint:
+            err.print(f"  what to do: {exc.hint}")
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from .web import serve
 
@@ -366,6 +383,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 else None
             )
             secure = " in secure mode (each service its own principal)" if engine.access else ""
+            gateway = (
+                None
+                if args.no_gateway
+                else asyncio.create_task(_gateway_in_up(runtime, stop, args), name="gateway")
+            )
             web = _web_task(settings, args, stop)
             services_ready = asyncio.Event()
             ops = _up_ops(args, settings, services_ready, stop)
@@ -374,8 +396,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 services_ready.set()
                 err.print(
                     f"[green]ready[/] on {engine.name}{secure}: router (exactly-once), "
-                    f"audit feed and {len(recipients)} recipient adapters. Publish with "
-                    "`safer publish --agency police FILE`. Ctrl-C stops."
+                    f"audit feed, retention and {len(recipients)} recipient adapters. "
+                    "Publish with `safer publish --agency police FILE`. Ctrl-C stops."
                 )
 
             try:
@@ -386,9 +408,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                     router_process=True,
                     router_ops_port=args.router_ops_port,
                     log_file=args.log_file,
+                    # Inbox copies past their agreement's retention: at start, then hourly.
+                    extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=ready,
                 )
             finally:
+                if gateway is not None:
+                    stop.set()
+                    await gateway
                 for task in (web, ops):
                     if task is not None:
                         stop.set()
@@ -546,8 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage signing (Ed25519) and encryption (X25519) keys.\n\n"
         "Every publisher signs what it sends; the router verifies it and signs what\n"
         "it emits; each recipient has its own encryption key, so only the addressee\n"
-        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n\n"
-        "example:\n  safer keys init",
+        "can read a disclosure. Keys live under <data-dir>/keys/<agency-id>/.\n"
+        "Rotation and revocation are audited and published on hips.keys, which the\n"
+        "router and recipients follow (docs/OPERATIONS.md: a key is compromised).\n\n"
+        "examples:\n  safer keys init\n  safer keys list\n"
+        "  safer keys rotate hampshire-constabulary --overlap 24\n"
+        "  safer keys revoke 3f2a9c0d1e2f3a4b --reason compromised",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     init = keys_sub.add_parser(
@@ -568,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing keys (old disclosures become unreadable)",
     )
     init.set_defaults(func=cmd_keys_init)
+    register_key_actions(keys_sub)
 
     kafka = sub.add_parser(
         "kafka",
@@ -620,21 +652,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser(
         "publish",
-        help="validate, sign and publish concerns from JSON files",
+        help="validate, sign and publish concerns from JSON or CSV files",
         formatter_class=FORMATTER,
         description="Read police concerns (JSON object, array or JSON Lines; field names as\n"
-        "in docs/police-json-format.md), validate each, sign it with the agency's\n"
+        "in docs/police-json-format.md; or, for a file named *.csv, one concern per\n"
+        "row as in docs/csv-format.md), validate each, sign it with the agency's\n"
         "key and publish it to hips.inbound.<agency>. Prints one line per record:\n"
-        "the concern_id and ACCEPTED, or a reason code and what is wrong.\n"
-        "Exit code 1 if any record was rejected.\n\n"
+        "the concern_id and ACCEPTED, or a reason code, the record (FILE#N, or\n"
+        "FILE row N for CSV, counting the header as row 1) and which fields are\n"
+        "wrong, never their values. Good records are published even when others\n"
+        "are refused; exit code 1 if any record was rejected.\n\n"
         "Needs a broker: a running `safer up`, or KAFKA_BOOTSTRAP_SERVERS.\n\n"
         "example:\n  safer publish --agency police deploy/examples/concern-domestic-abuse.json\n"
-        "  safer publish --agency police deploy/examples/*.json",
+        "  safer publish --agency police deploy/examples/*.json\n"
+        "  safer publish --agency police deploy/examples/concerns-template.csv",
     )
     publish.add_argument(
         "--agency", default="police", choices=["police"], help="publishing agency type"
     )
-    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON file(s) of concerns")
+    publish.add_argument("files", nargs="+", metavar="FILE", help="JSON or CSV file(s) of concerns")
     publish.set_defaults(func=cmd_publish)
 
     route = sub.add_parser(
@@ -668,13 +704,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="run broker, router, recipient adapters and audit feed together",
+        help="run broker, router, recipient adapters, audit feed and HTTP gateway together",
         formatter_class=FORMATTER,
         description="Start Apache Kafka (unless KAFKA_BOOTSTRAP_SERVERS is set; data in\n"
         "<data-dir>/kafka, kept across restarts), create every topic and development\n"
         "keys if missing, then run the router (exactly-once), the audit feed, the\n"
-        "deadline monitor, one adapter per recipient and the web app (`safer web`\n"
-        "on --web-port, default 8080; /metrics, /healthz, /readyz) until Ctrl-C.\n\n"
+        "deadline monitor, one adapter per recipient, the web app (`safer web`\n"
+        "on --web-port, default 8080; /metrics, /healthz, /readyz) and the HTTP ingestion\n"
+        "gateway (127.0.0.1:8480 unless --no-gateway; `safer gateway --help`) until Ctrl-C.\n\n"
         "With --secure, Kafka listens with TLS and SASL/SCRAM-SHA-512 only; every\n"
         "service and agency connects as its own Kafka user, and ACLs generated from\n"
         "deploy/directory.toml let each touch only its own topics. Client commands on\n"
@@ -716,6 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a 3-broker cluster (replication 3, min.insync.replicas 2, data in "
         "<data-dir>/cluster) instead of one broker; see `safer cluster --help`",
     )
+    up.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="do not start the HTTP ingestion gateway (see `safer gateway --help`)",
+    )
+    add_gateway_options(up)
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -762,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
         register_inbox,
         register_track,
         register_secure,
+        register_gateway,
+        register_registry,
+        register_onboard,
         register_users,
     ):
         register(sub)

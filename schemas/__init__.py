@@ -2,10 +2,18 @@
 
 Bottom floor: imports nothing else from SAFER Exchange. Also home of the one
 exception tree and the stable reason codes, so every floor can use them.
+Issue 13: ``ConfluentRegistry`` (a client for Confluent-compatible schema
+registries; the REST subset is served from ours by the app shell).
 """
 
 from ._codec import SchemaVersion, catalogue, latest, split_wire
 from ._compat import check_full_transitive, reader_can_read
+from ._confluent import (
+    COMPATIBILITY,
+    ConfluentRegistry,
+    confluent_subject,
+    our_subject,
+)
 from ._errors import (
     AuditError,
     BrokerError,
@@ -73,6 +81,7 @@ __all__ = [
     "AUDIT_BATCH",
     "AUDIT_RECORD",
     "CANONICAL_ID",
+    "COMPATIBILITY",
     "CONCERN",
     "CONSENT_RECORD",
     "DASH_MAX",
@@ -93,6 +102,7 @@ __all__ = [
     "ConcernModel",
     "ConcernType",
     "ConfigError",
+    "ConfluentRegistry",
     "ConsentState",
     "ConsentStatement",
     "CryptoError",
@@ -127,9 +137,11 @@ __all__ = [
     "age_on",
     "catalogue",
     "check_full_transitive",
+    "confluent_subject",
     "content_schema_id",
     "latest",
     "limit_problems",
+    "our_subject",
     "plausibility_problems",
     "reader_can_read",
     "split_wire",

@@ -19,11 +19,13 @@ every POST form carries the token).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import hmac
 import io
 import json
+import os
 import secrets
 import time
 import uuid
@@ -111,8 +113,12 @@ def web_secret(data_dir: Path) -> bytes:
     path = data_dir / "web-secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
+        # Created private (never readable by others, even for a moment); O_EXCL: two
+        # processes starting at once keep one secret.
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(32))
     return path.read_bytes()
 
 

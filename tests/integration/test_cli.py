@@ -27,6 +27,10 @@ SUBCOMMANDS = [
     ["users", "add"],
     ["keys"],
     ["keys", "init"],
+    ["keys", "rotate"],
+    ["keys", "revoke"],
+    ["keys", "list"],
+    ["keys", "publish"],
     ["kafka"],
     ["kafka", "install"],
     ["broker"],
@@ -39,11 +43,16 @@ SUBCOMMANDS = [
     ["audit"],
     ["audit", "verify"],
     ["audit", "checkpoint"],
+    ["audit", "witness"],
+    ["audit", "witness", "init"],
+    ["audit", "witness", "cosign"],
+    ["audit", "witness", "status"],
     ["inbox"],
     ["inbox", "list"],
     ["inbox", "show"],
     ["inbox", "ack"],
     ["inbox", "action"],
+    ["inbox", "purge"],
     ["track"],
     ["overdue"],
     ["notices"],
@@ -51,12 +60,23 @@ SUBCOMMANDS = [
     ["quarantine", "list"],
     ["quarantine", "show"],
     ["quarantine", "replay"],
+    ["gateway"],
+    ["gateway", "certificate"],
+    ["gateway", "certificate", "issue"],
+    ["registry"],
+    ["consent", "export"],
+    ["gateway", "credential"],
+    ["gateway", "credential", "add"],
+    ["gateway", "credential", "list"],
+    ["gateway", "credential", "revoke"],
     ["secure"],
     ["secure", "acls"],
     ["cluster"],
     ["cluster", "up"],
     ["cluster", "status"],
     ["cluster", "manifests"],
+    ["onboard"],
+    ["onboard", "check"],
 ]
 
 
@@ -148,6 +168,8 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     assert summary["engine"].startswith("apache-kafka 4.")
     assert summary["exactly_once"] is True
     assert 0 < summary["deadlines_met"] <= summary["deadlines_total"]
+    # Every disclosure and referral has a clock (issue 15.6: local policy for the rest).
+    assert summary["deadlines_total"] == summary["disclosed"] + summary["referred"]
     assert summary["published"] == 30
     assert summary["quarantined"] == 5
     assert summary["audit_verified"] is True
@@ -173,6 +195,18 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 @pytest.mark.kafka
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
+    issued = _safer(
+        "gateway",
+        "credential",
+        "add",
+        "--agency",
+        "hampshire-constabulary",
+        "--json",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert issued.returncode == 0, issued.stderr
+    token = json.loads(issued.stdout)["token"]
     ports = []
     for _ in range(2):
         with socket.socket() as probe:
@@ -181,6 +215,7 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     ops, router_ops = (f"http://127.0.0.1:{p}" for p in ports)
     command = [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"]
     command += ["--no-web", "--ops-port", str(ports[0]), "--router-ops-port", str(ports[1])]
+    command += ["--gateway-port", "0"]
     up = subprocess.Popen(
         command,
         env=env,
@@ -234,6 +269,23 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
         assert 'safer_router_records_total{outcome="inbound"} 1.0' in routed
         assert 'safer_router_records_total{outcome="DISCLOSED"}' in routed
         assert concern_id not in routed
+        # `safer up` runs the HTTP gateway too (issue 13); port 0 → its port is logged.
+        listening = [
+            json.loads(line)
+            for line in (tmp_path / "up.log").read_text().splitlines()
+            if "gateway.listening" in line
+        ]
+        assert listening, "safer up did not start the gateway"
+        concern = json.loads((examples / "concern-domestic-abuse.json").read_text())
+        concern.pop("concern_id")
+        concern["source_ref"] = "GW-UP-1"
+        posted = httpx.post(
+            f"http://127.0.0.1:{listening[0]['port']}/v1/concerns",
+            json=concern,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert posted.status_code == 202, posted.text
     finally:
         up.send_signal(signal.SIGINT)
         try:

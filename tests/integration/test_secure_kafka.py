@@ -374,7 +374,8 @@ async def test_a_partner_who_joins_gets_a_user_and_acls_and_loses_them_on_leavin
     back = dataclasses.replace(secure.material, directory=original)
     changes = await back.provision(secure.kafka)
     assert changes[0] == "deleted Kafka user portsmouth-new-partner"
-    assert changes[1].startswith("ACLs: 0 created, 3 deleted")
+    # READ on its topic, WRITE receipts and consent, READ hips.keys (issue 15).
+    assert changes[1].startswith("ACLs: 0 created, 4 deleted")
     with pytest.raises(ConfigError):  # its password is gone from the credentials file
         back.client_access().security(joined.id)
     with pytest.raises(KafkaConnectionError):  # and the broker no longer knows the user

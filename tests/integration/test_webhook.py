@@ -583,3 +583,27 @@ def test_verify_rejects_the_wrong_secret() -> None:
     headers, body = _signed()
     with pytest.raises(SignatureError):
         verify_webhook(b"another-secret-entirely-000000", headers, body, 1_770_000_000)
+
+
+# --------------------------------------------------------------------------- FHIR body (issue 13)
+
+
+async def test_a_fhir_recipient_gets_a_signed_r4_communication(receiver_factory: Any) -> None:
+    from fhir.resources.R4B.communication import Communication
+
+    receiver = receiver_factory(["503"])
+    fake = FakeTime()
+    sender = _sender(receiver.url(), fake, body_format="fhir-r4")
+    metadata, payload = _disclosure(7)
+    result = await sender.send(metadata, payload)
+    assert result.delivered and len(result.attempts) == 2
+    body = receiver.bodies[metadata["disclosure_id"]]  # verify_webhook accepted it
+    communication = Communication.model_validate(body)
+    assert communication.identifier[0].value == metadata["disclosure_id"]
+    assert json.loads(body["payload"][0]["contentString"]) == payload
+    assert receiver.accepted == Counter({metadata["disclosure_id"]: 1})
+
+
+def test_the_directory_chooses_the_body_per_recipient() -> None:
+    with pytest.raises(ConfigError):
+        WebhookSender("http://127.0.0.1:9/hook", SECRET, body_format="hl7v2")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from broker import Settings
 from safer import Runtime
+from safer import _logging as safer_logging
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,3 +33,17 @@ def runtime(tmp_path: Path) -> Runtime:
     rt = Runtime(settings, bootstrap="127.0.0.1:1")
     rt.init_keys()
     return rt
+
+
+@pytest.fixture
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A CLI ``main`` configures logging for the process; give later tests the set-up
+    they had."""
+    monkeypatch.setattr(safer_logging, "_handle", None)
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)

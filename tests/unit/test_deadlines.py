@@ -25,9 +25,18 @@ from consent._deadlines import (
     deadline_for,
     parse_calendar,
     parse_calendars,
+    parse_local_timeliness,
     parse_response_duration,
 )
-from schemas import Lscp, PolicyError, ReasonCode, ValidationError
+from schemas import (
+    AgencyType,
+    ConcernType,
+    Lscp,
+    PolicyError,
+    ReasonCode,
+    RiskGrade,
+    ValidationError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CALENDAR_DIR = ROOT / "deploy" / "calendars"
@@ -592,3 +601,121 @@ def test_referral_due_is_exactly_eight_working_hours_later(decided: datetime) ->
         cursor += timedelta(minutes=1)
     assert worked == 8 * 60
     assert 9 <= end.hour <= 17 and (end.hour < 17 or end.minute == 0)
+
+
+# --------------------------------------------------------------------------- local policy
+
+LOCAL_FILE = ROOT / "deploy" / "timeliness.toml"
+LOCAL = parse_local_timeliness(LOCAL_FILE.read_text("utf-8"), "timeliness.toml")
+
+
+def test_the_shipped_local_policy_names_a_source_for_every_rule() -> None:
+    assert LOCAL.medium is not None and LOCAL.medium.working_days == 3
+    assert LOCAL.low is not None and LOCAL.low.working_days == 5
+    assert LOCAL.notification is not None and LOCAL.notification.working_days == 1
+    assert set(LOCAL.notification_types) == {AgencyType.EDUCATION, AgencyType.LA_EDUCATION}
+    for rule in (LOCAL.medium, LOCAL.low, LOCAL.notification):
+        assert "Working Together" in rule.source or "Keeping Children Safe" in rule.source
+
+
+def test_medium_to_health_gets_three_working_days() -> None:
+    health = {"concern_type": "NEGLECT", "recipient_agency_type": "health"}
+    deadline = _deadline(decided_at="2025-11-04 12:00", local=LOCAL, **health)
+    assert deadline.rule is DeadlineRule.LOCAL_MEDIUM_RESPONSE
+    assert deadline.due == _at("2025-11-07 12:00")
+    assert "HIPS local timeliness policy allows 3 working days" in deadline.explanation
+
+
+def test_low_skips_the_weekend_and_a_bank_holiday() -> None:
+    # Friday 19 Dec 2025 16:00 + 5 working days: Christmas Day, Boxing Day and the
+    # weekends are skipped, so Monday 22, Tue 23, Wed 24, Mon 29, Tue 30 -> Tue 30 Dec 16:00.
+    low = {"concern_type": "NEGLECT", "risk_grade": "LOW", "recipient_agency_type": "health"}
+    deadline = _deadline(decided_at="2025-12-19 16:00", local=LOCAL, **low)
+    assert deadline.rule is DeadlineRule.LOCAL_LOW_RESPONSE
+    assert deadline.due == _at("2025-12-30 16:00")
+    assert "Christmas Day" in deadline.explanation
+
+
+def test_a_notification_to_a_school_beats_the_grade_clock() -> None:
+    school = {"concern_type": "NEGLECT", "recipient_agency_type": "education"}
+    deadline = _deadline(decided_at="2025-11-04 12:00", local=LOCAL, **school)
+    assert deadline.rule is DeadlineRule.LOCAL_NOTIFICATION
+    assert deadline.due == _at("2025-11-05 12:00")
+    assert [r for r, _ in deadline.considered] == [
+        DeadlineRule.LOCAL_NOTIFICATION,
+        DeadlineRule.LOCAL_MEDIUM_RESPONSE,
+    ]
+
+
+def test_local_rules_never_touch_encompass_or_make_high_laxer() -> None:
+    encompass = _deadline(decided_at="2025-11-04 19:00", local=LOCAL)
+    assert encompass.rule is DeadlineRule.ENCOMPASS_NEXT_SCHOOL_DAY
+    assert len(encompass.considered) == 1
+    high = _deadline(
+        decided_at="2025-11-04 12:00",
+        concern_type="NEGLECT",
+        risk_grade="HIGH",
+        recipient_agency_type="education",
+        local=LOCAL,
+    )
+    assert high.rule is DeadlineRule.HIGH_REVIEW_24H  # the 1-day notification ties, HIGH wins
+
+
+@pytest.mark.parametrize("outcome", ["PERMIT", "REFER"])
+def test_with_the_local_policy_every_disclosure_has_a_deadline(outcome: str) -> None:
+    missing = []
+    for concern_type in ConcernType:
+        for grade in RiskGrade:
+            for agency in AgencyType:
+                deadline = _deadline(
+                    decided_at="2025-11-04 12:00",
+                    concern_type=concern_type,
+                    risk_grade=grade,
+                    recipient_agency_type=agency,
+                    outcome=outcome,
+                    local=LOCAL,
+                )
+                if deadline is None:
+                    missing.append((concern_type, grade, agency))
+                elif grade is not RiskGrade.HIGH and agency not in LOCAL.notification_types:
+                    # proves the local rule is what closed the gap
+                    assert deadline.due <= _at("2025-11-11 12:00")
+    assert missing == []
+    # ...and without it the gap is real (the reason for the local policy)
+    assert (
+        _deadline(
+            decided_at="2025-11-04 12:00", concern_type="NEGLECT", recipient_agency_type="health"
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            'version = 1\nname = "x"\n[grade.MEDIUM]\nworking_days = 0\nsource = "a long source"',
+            "grade.MEDIUM.working_days",
+        ),
+        (
+            'version = 1\nname = "x"\n[grade.URGENT]\nworking_days = 1\nsource = "a long source"',
+            "grade.URGENT",
+        ),
+        (
+            'version = 1\nname = "x"\n[grade.LOW]\nworking_days = 1\nsource = "?"',
+            "grade.LOW.source",
+        ),
+        (
+            'version = 1\nname = "x"\n[notification]\nagency_types = ["school"]\n'
+            'working_days = 1\nsource = "a long source"',
+            "notification.agency_types",
+        ),
+        ("version = [", "not valid TOML"),
+    ],
+)
+def test_a_bad_local_policy_names_the_file_and_field(text: str, needle: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_local_timeliness(text, "deploy/timeliness.toml")
+    assert caught.value.code is ReasonCode.CONFIG_INVALID
+    assert "deploy/timeliness.toml" in caught.value.message
+    assert needle in caught.value.message

@@ -118,14 +118,18 @@ def test_each_publisher_writes_only_its_own_inbound_topic_and_consent() -> None:
     for publisher in DIRECTORY.publishers:
         own = TOPICS.inbound(publisher.agency_type.value)
         assert _topics_with(publisher.id, OP.WRITE) == {own, TOPICS.consent}
-        assert _topics_with(publisher.id, OP.READ) == {TOPICS.notices(publisher.agency_type)}
+        assert _topics_with(publisher.id, OP.READ) == {
+            TOPICS.notices(publisher.agency_type),
+            TOPICS.keys,  # key events: rotation and revocation (issue 15)
+        }
         others = [TOPICS.inbound(a.value) for a in AgencyType if a is not publisher.agency_type]
         assert not any(_allowed(publisher.id, OP.WRITE, t) for t in others)
 
 
 def test_no_recipient_can_read_another_partnerships_topic() -> None:
     for recipient in DIRECTORY.recipients:
-        readable = _topics_with(recipient.id, OP.READ)
+        readable = _topics_with(recipient.id, OP.READ) - {TOPICS.keys}
+        assert _allowed(recipient.id, OP.READ, TOPICS.keys)  # recipients follow key events
         expected = {TOPICS.disclosures(recipient.lscp, recipient.agency_type)}
         if recipient.front_door:
             expected.add(TOPICS.triage(recipient.lscp))
@@ -136,6 +140,7 @@ def test_no_recipient_can_read_another_partnerships_topic() -> None:
         assert _topics_with(recipient.id, OP.DESCRIBE) == readable | {
             TOPICS.receipts,
             TOPICS.consent,
+            TOPICS.keys,
         }
 
 
@@ -170,18 +175,23 @@ def test_nobody_can_delete_or_alter_the_audit_topic() -> None:
 
 
 def test_the_services_get_only_what_they_use() -> None:
-    assert _topics_with(AUDIT_FEED_PRINCIPAL, OP.READ) == {TOPICS.audit, TOPICS.receipts}
+    assert _topics_with(AUDIT_FEED_PRINCIPAL, OP.READ) == {
+        TOPICS.audit,
+        TOPICS.receipts,
+        TOPICS.keys,
+    }
     assert _topics_with(AUDIT_FEED_PRINCIPAL, OP.WRITE) == set()
     assert _topics_with(MONITOR_PRINCIPAL, OP.WRITE) == {
         TOPICS.alerts,
         TOPICS.audit,
         TOPICS.notices("police"),
     }
-    assert _topics_with(MONITOR_PRINCIPAL, OP.READ) == set()
+    assert _topics_with(MONITOR_PRINCIPAL, OP.READ) == {TOPICS.keys}
     assert _topics_with(ROUTER_PRINCIPAL, OP.READ) == {
         TOPICS.inbound("police"),
         TOPICS.consent,
         TOPICS.routed,
+        TOPICS.keys,
         TOPICS.signals,
     }
     assert _topics_with(ROUTER_PRINCIPAL, OP.WRITE) == {
@@ -195,10 +205,10 @@ def test_the_services_get_only_what_they_use() -> None:
     assert not _allowed(ROUTER_PRINCIPAL, OP.READ, "another-group", AclResource.GROUP)
     assert _allowed(ROUTER_PRINCIPAL, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
     assert not _allowed(POLICE, OP.WRITE, "safer-router.0", AclResource.TRANSACTIONAL_ID)
-    # The admin touches topic metadata only, never data: it reads nothing, and writes
-    # only the tombstones a shred sends to erase a child's cumulative-concern counts.
-    assert _topics_with(ADMIN_PRINCIPAL, OP.READ) == set()
-    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == {TOPICS.signals}
+    # The admin touches topic metadata, key events and, to erase a child's
+    # cumulative-concern counts, the tombstones a shred sends: never other data.
+    assert _topics_with(ADMIN_PRINCIPAL, OP.READ) == {TOPICS.keys}
+    assert _topics_with(ADMIN_PRINCIPAL, OP.WRITE) == {TOPICS.keys, TOPICS.signals}
     # Only the broker certificate is a super user; no binding names it.
     assert all(b.principal != BROKER_PRINCIPAL for b in PLAN)
 

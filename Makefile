@@ -36,9 +36,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The web app's browser tests drive Debian's chromium through Playwright (never a
-# browser that Playwright downloads itself). CI runs `make test` as root on a fresh machine.
+# browser that Playwright downloads itself). Installed with apt as root, or through
+# sudo without a password; otherwise the step says what to run.
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo -n)
 browser:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	@command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	} || { echo "could not install chromium: run 'sudo apt-get install chromium' and try again"; exit 1; }
 
 test: lint kafka browser
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15

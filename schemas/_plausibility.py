@@ -236,6 +236,7 @@ def plausibility_problems(concern: ConcernModel, now: datetime) -> list[Problem]
         problems.append(
             Problem(ReasonCode.SCHEMA_INVALID, "subjects", "subject_ref values must be unique")
         )
+    problems += _ref_problems(concern)
     for index, subject in enumerate(concern.subjects):
         born = subject.date_of_birth
         if born is None:
@@ -279,3 +280,33 @@ def plausibility_problems(concern: ConcernModel, now: datetime) -> list[Problem]
             )
         )
     return problems
+
+
+#: A subject_ref travels into audit reasons (redaction and risk lines), so beyond its
+#: form (``_SUBJECT_REF``, checked on the raw record) it must not spell anyone's identity.
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def _ref_problems(concern: ConcernModel) -> list[Problem]:
+    identities = {
+        _NOT_WORD.sub("", value.lower())
+        for subject in concern.subjects
+        for value in (
+            subject.given_name,
+            subject.family_name,
+            subject.nhs_number,
+            subject.police_person_id,
+            subject.phone,
+        )
+        if value
+    }
+    identities = {text for text in identities if len(text) >= 3}
+    return [
+        Problem(
+            ReasonCode.PID_IN_METADATA,
+            f"subjects[{index}].subject_ref",
+            "repeats a name or identifier of a subject: use a plain reference such as S1",
+        )
+        for index, subject in enumerate(concern.subjects)
+        if any(text in _NOT_WORD.sub("", subject.subject_ref.lower()) for text in identities)
+    ]

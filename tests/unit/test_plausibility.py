@@ -94,6 +94,26 @@ def test_implausible_content_is_refused_with_its_code(
         assert value not in text
 
 
+@pytest.mark.parametrize("field", ["family_name", "given_name", "nhs_number"])
+def test_a_subject_ref_that_spells_someone_s_identity_is_refused(
+    example: dict[str, Any], field: str
+) -> None:
+    """subject_ref reaches audit reasons: it may not carry a name or an identifier."""
+    data = copy.deepcopy(example)
+    adult = _adult(data, "PARENT_CARER")
+    ref = f"{adult[field]}-1".replace(" ", "")
+    _child(data)["subject_ref"] = ref
+    data["third_party_protection"] = []
+    problems = plausibility_problems(ConcernModel.model_validate(data), NOW)
+    assert [(p.code, p.field) for p in problems] == [
+        (
+            ReasonCode.PID_IN_METADATA,
+            f"subjects[{data['subjects'].index(_child(data))}].subject_ref",
+        )
+    ]
+    assert adult[field] not in " ".join(p.describe() for p in problems)
+
+
 def _many_subjects(data: dict[str, Any], n: int) -> None:
     template = data["subjects"][0]
     data["subjects"] = [dict(template, subject_ref=f"S{i}") for i in range(n)]

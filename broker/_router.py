@@ -48,6 +48,7 @@ from consent import (
     Permit,
     Recipient,
     SignalEvent,
+    concern_sha256,
     cumulative_flag,
     current_consent,
     deadline_for,
@@ -478,6 +479,7 @@ class RouterCore:
         if self._ledger is not None:
             plan.bookkeeping.append(self._ledger.note(concern.concern_id, digest))
         flags = self._cumulative(concern, routing.lscps, plan)
+        concern_digest = concern_sha256(concern)  # once, for every recipient's input hash
         for candidate in candidates:
             recipient = candidate.recipient
             raised = flags.get(recipient.lscp, []) if recipient.is_front_door else []
@@ -491,7 +493,9 @@ class RouterCore:
                 cumulative=[flag for flag, _ in raised],
             )
             digest_in = input_sha256(
-                decision_input(concern, candidate.recipient, decision, consent, now)
+                decision_input(
+                    concern, recipient, decision, consent, now, concern_digest=concern_digest
+                )
             )
             self._plan_decision(
                 plan,

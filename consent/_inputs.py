@@ -62,12 +62,18 @@ def decision_input(
     decision: Decision,
     consent: Consent,
     now: datetime,
+    *,
+    concern_digest: str | None = None,
 ) -> dict[str, Any]:
-    """The canonical input document of ``decision`` (no personal data in clear)."""
+    """The canonical input document of ``decision`` (no personal data in clear).
+
+    ``concern_digest`` is ``concern_sha256(concern)`` when the caller already has it:
+    the router decides one concern for several recipients and hashes it once.
+    """
     return {
         "v": INPUT_VERSION,
         "concern_id": concern.concern_id,
-        "concern_sha256": concern_sha256(concern),
+        "concern_sha256": concern_digest or concern_sha256(concern),
         "considered": decision.summary.to_dict(),
         "recipient": {
             "id": recipient.id,

@@ -480,6 +480,15 @@ class RouterCore:
             plan.bookkeeping.append(self._ledger.note(concern.concern_id, digest))
         flags = self._cumulative(concern, routing.lscps, plan)
         concern_digest = concern_sha256(concern)  # once, for every recipient's input hash
+        # Recorded with every decision, computed once: each child's risk assessment in
+        # codes (read back by `safer audit risk`), a DASH score that disagrees with its
+        # grade, and equality monitoring (issue 14, docs/EQUALITY.md: the children counted
+        # by high-level ethnic group only; no subject ref, no detailed group).
+        concern_lines = (
+            *risk_assessment_reasons(concern.risk_assessments),
+            *risk_warnings(concern),
+            *equality_reasons(concern),
+        )
         for candidate in candidates:
             recipient = candidate.recipient
             raised = flags.get(recipient.lscp, []) if recipient.is_front_door else []
@@ -507,6 +516,7 @@ class RouterCore:
                 now,
                 raised,
                 decision_input_sha256=digest_in,
+                concern_lines=concern_lines,
             )
         return plan
 
@@ -680,19 +690,11 @@ class RouterCore:
         now: datetime,
         raised: Sequence[tuple[CumulativeFlag, tuple[str, ...]]] = (),
         decision_input_sha256: str | None = None,
+        concern_lines: tuple[str, ...] = (),
     ) -> None:
         disclosure_id = disclosure_id_for(concern.concern_id, recipient.id)
         deadline: datetime | None = None
-        # Each child's risk assessment, in codes (read back by `safer audit risk`), and a
-        # DASH score that disagrees with its grade, are recorded with every decision.
-        reasons = (
-            *decision.reasons,
-            *risk_assessment_reasons(concern.risk_assessments),
-            *risk_warnings(concern),
-            # Equality monitoring (issue 14, docs/EQUALITY.md): the concern's children
-            # counted by high-level ethnic group only; no subject ref, no detailed group.
-            *equality_reasons(concern),
-        )
+        reasons = (*decision.reasons, *concern_lines)
         if isinstance(decision, Deny):
             event = AuditEvent.WITHHELD
             payload_sha256 = None

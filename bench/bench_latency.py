@@ -13,6 +13,8 @@ adapter and the monitor in this one), on a local Apache Kafka, and:
 3. times each disclosure of an offered concern from just before the concern's
    send to the moment a read_committed consumer sees it on its recipient topic
    (publish → topic), and to its inbox copy's ``received_at`` (publish → inbox).
+   The publisher and that consumer run in a client process of their own, so the
+   services' event loop does not delay their clocks.
 
 Percentiles are over every disclosure of the paced phase. The last line of
 stdout is one JSON object with p50/p95/p99 for both, in milliseconds.
@@ -24,11 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +58,21 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "p99": round(cuts[98], 1)}
 
 
-async def _watch_topics(runtime: Runtime, arrived: dict[str, float], stop: asyncio.Event) -> None:
+def _router_batches(log: Path, *, since: datetime) -> list[dict[str, Any]]:
+    """The router's ``router.batch`` log lines from ``since`` on."""
+    found = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if '"router.batch"' not in line:
+            continue
+        entry = json.loads(line)
+        if datetime.fromisoformat(entry["timestamp"]) >= since:
+            found.append(entry)
+    return found
+
+
+async def _watch_topics(
+    runtime: Runtime, arrived: dict[str, float], stop: asyncio.Event, joined: asyncio.Event
+) -> None:
     """Note when each disclosure becomes visible on a recipient topic (by disclosure id:
     disclosures carry no concern id header; the inbox copy links the two)."""
     consumer = make_consumer(runtime.bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=5)
@@ -66,8 +86,56 @@ async def _watch_topics(runtime: Runtime, arrived: dict[str, float], stop: async
                     disclosure = dict(record.headers).get(Headers.DISCLOSURE_ID)
                     if disclosure is not None:
                         arrived.setdefault(disclosure.decode(), now)
+            if consumer.assignment():
+                joined.set()
     finally:
         await consumer.stop()
+
+
+async def _client(
+    settings: Settings, bootstrap: str, rate: float, offered: int, ready: Callable[[], None]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The publishing police system and a recipient's observer, in a process of their
+    own: neither shares an event loop (or a GIL) with the services they time."""
+    runtime = Runtime(settings, bootstrap)
+    police = runtime.police_adapter()
+    paced = [
+        police.prepare(ConcernModel.model_validate(d))
+        for d in synthetic_concerns(offered, seed=8, now=datetime.now(UTC))
+    ]
+    producer = make_producer(runtime.bootstrap)
+    await producer.start()
+    watch_stop, joined = asyncio.Event(), asyncio.Event()
+    arrived: dict[str, float] = {}
+    watcher = asyncio.create_task(_watch_topics(runtime, arrived, watch_stop, joined))
+    sent_at: dict[str, float] = {}
+    try:
+        await asyncio.wait_for(joined.wait(), 60)
+        await asyncio.sleep(2)  # the watcher sits at the end of every topic
+        ready()
+        t0 = time.monotonic()
+        for i, record in enumerate(paced):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            concern_id = dict(record.headers)[Headers.CONCERN_ID].decode()
+            sent_at[concern_id] = time.time()
+            await send_all(producer, [record])
+        # Until nothing new has arrived for 3 s (the last concern's disclosures).
+        seen = -1
+        while seen != len(arrived):
+            seen = len(arrived)
+            await asyncio.sleep(3)
+    finally:
+        watch_stop.set()
+        await watcher
+        await producer.stop()
+    return sent_at, arrived
+
+
+def _client_process(
+    settings: Settings, bootstrap: str, rate: float, offered: int, conn: Connection
+) -> None:
+    configure_logging(level="WARNING")
+    conn.send(asyncio.run(_client(settings, bootstrap, rate, offered, lambda: conn.send("ready"))))
 
 
 async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
@@ -96,9 +164,7 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                 )
             )
             producer = make_producer(runtime.bootstrap)
-            watch_stop = asyncio.Event()
-            arrived: dict[str, float] = {}
-            watcher: asyncio.Task[None] | None = None
+            client: SpawnProcess | None = None
             try:
                 await asyncio.wait_for(ready.wait(), 120)
                 await producer.start()
@@ -109,36 +175,44 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                 rate = capacity * load
                 offered = max(int(rate * seconds), 20)
                 console.print(
-                    f"capacity {capacity:.0f}/s; offering {rate:.0f}/s for {seconds:.0f} s"
+                    f"capacity {capacity:.0f}/s; offering {rate:.0f}/s for {seconds:.0f} s "
+                    "from a client process"
                 )
-                paced = [
-                    ConcernModel.model_validate(d)
-                    for d in synthetic_concerns(offered, seed=8, now=datetime.now(UTC))
-                ]
-                watcher = asyncio.create_task(_watch_topics(runtime, arrived, watch_stop))
-                await asyncio.sleep(2)  # the watcher has joined and sits at the end
-                sent_at: dict[str, float] = {}
-                t0 = time.monotonic()
+                ours, theirs = multiprocessing.get_context("spawn").Pipe()
+                client = multiprocessing.get_context("spawn").Process(
+                    target=_client_process,
+                    args=(settings, engine.bootstrap_servers, rate, offered, theirs),
+                    daemon=True,
+                )
+                client.start()
+                if not await asyncio.to_thread(ours.poll, 120) or ours.recv() != "ready":
+                    raise RuntimeError("the client process did not start; see its stderr")
+                offering_from = time.monotonic()
+                offering_from_wall = datetime.now(UTC)
                 with Progress(console=console, transient=True) as progress:
-                    task = progress.add_task("offering", total=offered)
-                    for i, item in enumerate(paced):
-                        await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-                        record = police.prepare(item)
-                        sent_at[item.concern_id] = time.time()
-                        await send_all(producer, [record])
-                        progress.advance(task)
-                await last_routed_at(runtime, burst + offered, 120)
-                await asyncio.sleep(3)  # the inboxes and the watcher catch up
+                    task = progress.add_task("offering (seconds)", total=seconds)
+                    routed = asyncio.create_task(last_routed_at(runtime, burst + offered, 600))
+                    while not routed.done():
+                        await asyncio.sleep(0.5)
+                        elapsed = time.monotonic() - offering_from
+                        progress.update(task, completed=min(seconds, elapsed))
+                    await routed
+                if not await asyncio.to_thread(ours.poll, 120):
+                    raise RuntimeError("the client process sent no timings")
+                sent_at, arrived = ours.recv()
+                await asyncio.sleep(3)  # the inboxes catch up
             finally:
-                watch_stop.set()
-                if watcher is not None:
-                    await watcher
+                if client is not None:
+                    client.join(10)
+                    if client.is_alive():
+                        client.kill()
                 await producer.stop()
                 stop.set()
                 await services
                 store.close()
 
-            to_topic = [(arrived[c] - sent) * 1000 for c, sent in sent_at.items() if c in arrived]
+            batches = _router_batches(Path(tmp) / "services.log", since=offering_from_wall)
+            to_topic: list[float] = []
             to_inbox: list[float] = []
             for recipient in runtime.deployment.directory.recipients:
                 path = runtime.inbox_path(recipient.id)
@@ -162,6 +236,11 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
         "inbox_copies": len(to_inbox),
         "publish_to_topic_ms": _percentiles(to_topic),
         "publish_to_inbox_ms": _percentiles(to_inbox),
+        # The router's own account of the paced phase's batches (its log).
+        "router_batches": len(batches),
+        "router_batch_concerns": _percentiles([b["inbound"] for b in batches]),
+        "router_plan_ms": _percentiles([b["plan_ms"] for b in batches]),
+        "router_commit_ms": _percentiles([b["commit_ms"] for b in batches]),
     }
     show_result(f"latency under safer up at {load:.0%} of capacity", result)
     return result

@@ -11,6 +11,9 @@ Same process, same run, same records (``--concerns`` synthetic concerns):
 * **router (transactional)**: the real router on the local Apache Kafka: each
   batch's audit batch, disclosures, ledger entries and input offsets in ONE
   Kafka transaction, subject-vault enrolment included.
+* **router (not pipelined)**: the same transactional router, but each batch is
+  planned only after the previous batch's transaction ended (before issue 12's
+  pipelining), for comparison.
 * **router (no transactions)**: the same router code with the transaction
   replaced, for comparison only, by produce-then-commit (not exactly-once).
 * **raw**: aiokafka consume/produce pass-through of the same bytes (context).
@@ -132,7 +135,10 @@ class _NoTransactionRouter(Router):
         *,
         consumer: AIOKafkaConsumer | None = None,
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        still_current: Callable[[], bool] | None = None,
     ) -> bool:
+        if still_current is not None and not still_current():
+            return False
         await send_all(producer, records)
         if before_commit is not None:
             await before_commit()
@@ -142,7 +148,7 @@ class _NoTransactionRouter(Router):
 
 
 async def routed(
-    runtime: Runtime, records: list[OutRecord], *, transactional: bool
+    runtime: Runtime, records: list[OutRecord], *, transactional: bool, pipelined: bool = True
 ) -> tuple[float, dict[str, int]]:
     await _produce(runtime, records, runtime.settings.topics.inbound("police"))
     kind = Router if transactional else _NoTransactionRouter
@@ -152,6 +158,7 @@ async def routed(
         inbound_topics=[runtime.settings.topics.inbound("police")],
         group_id=f"{runtime.settings.topic_prefix}-router",
         on_delivered=runtime.enrol_routed_subjects,
+        pipelined=pipelined,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(router.run(stop))
@@ -246,13 +253,14 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
             rates: dict[str, list[float]] = {
                 "raw": [],
                 "txn": [],
+                "serial": [],
                 "no_txn": [],
                 "core": [],
                 "floor": [],
             }
             totals: dict[str, int] = {}
             for round_no in range(rounds):
-                for measure in ("raw", "txn", "no_txn", "core"):
+                for measure in ("raw", "txn", "serial", "no_txn", "core"):
                     tag = f"bench{secrets.token_hex(3)}"
                     runtime = Runtime(settings.model_copy(update={"topic_prefix": tag}), bootstrap)
                     runtime.init_keys()
@@ -267,7 +275,10 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
                         rates["floor"].append(floor_only(runtime, records, plans))
                     else:
                         rate, totals = await routed(
-                            runtime, records, transactional=measure == "txn"
+                            runtime,
+                            records,
+                            transactional=measure != "no_txn",
+                            pipelined=measure != "serial",
                         )
                         rates[measure].append(rate)
     best = {k: max(v) for k, v in rates.items()}
@@ -280,6 +291,8 @@ async def main(concerns: int, rounds: int) -> dict[str, Any]:
         "ratio_to_floor": round(best["txn"] / best["floor"], 3),
         "core_plan_per_s": round(best["core"], 1),
         "core_to_floor_ratio": round(best["core"] / best["floor"], 3),
+        "router_not_pipelined_per_s": round(best["serial"], 1),
+        "pipelined_to_not_pipelined_ratio": round(best["txn"] / best["serial"], 3),
         "router_no_transactions_per_s": round(best["no_txn"], 1),
         "transactional_to_no_transactions_ratio": round(best["txn"] / best["no_txn"], 3),
         "raw_passthrough_per_s": round(best["raw"], 1),

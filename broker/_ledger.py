@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from ._kafka import OutRecord, follow_topic
+from ._pending import PendingBatches
 
 __all__ = ["RoutedLedger", "Seen", "routed_digest"]
 
@@ -55,7 +56,7 @@ class RoutedLedger:
         self._security = dict(security or {})
         self._poll_ms = poll_ms
         self._routed: dict[str, bytes] = {}
-        self._pending: dict[str, bytes] = {}
+        self._pending: PendingBatches[bytes] = PendingBatches()
 
     def __len__(self) -> int:
         return len(self._routed)
@@ -68,18 +69,21 @@ class RoutedLedger:
             return Seen.NEW
         return Seen.REPLAY if known == digest else Seen.CONFLICT
 
+    def begin(self) -> None:
+        """A batch is about to be planned (its notes are kept apart from earlier batches')."""
+        self._pending.begin()
+
     def note(self, concern_id: str, digest: bytes) -> OutRecord:
         """Record a concern as routed by the batch being planned; returns its ledger record."""
-        self._pending[concern_id] = digest
+        self._pending.put(concern_id, digest)
         return OutRecord(self.topic, concern_id.encode("ascii"), digest, ())
 
     def committed(self) -> None:
-        """The batch's transaction committed: its pending entries are routed."""
-        self._routed.update(self._pending)
-        self._pending.clear()
+        """The oldest pending batch's transaction committed: its entries are routed."""
+        self._routed.update(self._pending.pop_oldest())
 
     def aborted(self) -> None:
-        """The batch's transaction aborted: forget what it noted."""
+        """A transaction aborted: forget what every pending batch noted."""
         self._pending.clear()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:

@@ -942,8 +942,11 @@ class Router:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         security: dict[str, Any] | None = None,
         on_delivered: Callable[[Sequence[Plan]], Awaitable[None] | None] | None = None,
+        pipelined: bool = True,
     ) -> None:
         self._core = core
+        #: Plan batch N+1 while batch N's transaction is in flight (off: for comparison).
+        self._pipelined = pipelined
         #: Called with each batch's plans inside its transaction, before the commit
         #: (e.g. to enrol subjects in the audit's subject vault; it may be a coroutine,
         #: to keep blocking work off the event loop); it must be idempotent: if it
@@ -959,6 +962,8 @@ class Router:
         # One transaction at a time on the producer (the consent view shares it), and
         # a rebalance waits for the open one to finish before giving partitions away.
         self._txn_lock = asyncio.Lock()
+        #: Bumped when partitions are revoked: a batch planned before that is stale.
+        self._generation = 0
         self.totals: Counter[str] = Counter()
         #: Monotonic times of the first fetched and the last committed batch (for metrics).
         self.first_batch_at: float | None = None
@@ -978,10 +983,13 @@ class Router:
         producer = self._producer()
         await producer.start()  # InitProducerId: fences a predecessor, aborts its transaction
         followers: list[asyncio.Task[None]] = []
+        committing: asyncio.Task[_Planned] | None = None
         try:
             followers = await self._start_followers(producer, stop)
             await consumer.start()
-            consumer.subscribe(self._inbound, listener=_FinishBeforeRevoke(self._txn_lock))
+            consumer.subscribe(
+                self._inbound, listener=_FinishBeforeRevoke(self._txn_lock, self._rebalanced)
+            )
             _log.info(
                 "router.started",
                 topics=self._inbound,
@@ -998,14 +1006,40 @@ class Router:
                             f"{task.get_name()} stopped", hint="the router restarts and rebuilds it"
                         )
                 batch = await fetch(consumer, timeout_ms=250, max_records=self._batch_size)
-                if batch:
-                    await self._handle(batch, producer, consumer, stop)
+                if not batch:
+                    if committing is not None:
+                        previous, committing = committing, None
+                        await self._settle(previous, [], producer, consumer, stop)
+                    continue
+                # Pipelined (issue 12): batch N+1 is planned while batch N's transaction
+                # is in flight; its own transaction starts only once N's has ended.
+                planned = await self._plan_batch(batch, overlapped=committing is not None)
+                if committing is not None:
+                    previous, committing = committing, None
+                    settled = await self._settle(previous, [planned], producer, consumer, stop)
+                    if not settled:
+                        continue  # planned was discarded with it and will be read again
+                committing = asyncio.create_task(
+                    self._commit_planned(planned, producer, consumer, stop)
+                )
+                if not self._pipelined:
+                    previous, committing = committing, None
+                    await self._settle(previous, [], producer, consumer, stop)
         finally:
-            for task in followers:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await stop_clients(consumer, producer)
+            try:
+                if committing is not None:
+                    # Let the open transaction end (commit or abort) rather than cut it off.
+                    done, _ = await asyncio.wait({committing}, timeout=30)
+                    if not done:
+                        committing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._settle(committing, [], producer, consumer, stop)
+            finally:
+                for task in followers:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await stop_clients(consumer, producer)
             _log.info("router.stopped", **dict(self.totals))
 
     def _producer(self) -> AIOKafkaProducer:
@@ -1091,35 +1125,128 @@ class Router:
         )
         return True
 
-    async def _handle(
+    def _rebalanced(self) -> None:
+        self._generation += 1
+
+    def _books(self) -> list[RoutedLedger | SignalStore]:
+        return [b for b in (self._core.ledger, self._core.signals) if b is not None]
+
+    async def _plan_batch(
+        self, batch: dict[TopicPartition, list[Any]], *, overlapped: bool
+    ) -> _Planned:
+        """Plan every record of ``batch`` and its signed audit batches.
+
+        ``overlapped``: another batch's transaction is in flight, so yield to the
+        event loop between records to let its produce and commit progress.
+        """
+        if self.first_batch_at is None:
+            self.first_batch_at = time.monotonic()
+        generation = self._generation
+        now = self._clock()
+        records = [msg for msgs in batch.values() for msg in msgs]
+        for book in self._books():
+            book.begin()
+        started = time.perf_counter()
+        plans: list[Plan] = []
+        for msg in records:
+            plans.append(self._plan(msg, now))
+            if overlapped:
+                await asyncio.sleep(0)
+        out = self._core.audit_out([a for p in plans for a in p.audits])
+        out += [r for p in plans for r in (*p.outputs, *p.bookkeeping)]
+        return _Planned(
+            batch=batch,
+            records=records,
+            plans=plans,
+            out=out,
+            offsets={tp: msgs[-1].offset + 1 for tp, msgs in batch.items()},
+            now=now,
+            generation=generation,
+            plan_s=time.perf_counter() - started,
+        )
+
+    async def _commit_planned(
         self,
-        batch: dict[TopicPartition, list[Any]],
+        planned: _Planned,
         producer: Any,
         consumer: AIOKafkaConsumer,
         stop: asyncio.Event,
-    ) -> None:
-        if self.first_batch_at is None:
-            self.first_batch_at = time.monotonic()
-        now = self._clock()
-        records = [msg for msgs in batch.values() for msg in msgs]
+    ) -> _Planned:
         started = time.perf_counter()
-        plans = [self._plan(msg, now) for msg in records]
-        planned = time.perf_counter()
-        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
         try:
-            committed = await self._commit(producer, consumer, plans, offsets, stop)
+            planned.committed = await self._commit(
+                producer,
+                consumer,
+                planned.plans,
+                planned.offsets,
+                stop,
+                out=planned.out,
+                still_current=lambda: planned.generation == self._generation,
+            )
         except _Unproducible as exc:
+            planned.unproducible = exc.error
+        except _Stale:
+            planned.stale = True
+        planned.commit_s = time.perf_counter() - started
+        planned.ended_at = time.monotonic()
+        return planned
+
+    async def _settle(
+        self,
+        committing: asyncio.Task[_Planned],
+        later: Sequence[_Planned],
+        producer: Any,
+        consumer: AIOKafkaConsumer,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Wait for a batch's transaction; True if the ``later`` batches may follow it.
+
+        If it did not commit, nothing of it is visible and every batch planned after
+        it rests on its ledger and signal notes: those are discarded and the
+        consumer is rewound to read them all again.
+        """
+        planned = await committing
+        if planned.unproducible is not None:
             # One record the broker refuses must not stall the rest: route each
             # record of the batch in its own transaction, quarantining any it refuses.
-            _log.warning("router.isolating_batch", records=len(records), error=exc.error)
-            await self._isolate(records, producer, consumer, stop, now)
-            return
-        if not committed:
+            _log.warning(
+                "router.isolating_batch", records=len(planned.records), error=planned.unproducible
+            )
+            self._discard(later, consumer, rewind=True)
+            await self._isolate(planned.records, producer, consumer, stop, planned.now)
+            return False
+        if planned.stale:
+            # Partitions were revoked while it was planned: their new owner reads them
+            # from the last committed offsets. Nothing to rewind here.
+            _log.info("router.stale_batch", records=len(planned.records))
+            self._discard(later, consumer, rewind=False)
+            return False
+        if not planned.committed:
             # Nothing of the batch is visible; read it again from its first offsets.
-            for tp, msgs in batch.items():
-                consumer.seek(tp, msgs[0].offset)
+            self._discard([planned, *later], consumer, rewind=True)
+            return False
+        self._count(planned.plans, plan_s=planned.plan_s, commit_s=planned.commit_s)
+        self.last_batch_at = planned.ended_at
+        return True
+
+    def _discard(
+        self, planned: Sequence[_Planned], consumer: AIOKafkaConsumer, *, rewind: bool
+    ) -> None:
+        """Forget planned batches that were never committed (and their notes)."""
+        if not planned:
             return
-        self._count(plans, plan_s=planned - started, commit_s=time.perf_counter() - planned)
+        for book in self._books():
+            book.aborted()
+        if not rewind:
+            return
+        first: dict[TopicPartition, int] = {}
+        for batch in planned:  # oldest first: keep each partition's earliest offset
+            for tp, msgs in batch.batch.items():
+                first.setdefault(tp, msgs[0].offset)
+        owned = consumer.assignment()
+        for tp, offset in first.items():
+            if tp in owned:
+                consumer.seek(tp, offset)
 
     def _plan(self, msg: Any, now: datetime) -> Plan:
         return self._core.plan(
@@ -1154,10 +1281,15 @@ class Router:
         plans: Sequence[Plan],
         offsets: dict[TopicPartition, int],
         stop: asyncio.Event,
+        *,
+        out: list[OutRecord] | None = None,
+        still_current: Callable[[], bool] | None = None,
     ) -> bool:
-        """One transaction for ``plans`` and ``offsets``; the ledger follows its outcome."""
-        out = self._core.audit_out([a for p in plans for a in p.audits])
-        out += [r for p in plans for r in (*p.outputs, *p.bookkeeping)]
+        """One transaction for ``plans`` (``out``: their records, if already built) and
+        ``offsets``; the ledger and the signal store follow its outcome."""
+        if out is None:
+            out = self._core.audit_out([a for p in plans for a in p.audits])
+            out += [r for p in plans for r in (*p.outputs, *p.bookkeeping)]
 
         async def delivered() -> None:
             if self._on_delivered is not None:
@@ -1165,10 +1297,16 @@ class Router:
                 if inspect.isawaitable(result):
                     await result
 
-        books = [b for b in (self._core.ledger, self._core.signals) if b is not None]
+        books = self._books()
         try:
             committed = await self._transact(
-                producer, out, offsets, stop, consumer=consumer, before_commit=delivered
+                producer,
+                out,
+                offsets,
+                stop,
+                consumer=consumer,
+                before_commit=delivered,
+                still_current=still_current,
             )
         except BaseException:
             for book in books:
@@ -1193,6 +1331,8 @@ class Router:
         for msg in records:
             tp = TopicPartition(msg.topic, msg.partition)
             offsets = {tp: msg.offset + 1}
+            for book in self._books():
+                book.begin()
             plan = self._plan(msg, now)
             try:
                 committed = await self._commit(producer, consumer, [plan], offsets, stop)
@@ -1230,6 +1370,7 @@ class Router:
         *,
         consumer: AIOKafkaConsumer | None = None,
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        still_current: Callable[[], bool] | None = None,
     ) -> bool:
         """Produce ``records`` and commit ``offsets`` in one transaction; retry what can be.
 
@@ -1240,15 +1381,27 @@ class Router:
         from the last committed batch. Any other error Kafka says cannot succeed
         on retry (a record too large for a topic, a topic this router may not
         write) raises ``_Unproducible``, so the caller can isolate the record.
+        ``still_current`` is asked under the transaction lock, which a rebalance
+        waits for: if it says no, the partitions moved since the records were
+        planned, and ``_Stale`` is raised before anything is written.
         """
         delay = 0.2
         while True:
             async with self._txn_lock:
+                if still_current is not None and not still_current():
+                    raise _Stale
                 await producer.begin_transaction()
                 try:
-                    await send_all(producer, records)
-                    if before_commit is not None:
-                        await before_commit()
+                    # The commit waits for both; side by side, the hook's work (the
+                    # subject vault's fsync) hides behind the broker's acks.
+                    sent, hooked = await asyncio.gather(
+                        send_all(producer, records),
+                        before_commit() if before_commit is not None else asyncio.sleep(0),
+                        return_exceptions=True,
+                    )
+                    for failure in (sent, hooked):
+                        if isinstance(failure, BaseException):
+                            raise failure
                     if offsets:
                         await producer.send_offsets_to_transaction(offsets, self._group_id)
                     await producer.commit_transaction()
@@ -1271,6 +1424,33 @@ class Router:
             delay = min(delay * 2, 5.0)
 
 
+@dataclass
+class _Planned:
+    """One fetched batch, planned: what its transaction will write and commit."""
+
+    batch: dict[TopicPartition, list[Any]]
+    records: list[Any]
+    plans: list[Plan]
+    out: list[OutRecord]
+    offsets: dict[TopicPartition, int]
+    now: datetime
+    #: The router's rebalance count when the batch was fetched.
+    generation: int
+    plan_s: float
+    commit_s: float = 0.0
+    #: Monotonic time its transaction ended.
+    ended_at: float = 0.0
+    committed: bool = False
+    #: Set when Kafka refused the transaction for a reason retrying cannot fix.
+    unproducible: str | None = None
+    #: Set when its partitions were revoked before its transaction began.
+    stale: bool = False
+
+
+class _Stale(Exception):
+    """The batch's partitions were revoked after it was fetched."""
+
+
 class _Unproducible(Exception):
     """Kafka refused a transaction for a reason retrying cannot fix."""
 
@@ -1286,12 +1466,15 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     router's transaction is about to commit, and route a batch twice.
     """
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, on_revoked: Callable[[], None]) -> None:
         self._lock = lock
+        self._on_revoked = on_revoked
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self._lock:
-            pass
+            # Under the lock: no transaction is open, and a batch planned before now
+            # sees the change before it starts one.
+            self._on_revoked()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         # For operators sharing the work across routers: which partitions this one has.

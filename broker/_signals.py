@@ -35,6 +35,7 @@ from consent import SignalEvent, prune_events
 from schemas import BrokerError, ReasonCode, RiskGrade
 
 from ._kafka import OutRecord, follow_topic, make_producer, stop_clients
+from ._pending import PendingBatches
 
 __all__ = ["SignalStore", "decode_signal_state", "encode_signal_state", "erase_signals"]
 
@@ -88,7 +89,7 @@ class SignalStore:
         self._poll_ms = poll_ms
         self._keep_days = keep_days
         self._state: dict[str, tuple[SignalEvent, ...]] = {}
-        self._pending: dict[str, tuple[SignalEvent, ...]] = {}
+        self._pending: PendingBatches[tuple[SignalEvent, ...]] = PendingBatches()
 
     def __len__(self) -> int:
         return len(self._state)
@@ -115,17 +116,22 @@ class SignalStore:
             current = self.events(pseudonym)
             newest = max([event.reported_at, *(e.reported_at for e in current)])
             kept = prune_events([*current, event], newest, self._keep_days)[-MAX_EVENTS:]
-            self._pending[pseudonym] = kept
+            self._pending.put(pseudonym, kept)
             out.append(
                 OutRecord(self.topic, pseudonym.encode("ascii"), encode_signal_state(kept), ())
             )
         return out
 
+    def begin(self) -> None:
+        """A batch is about to be planned (its counts are kept apart from earlier batches')."""
+        self._pending.begin()
+
     def committed(self) -> None:
-        self._state.update(self._pending)
-        self._pending.clear()
+        """The oldest pending batch's transaction committed: its counts are the state."""
+        self._state.update(self._pending.pop_oldest())
 
     def aborted(self) -> None:
+        """A transaction aborted: forget what every pending batch counted."""
         self._pending.clear()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:

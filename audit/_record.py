@@ -200,46 +200,49 @@ class AuditRecord:
     test: bool = False
 
     def __post_init__(self) -> None:
-        put = object.__setattr__
-        if self.seq is not None and (
-            isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1
-        ):
+        # The same checks in the same order, read from the instance dict (the router
+        # builds several records per concern; getattr per field was most of the cost).
+        values = self.__dict__
+        seq = values["seq"]
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
             raise ValidationError("seq must be None or a positive integer", fields=("seq",))
-        put(self, "event", as_event(self.event))
+        values["event"] = as_event(values["event"])
         for name in _REQUIRED_STR:
-            value = getattr(self, name)
+            value = values[name]
             if not isinstance(value, str) or not value:
                 raise ValidationError(f"{name} must be a non-empty string", fields=(name,))
         for name in _OPTIONAL_STR:
-            value = getattr(self, name)
+            value = values[name]
             if value is not None and not isinstance(value, str):
                 raise ValidationError(f"{name} must be a string or None", fields=(name,))
         for name in _STR_ARRAYS:
-            value = getattr(self, name)
+            value = values[name]
             if isinstance(value, str) or not isinstance(value, tuple | list):
                 raise ValidationError(f"{name} must be a sequence of strings", fields=(name,))
-            if not all(isinstance(item, str) for item in value):
-                raise ValidationError(f"{name} must contain only strings", fields=(name,))
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValidationError(f"{name} must contain only strings", fields=(name,))
             if isinstance(value, list):
-                put(self, name, tuple(value))
-        if not isinstance(self.test, bool):
+                values[name] = tuple(value)
+        if not isinstance(values["test"], bool):
             raise ValidationError("test must be a boolean", fields=("test",))
-        put(self, "at", utc_millis("at", self.at))
-        if self.deadline is not None:
-            put(self, "deadline", utc_millis("deadline", self.deadline))
+        values["at"] = utc_millis("at", values["at"])
+        if values["deadline"] is not None:
+            values["deadline"] = utc_millis("deadline", values["deadline"])
 
     # -- Avro -----------------------------------------------------------------
 
     def to_avro(self) -> dict[str, Any]:
         """The dict fastavro writes with ``audit_record`` (enum as str, arrays as lists)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        values = self.__dict__
+        for name in _FIELD_ORDER:  # not dataclasses.fields(): it rebuilds a tuple per call
+            value = values[name]
             if isinstance(value, AuditEvent):
                 value = value.value
             elif isinstance(value, tuple):
                 value = list(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
     @classmethod
@@ -415,7 +418,9 @@ class AuditRecord:
         return dataclasses.replace(self, seq=seq)
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(AuditRecord))
+#: The fields in declaration order (the order ``to_avro`` writes them).
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(AuditRecord))
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
 #: Fields added after the log format was fixed, with the default that leaves them out.
 _EXTENSIONS: dict[str, Any] = {"credential": None, "input_sha256": None, "test": False}
 #: The fields every canonical entry has.

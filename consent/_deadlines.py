@@ -35,6 +35,7 @@ time wins; ``Deadline.considered`` keeps the others for the record.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -158,6 +159,7 @@ class Calendar:
     closures: tuple[Closure, ...]
     lscp: Lscp | None = None
     _closed: Mapping[dt.date, str] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         closed: dict[dt.date, str] = {}
@@ -165,6 +167,26 @@ class Calendar:
             for day in closure.days():
                 closed[day] = closure.name
         object.__setattr__(self, "_closed", closed)
+        # The hash the dataclass would compute (over the compared fields), once: a
+        # calendar is part of ``deadline_for``'s memo key, hashed on every call.
+        object.__setattr__(
+            self,
+            "_hash",
+            hash(
+                (
+                    self.kind,
+                    self.name,
+                    self.source,
+                    self.covers_from,
+                    self.covers_to,
+                    self.closures,
+                    self.lscp,
+                )
+            ),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def covers(self, day: dt.date) -> bool:
         return self.covers_from <= day <= self.covers_to
@@ -559,7 +581,84 @@ def deadline_for(
 
     Raises ``ValidationError`` for an impossible input (naive time, wrong zone,
     unknown enum value, DENY) and ``PolicyError`` for a bad ``default_response``.
+
+    Memoised on every input (a router decides a whole batch at one ``decided_at``,
+    and many of its disclosures share type, grade, recipient type and calendar).
+    The memo is keyed on the decision time in UTC, whole milliseconds (all the
+    result depends on: equal aware datetimes in one zone may be different instants,
+    across a clock change), and holds only successful results: an invalid input
+    is checked, and raises, on every call.
     """
+    try:
+        start = _floor_ms(_aware_utc(decided_at, "decided_at"))
+        key = _DeadlineKey(
+            concern_type,
+            risk_grade,
+            recipient_agency_type,
+            outcome,
+            start,
+            school_calendar,
+            bank_holidays,
+            zone,
+            default_response,
+            encompass_notice,
+            local,
+        )
+        hash(key)
+    except (SaferValidationError, TypeError):  # raise as the unmemoised path does
+        return _deadline_for(
+            concern_type,
+            risk_grade,
+            recipient_agency_type,
+            outcome,
+            decided_at,
+            school_calendar,
+            bank_holidays,
+            zone,
+            default_response,
+            encompass_notice,
+            local,
+        )
+    return _memo_deadline(key)
+
+
+class _DeadlineKey(NamedTuple):
+    """``deadline_for``'s arguments, in order (the memo's key)."""
+
+    concern_type: ConcernType | str
+    risk_grade: RiskGrade | str
+    recipient_agency_type: AgencyType | str
+    outcome: str
+    decided_at: dt.datetime
+    school_calendar: Calendar | None
+    bank_holidays: Calendar
+    zone: dt.tzinfo
+    default_response: str | None
+    encompass_notice: dt.timedelta
+    local: LocalTimeliness | None
+
+
+#: Bounded: a batch needs at most one entry per (type, grade, recipient type, outcome,
+#: partnership) it meets; ``decided_at`` moves on with every batch.
+@functools.lru_cache(maxsize=1024)
+def _memo_deadline(key: _DeadlineKey) -> Deadline | None:
+    return _deadline_for(*key)
+
+
+def _deadline_for(
+    concern_type: ConcernType | str,
+    risk_grade: RiskGrade | str,
+    recipient_agency_type: AgencyType | str,
+    outcome: str,
+    decided_at: dt.datetime,
+    school_calendar: Calendar | None,
+    bank_holidays: Calendar,
+    zone: dt.tzinfo,
+    default_response: str | None,
+    encompass_notice: dt.timedelta,
+    local: LocalTimeliness | None,
+) -> Deadline | None:
+    """``deadline_for``, computed."""
     concern = _enum(ConcernType, concern_type, "concern_type")
     grade = _enum(RiskGrade, risk_grade, "risk_grade")
     agency = _enum(AgencyType, recipient_agency_type, "recipient_agency_type")

@@ -22,12 +22,12 @@ a guess at one field (a date of birth) without knowing every other field.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from schemas import ConcernModel
 
+from ._canonical import canonical_json, concern_document
 from ._decision import Decision
 from ._recipient import Recipient
 from ._state import Consent
@@ -39,21 +39,35 @@ INPUT_VERSION = "safer-decision-input-v1"
 
 
 def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    return canonical_json(value)
+
+
+def _ms_text(utc: datetime) -> str:
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+#: The last instant ``_ms`` formatted, and its text: a router decides a batch at one
+#: ``now``, so most calls repeat it. One tuple, replaced whole (threads may share it).
+_last_ms: tuple[datetime, str] = (datetime(1970, 1, 1, tzinfo=UTC), "1970-01-01T00:00:00.000Z")
 
 
 def _ms(value: datetime | None) -> str | None:
+    global _last_ms
     if value is None:
         return None
+    # Compared in UTC: two equal times in one zone may be different instants.
     utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    last = _last_ms
+    if last[0] == utc:
+        return last[1]
+    text = _ms_text(utc)
+    _last_ms = (utc, text)
+    return text
 
 
 def concern_sha256(concern: ConcernModel) -> str:
     """SHA-256 of the concern's canonical JSON (sorted keys, no whitespace, UTF-8)."""
-    return hashlib.sha256(_canonical(concern.model_dump(mode="json"))).hexdigest()
+    return hashlib.sha256(_canonical(concern_document(concern))).hexdigest()
 
 
 def decision_input(

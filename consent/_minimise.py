@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from typing import Any
 
 from schemas import ConcernModel, Subject
 
+from ._canonical import canonical_json, concern_document
 from ._policy import Profile
 
 __all__ = [
@@ -72,9 +72,7 @@ class MinimisedPayload:
 
     def canonical_bytes(self) -> bytes:
         """Sorted-key, compact JSON in UTF-8."""
-        return json.dumps(
-            self.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        return canonical_json(self.data)
 
     @property
     def sha256(self) -> str:
@@ -238,7 +236,7 @@ class _Needle:
 
 def _needle(kind: str, text: str, owner: int | None) -> _Needle | None:
     if kind in _LOOSE_IDENTIFIERS:
-        compact = "".join(ch for ch in text.casefold() if ch.isalnum())
+        compact = "".join(filter(str.isalnum, text.casefold()))  # no generator frame per char
         return _Needle(kind, owner, compact=compact) if len(compact) >= 2 else None
     spans = list(_WORD.finditer(text))
     if not spans:
@@ -318,7 +316,7 @@ class _Hidden:
 def _normal(kind: str, text: str) -> str:
     """How two spellings of the same text compare (case, spacing, punctuation)."""
     if kind in _LOOSE_IDENTIFIERS:
-        return "".join(ch for ch in text.lower() if ch.isalnum())
+        return "".join(filter(str.isalnum, text.lower()))
     return " ".join(text.lower().split())
 
 
@@ -356,7 +354,7 @@ def _prepare(concern: ConcernModel) -> _Prepared:
         people.append(
             _Person(texts, tuple(_needle(kind, text, position) for kind, text, _ in texts))
         )
-    prepared = _Prepared(concern.model_dump(mode="json"), tuple(people))
+    prepared = _Prepared(concern_document(concern), tuple(people))
     _PREPARED[id(concern)] = (concern, prepared)
     while len(_PREPARED) > _PREPARED_SIZE:
         _PREPARED.popitem(last=False)

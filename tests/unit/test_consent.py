@@ -933,6 +933,8 @@ _ALLOWED_IMPORTS = {
     "hashlib",
     "itertools",
     "json",
+    # A pure JSON encoder (no I/O): canonical_json's fast path for hashed bytes.
+    "orjson",
     "pydantic",
     "re",
     "schemas",

@@ -719,3 +719,25 @@ def test_a_bad_local_policy_names_the_file_and_field(text: str, needle: str) -> 
     assert caught.value.code is ReasonCode.CONFIG_INVALID
     assert "deploy/timeliness.toml" in caught.value.message
     assert needle in caught.value.message
+
+
+def test_memo_keeps_the_two_instants_of_a_repeated_wall_time_apart() -> None:
+    """01:30 on the night the clocks go back happens twice; the two compare equal
+    in one zone but are an hour apart, and so are their deadlines."""
+    first = datetime(2026, 10, 25, 1, 30, tzinfo=ZONE)
+    second = first.replace(fold=1)
+    assert first == second  # same zone: Python compares wall times
+    args: dict[str, Any] = {"concern_type": "NEGLECT", "risk_grade": "HIGH"}
+    args["recipient_agency_type"] = "health"
+    due_first = _due(decided_at=first, **args)
+    due_second = _due(decided_at=second, **args)
+    assert due_second - due_first == timedelta(hours=1)
+    assert _due(decided_at=first, **args) == due_first  # a memo hit gives the same answer
+
+
+def test_memo_still_refuses_a_bad_input_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            _deadline(decided_at=datetime(2026, 3, 2, 9, 0))  # naive
+        with pytest.raises(ValidationError):
+            _deadline(decided_at="2026-03-02 09:00", outcome="DENY")

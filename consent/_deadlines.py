@@ -42,7 +42,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from enum import StrEnum
-from typing import Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -169,24 +169,33 @@ class Calendar:
         object.__setattr__(self, "_closed", closed)
         # The hash the dataclass would compute (over the compared fields), once: a
         # calendar is part of ``deadline_for``'s memo key, hashed on every call.
-        object.__setattr__(
-            self,
-            "_hash",
-            hash(
-                (
-                    self.kind,
-                    self.name,
-                    self.source,
-                    self.covers_from,
-                    self.covers_to,
-                    self.closures,
-                    self.lscp,
-                )
-            ),
+        object.__setattr__(self, "_hash", self._compared_hash())
+
+    def _compared_hash(self) -> int:
+        return hash(
+            (
+                self.kind,
+                self.name,
+                self.source,
+                self.covers_from,
+                self.covers_to,
+                self.closures,
+                self.lscp,
+            )
         )
 
     def __hash__(self) -> int:
         return self._hash
+
+    def __getstate__(self) -> dict[str, Any]:
+        # String hashes differ between processes: a copy sent to another recomputes it.
+        state = dict(self.__dict__)
+        del state["_hash"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_hash", self._compared_hash())
 
     def covers(self, day: dt.date) -> bool:
         return self.covers_from <= day <= self.covers_to

@@ -6,6 +6,7 @@ instants, so each expectation reads the way a practitioner would say it.
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -741,3 +742,12 @@ def test_memo_still_refuses_a_bad_input_every_time() -> None:
             _deadline(decided_at=datetime(2026, 3, 2, 9, 0))  # naive
         with pytest.raises(ValidationError):
             _deadline(decided_at="2026-03-02 09:00", outcome="DENY")
+
+
+def test_a_calendar_copy_recomputes_its_hash_rather_than_carrying_it() -> None:
+    """String hashes differ between processes: a pickled calendar must not carry this
+    process's hash to another (it would then never be found in a memo or a dict)."""
+    state = BANK.__getstate__()
+    assert "_hash" not in state
+    copy = pickle.loads(pickle.dumps(BANK))
+    assert copy == BANK and hash(copy) == hash(BANK) == BANK._compared_hash()

@@ -942,10 +942,13 @@ class Router:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         security: dict[str, Any] | None = None,
         on_delivered: Callable[[Sequence[Plan]], Awaitable[None] | None] | None = None,
-        pipelined: bool = True,
+        pipelined: bool = False,
     ) -> None:
         self._core = core
-        #: Plan batch N+1 while batch N's transaction is in flight (off: for comparison).
+        #: Plan batch N+1 while batch N's transaction is in flight. Off by default:
+        #: on a 2-core machine with the broker on the other core the router is CPU-bound
+        #: and pipelining measured no faster (docs/ARCHITECTURE.md, "Router speed");
+        #: it can pay where the transaction's round trips are long (a remote cluster).
         self._pipelined = pipelined
         #: Called with each batch's plans inside its transaction, before the commit
         #: (e.g. to enrol subjects in the audit's subject vault; it may be a coroutine,
@@ -1013,6 +1016,7 @@ class Router:
                     continue
                 # Pipelined (issue 12): batch N+1 is planned while batch N's transaction
                 # is in flight; its own transaction starts only once N's has ended.
+                # Not pipelined: N's transaction ends before N+1 is fetched.
                 planned = await self._plan_batch(batch, overlapped=committing is not None)
                 if committing is not None:
                     previous, committing = committing, None
@@ -1202,8 +1206,7 @@ class Router:
         """Wait for a batch's transaction; True if the ``later`` batches may follow it.
 
         If it did not commit, nothing of it is visible and every batch planned after
-        it rests on its ledger and signal notes: those are discarded and the
-        consumer is rewound to read them all again.
+        it rests on its ledger and signal notes: those are discarded and read again.
         """
         planned = await committing
         if planned.unproducible is not None:
@@ -1212,35 +1215,39 @@ class Router:
             _log.warning(
                 "router.isolating_batch", records=len(planned.records), error=planned.unproducible
             )
-            self._discard(later, consumer, rewind=True)
-            await self._isolate(planned.records, producer, consumer, stop, planned.now)
+            self._discard(later, consumer)
+            await self._isolate(planned, producer, consumer, stop)
             return False
         if planned.stale:
-            # Partitions were revoked while it was planned: their new owner reads them
-            # from the last committed offsets. Nothing to rewind here.
+            # Its partitions were revoked while it was planned; whoever owns them now
+            # reads them from the last committed offsets.
             _log.info("router.stale_batch", records=len(planned.records))
-            self._discard(later, consumer, rewind=False)
+            self._discard([planned, *later], consumer)
             return False
         if not planned.committed:
             # Nothing of the batch is visible; read it again from its first offsets.
-            self._discard([planned, *later], consumer, rewind=True)
+            self._discard([planned, *later], consumer)
             return False
         self._count(planned.plans, plan_s=planned.plan_s, commit_s=planned.commit_s)
         self.last_batch_at = planned.ended_at
         return True
 
-    def _discard(
-        self, planned: Sequence[_Planned], consumer: AIOKafkaConsumer, *, rewind: bool
-    ) -> None:
-        """Forget planned batches that were never committed (and their notes)."""
+    def _discard(self, planned: Sequence[_Planned], consumer: AIOKafkaConsumer) -> None:
+        """Forget planned batches that were never committed (and their notes), and
+        rewind the consumer to read them again.
+
+        Only batches fetched since the last revoke are rewound: an assignment
+        resets every position to the committed offset, so an older batch's
+        offsets no longer say where reading stands (seeking to them could skip).
+        """
         if not planned:
             return
         for book in self._books():
             book.aborted()
-        if not rewind:
-            return
         first: dict[TopicPartition, int] = {}
         for batch in planned:  # oldest first: keep each partition's earliest offset
+            if batch.generation != self._generation:
+                continue
             for tp, msgs in batch.batch.items():
                 first.setdefault(tp, msgs[0].offset)
         owned = consumer.assignment()
@@ -1321,21 +1328,29 @@ class Router:
 
     async def _isolate(
         self,
-        records: Sequence[Any],
+        planned: _Planned,
         producer: Any,
         consumer: AIOKafkaConsumer,
         stop: asyncio.Event,
-        now: datetime,
     ) -> None:
         """Route a refused batch one record at a time, in offset order per partition."""
-        for msg in records:
+        now = planned.now
+
+        def still_current() -> bool:
+            return planned.generation == self._generation
+
+        for msg in planned.records:
             tp = TopicPartition(msg.topic, msg.partition)
             offsets = {tp: msg.offset + 1}
             for book in self._books():
                 book.begin()
             plan = self._plan(msg, now)
             try:
-                committed = await self._commit(producer, consumer, [plan], offsets, stop)
+                committed = await self._commit(
+                    producer, consumer, [plan], offsets, stop, still_current=still_current
+                )
+            except _Stale:
+                return  # revoked meanwhile: the new owner reads on from the committed offsets
             except _Unproducible as exc:
                 plan = self._core.unproducible(
                     topic=msg.topic,
@@ -1348,7 +1363,11 @@ class Router:
                     error=exc.error,
                 )
                 try:
-                    committed = await self._commit(producer, consumer, [plan], offsets, stop)
+                    committed = await self._commit(
+                        producer, consumer, [plan], offsets, stop, still_current=still_current
+                    )
+                except _Stale:
+                    return
                 except _Unproducible as again:
                     raise BrokerError(
                         f"the broker refuses even a quarantine record ({again.error})",

@@ -433,15 +433,24 @@ class Runtime:
             security=self.security_for(ROUTER_PRINCIPAL),
         )
 
-    def router(self, *, group_id: str = "safer-router", instance: str = "0") -> Router:
+    def router(
+        self,
+        *,
+        group_id: str = "safer-router",
+        instance: str = "0",
+        batch_size: int = 500,
+        pipelined: bool = False,
+    ) -> Router:
         return Router(
             self.router_core(),
             bootstrap_servers=self.bootstrap,
             inbound_topics=[self.settings.topics.inbound(AgencyType.POLICE.value)],
             group_id=group_id,
             instance=instance,
+            batch_size=batch_size,
             security=self.security_for(ROUTER_PRINCIPAL),
             on_delivered=self.enrol_routed_subjects,
+            pipelined=pipelined,
         )
 
     @cached_property

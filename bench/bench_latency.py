@@ -8,7 +8,8 @@ adapter and the monitor in this one), on a local Apache Kafka, and:
 1. measures capacity: a burst of ``--burst`` concerns, routed as fast as the
    router can (concerns over the time from the burst's start to the last
    routed-ledger record);
-2. offers ``--load`` (default 0.25) of that capacity, evenly paced, for
+2. waits until the audit feed and every inbox have caught up on the burst,
+   then offers ``--load`` (default 0.25) of that capacity, evenly paced, for
    ``--seconds``;
 3. times each disclosure of an offered concern from just before the concern's
    send to the moment a read_committed consumer sees it on its recipient topic
@@ -47,6 +48,7 @@ from audit import AuditStore
 from broker import Headers, Settings, kafka_engine, make_consumer, make_producer, send_all
 from safer import Runtime
 from safer._logging import configure_logging
+from safer.web._lag import consumer_lag
 from schemas import ConcernModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,24 @@ console = Console(stderr=True)
 def _percentiles(values: list[float]) -> dict[str, float]:
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "p99": round(cuts[98], 1)}
+
+
+async def _drained(settings: Settings, *, timeout: float) -> None:
+    """Wait until the readers (audit feed, each inbox) have stopped moving: their lag
+    unchanged for 3 s. (Not "zero": a stored position is the last record read plus
+    one, and a transaction's commit marker sits after it, so a caught-up reader of a
+    transactional topic shows a lag of one per partition.)"""
+    deadline = time.monotonic() + timeout
+    last: dict[str, int] | None = None
+    still = 0
+    while time.monotonic() < deadline:
+        lags = await consumer_lag(settings)
+        still = still + 1 if lags is not None and lags == last else 0
+        if still >= 3:
+            return
+        last = lags
+        await asyncio.sleep(1)
+    raise TimeoutError(f"the services did not catch up within {timeout:.0f} s")
 
 
 def _router_batches(log: Path, *, since: datetime) -> list[dict[str, Any]]:
@@ -172,6 +192,10 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                 started = time.time()
                 await send_all(producer, [police.prepare(c) for c in burst_items])
                 capacity = burst / (await last_routed_at(runtime, burst, 600) - started)
+                # Steady state, not a backlog: the audit feed and the recipient adapters
+                # first finish what the burst gave them.
+                console.print("the audit feed and the inboxes catch up on the burst …")
+                await _drained(settings, timeout=600)
                 rate = capacity * load
                 offered = max(int(rate * seconds), 20)
                 console.print(

@@ -63,10 +63,13 @@ def concern_document(concern: ConcernModel) -> dict[str, Any]:
     """``concern.model_dump(mode="json")``, shared: callers must never change it."""
     hit = _DOCUMENTS.get(id(concern))
     if hit is not None and hit[0] is concern:
-        _DOCUMENTS.move_to_end(id(concern))
         return hit[1]
     document = concern.model_dump(mode="json")
     _DOCUMENTS[id(concern)] = (concern, document)
+    # Oldest first out; another thread may be trimming too (the web app's replays).
     while len(_DOCUMENTS) > _DOCUMENTS_SIZE:
-        _DOCUMENTS.popitem(last=False)
+        try:
+            _DOCUMENTS.popitem(last=False)
+        except KeyError:
+            break
     return document

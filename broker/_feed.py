@@ -35,7 +35,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,7 +88,17 @@ class AuditFeed:
         linger_ms: int = 5,
         checkpoint_signer: LogSigner | None = None,
         checkpoint_interval: float = 60.0,
+        receipt_grace: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        #: How long a receipt whose disclosure is not in the log waits for it even when
+        #: the audit topic looks read to its end: a transaction's commit marker can
+        #: reach the recipient's topic before ``hips.audit``, so a fast recipient's
+        #: receipt can arrive while the audit topic's last stable offset still lags.
+        self._receipt_grace = receipt_grace
+        self._clock = clock
+        #: Disclosure ids of held receipts, and when each was first held.
+        self._unmatched: dict[str, float] = {}
         self._store = store
         self._codec = codec
         self._keyring = keyring
@@ -120,9 +130,11 @@ class AuditFeed:
                 batch = await self._gather(consumer, stop)
                 if batch:
                     pending = await self._audit_pending(consumer, audit_tps)
-                    self.ingest(batch, audit_pending=pending)
+                    added = self.ingest(batch, audit_pending=pending)
                     for tp, offset in self._rewind.items():
                         consumer.seek(tp, offset)
+                    if self._rewind and not added:
+                        await asyncio.sleep(0.05)  # only held receipts: let the audit topic move
                 self._maybe_checkpoint()
             self._maybe_checkpoint(final=True)
         finally:
@@ -337,8 +349,11 @@ class AuditFeed:
                 "receipt not signed by the recipient it names", code=ReasonCode.SIGNATURE_INVALID
             )
         disclosed = self._delivery(receipt["disclosure_id"])
-        if disclosed is None and hold:
-            raise _Held
+        if disclosed is None:
+            first = self._unmatched.setdefault(receipt["disclosure_id"], self._clock())
+            if hold or self._clock() - first < self._receipt_grace:
+                raise _Held
+        self._unmatched.pop(receipt["disclosure_id"], None)
         status = str(receipt["status"])
         reason_codes: tuple[str, ...] = ()
         reasons: list[str] = [f"receipt status {status}"]

@@ -179,9 +179,26 @@ def test_a_receipt_for_a_disclosure_never_logged_is_logged_with_the_reason(
     recipient = _recipients(runtime)[0]
     ghost = _disclosed(runtime, 9, recipient)
     topics = runtime.settings.topics
+    now = [100.0]
     with AuditStore(tmp_path / "audit.db") as store:
-        feed = _feed(runtime, store)
+        feed = AuditFeed(
+            store=store,
+            codec=runtime.codec,
+            keyring=runtime.keyring(),
+            topics=topics,
+            bootstrap_servers=runtime.bootstrap,
+            router_id=ROUTER_ID,
+            receipt_grace=5.0,
+            clock=lambda: now[0],
+        )
         batch = _batch((topics.receipts, [_receipt_out(runtime, ghost, recipient)], 0))
+        # Within the grace it waits, even with the audit topic read to its end: the
+        # commit marker on hips.audit may lag the one on the recipient's topic.
+        assert feed.ingest(batch, audit_pending=False) == 0
+        assert feed._rewind == {TopicPartition(topics.receipts, 0): 0}
+        now[0] += 4.9
+        assert feed.ingest(batch, audit_pending=False) == 0
+        now[0] += 0.2
         assert feed.ingest(batch, audit_pending=False) == 1
         (entry,) = store.records()
         assert entry.event == AuditEvent.RECEIVED and entry.decision_id is None
@@ -226,3 +243,24 @@ def test_an_audit_record_not_signed_by_the_router_is_quarantined_not_dropped(
         assert entry.reason_codes == ("UNKNOWN_PUBLISHER",)
         assert f"{topics.audit}/0/7" in entry.reasons[0]
         assert feed.ingest(_batch((topics.audit, [forged], 7))) == 0  # same position: same id
+
+
+def test_a_receipt_whose_disclosure_lands_within_the_grace_is_linked_to_it(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The race CI once hit: the audit topic looked read to its end (its commit marker
+    not yet there), and the receipt was logged without the subject's pseudonyms, so a
+    subject access report could not show it as received."""
+    recipient = _recipients(runtime)[0]
+    late = _disclosed(runtime, 3, recipient)
+    topics = runtime.settings.topics
+    with AuditStore(tmp_path / "audit.db") as store:
+        feed = _feed(runtime, store)
+        receipt = _receipt_out(runtime, late, recipient)
+        assert feed.ingest(_batch((topics.receipts, [receipt], 0)), audit_pending=False) == 0
+        feed.ingest(
+            _batch((topics.audit, [_audit_out(runtime, late)], 0), (topics.receipts, [receipt], 0))
+        )
+        (received,) = [r for r in store.records() if r.event == AuditEvent.RECEIVED]
+        assert received.subject_pseudonyms == late.subject_pseudonyms
+        assert received.decision_id == late.decision_id

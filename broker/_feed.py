@@ -15,8 +15,10 @@ needs no group rejoin. Entries are also deduplicated on their deterministic
   whether the recipient's payload hash matches the disclosed one. Audit
   records are taken before receipts, and a receipt whose DISCLOSED/REFERRED
   entry has not been read yet is held back (its partition rewinds) while
-  ``hips.audit`` still has unread records, so a receipt is logged after its
-  disclosure.
+  ``hips.audit`` still has unread records, and for up to ``receipt_grace``
+  seconds in any case (a transaction's commit marker can reach the recipient's
+  topic before ``hips.audit``), so a receipt is logged after its disclosure. A
+  receipt for a disclosure that never comes is logged after the grace, saying so.
 - **Only committed records.** The feed reads ``read_committed``: an audit
   record of a routing transaction that was aborted (a router killed mid-batch)
   is never logged; its replay is.

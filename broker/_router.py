@@ -1160,10 +1160,8 @@ class Router:
         out += [r for p in plans for r in (*p.outputs, *p.bookkeeping)]
         return _Planned(
             batch=batch,
-            records=records,
             plans=plans,
             out=out,
-            offsets={tp: msgs[-1].offset + 1 for tp, msgs in batch.items()},
             now=now,
             generation=generation,
             plan_s=time.perf_counter() - started,
@@ -1448,10 +1446,8 @@ class _Planned:
     """One fetched batch, planned: what its transaction will write and commit."""
 
     batch: dict[TopicPartition, list[Any]]
-    records: list[Any]
     plans: list[Plan]
     out: list[OutRecord]
-    offsets: dict[TopicPartition, int]
     now: datetime
     #: The router's rebalance count when the batch was fetched.
     generation: int
@@ -1464,6 +1460,15 @@ class _Planned:
     unproducible: str | None = None
     #: Set when its partitions were revoked before its transaction began.
     stale: bool = False
+
+    @property
+    def records(self) -> list[Any]:
+        return [msg for msgs in self.batch.values() for msg in msgs]
+
+    @property
+    def offsets(self) -> dict[TopicPartition, int]:
+        """Where each partition's reading stands once the batch is committed."""
+        return {tp: msgs[-1].offset + 1 for tp, msgs in self.batch.items()}
 
 
 class _Stale(Exception):

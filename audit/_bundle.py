@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,16 +79,26 @@ def make_bundle(
 
 
 def _load(bundle: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
+    return parse_bundle_json(bundle, bad=_bad, max_bytes=_MAX_BUNDLE)
+
+
+def parse_bundle_json(
+    bundle: Mapping[str, Any] | str | bytes,
+    *,
+    bad: Callable[[str], AuditError],
+    max_bytes: int,
+) -> Mapping[str, Any]:
+    """A bundle as a JSON object, bounded in size; ``bad`` makes the kind's own error."""
     if isinstance(bundle, bytes | str):
-        if len(bundle) > _MAX_BUNDLE:
-            raise _bad("it is larger than any bundle this log writes")
+        if len(bundle) > max_bytes:
+            raise bad("it is larger than any bundle this log writes")
         try:
             loaded = json.loads(bundle)
         except (ValueError, UnicodeDecodeError):
-            raise _bad("it is not JSON") from None
+            raise bad("it is not JSON") from None
         bundle = loaded
     if not isinstance(bundle, Mapping):
-        raise _bad("it is not a JSON object")
+        raise bad("it is not a JSON object")
     return bundle
 
 

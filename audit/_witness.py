@@ -42,7 +42,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from schemas import AuditError, ReasonCode
 
+from ._bundle import parse_bundle_json
 from ._merkle import verify_consistency
 from ._note import (
     CheckpointBody,
@@ -138,16 +138,7 @@ def _b64(value: object, name: str) -> bytes:
 
 
 def load_bundle(data: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
-    if isinstance(data, bytes | str):
-        if len(data) > _MAX_BUNDLE:
-            raise _bad("it is larger than any bundle this log writes")
-        try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise _bad("it is not JSON") from None
-    if not isinstance(data, Mapping):
-        raise _bad("it is not a JSON object")
-    return data
+    return parse_bundle_json(data, bad=_bad, max_bytes=_MAX_BUNDLE)
 
 
 def verify_consistency_bundle(

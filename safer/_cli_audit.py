@@ -20,7 +20,12 @@ from schemas import AuditError, ConfigError, LogTamperedError, ReasonCode
 from ._cli_audit_reports import register_reports
 from ._cli_audit_risk import register_risk
 from ._cli_common import FORMATTER, err, out, settings_from
-from ._cli_witness import consistency_bundle_json, register_witness, verify_consistency_cli
+from ._cli_witness import (
+    consistency_bundle_json,
+    register_witness,
+    report_failed_bundle,
+    verify_consistency_cli,
+)
 from ._runtime import Runtime
 
 __all__ = ["register"]
@@ -179,12 +184,7 @@ def cmd_audit_verify_bundle(args: argparse.Namespace) -> int:
     except AuditError as exc:
         if exc.code != ReasonCode.AUDIT_TAMPERED:
             raise
-        if args.json:
-            print(json.dumps({"verified": False, "problem": exc.message}))
-        else:
-            err.print(f"[red]bundle FAILED verification[/]: {exc.message}")
-            err.print(exc.hint)
-        return 1
+        return report_failed_bundle("bundle", exc, as_json=args.json)
     if args.json:
         print(
             json.dumps(

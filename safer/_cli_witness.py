@@ -105,6 +105,16 @@ def _text_or_file(value: str) -> str:
     return path.read_text("utf-8").strip() if path.is_file() else value
 
 
+def report_failed_bundle(kind: str, exc: AuditError, *, as_json: bool) -> int:
+    """Say that a bundle did not verify, and why; the exit code (1)."""
+    if as_json:
+        print(json.dumps({"verified": False, "problem": exc.message}))
+    else:
+        err.print(f"[red]{kind} FAILED verification[/]: {exc.message}")
+        err.print(exc.hint)
+    return 1
+
+
 def verify_consistency_cli(data: bytes, key: LogKey, args: argparse.Namespace) -> int:
     """`safer audit verify-bundle` for a consistency bundle."""
     try:
@@ -112,12 +122,7 @@ def verify_consistency_cli(data: bytes, key: LogKey, args: argparse.Namespace) -
     except AuditError as exc:
         if exc.code != ReasonCode.AUDIT_TAMPERED:
             raise
-        if args.json:
-            print(json.dumps({"verified": False, "problem": exc.message}))
-        else:
-            err.print(f"[red]consistency bundle FAILED verification[/]: {exc.message}")
-            err.print(exc.hint)
-        return 1
+        return report_failed_bundle("consistency bundle", exc, as_json=args.json)
     witnesses, quorum = list(args.witness or []), args.quorum
     if args.witnesses:
         listed, listed_quorum = read_witnesses(Path(args.witnesses))

@@ -2,8 +2,9 @@
 
 Issue 12 asks, at 25% of measured capacity, for publish → recipient topic
 p99 ≤ 50 ms and publish → recipient inbox p99 ≤ 250 ms. This runs the services
-as `safer up` does (the router in its own process; audit feed, every recipient
-adapter and the monitor in this one), on a local Apache Kafka, and:
+as `safer up` does (the router in its own process, every recipient adapter in
+another; the audit feed and the monitor in this one), on a local Apache Kafka,
+and:
 
 1. measures capacity: a burst of ``--burst`` concerns, routed as fast as the
    router can (concerns over the time from the burst's start to the last
@@ -19,7 +20,8 @@ adapter and the monitor in this one), on a local Apache Kafka, and:
 
 Percentiles are over every disclosure of the paced phase. The last line of
 stdout is one JSON object with p50/p95/p99 for both, in milliseconds.
-Usage: python bench/bench_latency.py [--burst N] [--seconds S] [--load F]
+Usage: python bench/bench_latency.py [--burst N] [--seconds S] [--load F] [--routers N]
+       [--recipients-in-process]
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def _client_process(
     conn.send(asyncio.run(_client(settings, bootstrap, rate, offered, lambda: conn.send("ready"))))
 
 
-async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
+async def main(
+    burst: int, seconds: float, load: float, routers: int = 1, recipients_process: bool = True
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(data_dir=Path(tmp), deploy_dir=REPO / "deploy", topic_prefix="lat")
         with kafka_engine(base, progress=lambda m: console.print(f"kafka: {m}")) as engine:
@@ -180,6 +184,8 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                     store=store,
                     on_ready=ready.set,
                     router_process=True,
+                    routers=routers,
+                    recipients_process=recipients_process,
                     log_file=Path(tmp) / "services.log",
                 )
             )
@@ -253,6 +259,8 @@ async def main(burst: int, seconds: float, load: float) -> dict[str, Any]:
                             to_topic.append((arrived[item.disclosure_id] - sent) * 1000)
     result: dict[str, Any] = {
         "engine": engine.name,
+        "routers": routers,
+        "recipients_process": recipients_process,
         "capacity_per_s": round(capacity, 1),
         "offered_per_s": round(rate, 1),
         "offered": offered,
@@ -278,6 +286,16 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--load", type=float, default=0.25)
+    parser.add_argument(
+        "--routers", type=int, default=1, help="router processes, as `safer up --routers N`"
+    )
+    parser.add_argument(
+        "--recipients-in-process",
+        action="store_true",
+        help="run the recipient adapters on the audit feed's event loop (the layout before "
+        "`safer recipients`), for comparison",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.burst, args.seconds, args.load))))
+    result = main(args.burst, args.seconds, args.load, args.routers, not args.recipients_in_process)
+    print(json.dumps(asyncio.run(result)))
     sys.exit(0)

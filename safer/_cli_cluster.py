@@ -208,6 +208,7 @@ async def _serve_cluster(
     services: bool,
     started: float,
     log_file: Path | None,
+    routers: int = 1,
 ) -> int:
     with _Startup() as startup:
         startup.report(f"starting {CLUSTER_NODES} KRaft nodes, data in {settings.cluster_home}")
@@ -251,6 +252,8 @@ async def _serve_cluster(
                 await runtime.run_services(
                     stop,
                     router_process=True,  # as `safer up`: routing gets a core of its own
+                    routers=routers,
+                    recipients_process=True,  # as `safer up`
                     log_file=log_file,
                     extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=lambda: err.print(
@@ -292,7 +295,12 @@ def run_cluster(args: argparse.Namespace, *, services: bool) -> int:
 
     async def serve(stop: asyncio.Event) -> int:
         return await _serve_cluster(
-            settings, stop, services=services, started=started, log_file=args.log_file
+            settings,
+            stop,
+            services=services,
+            started=started,
+            log_file=args.log_file,
+            routers=getattr(args, "routers", 1),  # `safer up --cluster --routers N`
         )
 
     return run_async(serve)

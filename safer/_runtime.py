@@ -76,6 +76,7 @@ from schemas import (
 __all__ = [
     "AUDIT_LOG_ID",
     "BROKER_FILE",
+    "RECIPIENTS_READY_LINE",
     "ROUTER_READY_LINE",
     "Runtime",
     "adopt_running_engine",
@@ -90,6 +91,8 @@ _log = structlog.get_logger("safer")
 
 #: What `safer route` prints on stdout once it routes (`safer up` waits for it).
 ROUTER_READY_LINE = "ROUTER READY"
+#: What `safer recipients` prints once every recipient adapter reads its topics.
+RECIPIENTS_READY_LINE = "RECIPIENTS READY"
 
 #: Where a running `safer up` / `safer broker` advertises its embedded broker.
 BROKER_FILE = "broker.json"
@@ -565,6 +568,8 @@ class Runtime:
         max_backoff: float = 30.0,
         monitor: bool = True,
         router_process: bool = False,
+        routers: int = 1,
+        recipients_process: bool = False,
         router_ops_port: int | None = None,
         log_file: Path | None = None,
         extra: Sequence[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = (),
@@ -576,7 +581,15 @@ class Runtime:
         after an increasing delay. Every service resumes from its stored
         position, so a restart neither loses nor repeats work. ``extra`` adds
         services of the shell (``safer up`` adds retention).
+
+        ``router_process``: run the router as ``routers`` child processes in one
+        consumer group (instances 0..N-1), which share the inbound partitions
+        between them; their ops ports are ``router_ops_port`` + instance.
+        ``recipients_process``: run the recipient adapters in one child process
+        (`safer recipients`) instead of on this event loop, beside the audit feed.
         """
+        if routers < 1:
+            raise ValueError(f"routers must be at least 1, not {routers}")
         own_store = store is None and feed
         audit_store = store or (self.audit_store() if feed else None)
         chosen = list(self.deployment.directory.recipients if recipients is None else recipients)
@@ -588,6 +601,15 @@ class Runtime:
             runners.append(("audit-feed", self.audit_feed(audit_store, keyring=shared).run))
             if monitor:
                 runners.append(("monitor", self.monitor(audit_store).run))
+        if recipients_process and chosen:
+            ids = [r.id for r in chosen]
+            runners.append(
+                (
+                    "recipients",
+                    functools.partial(self.run_recipients_process, ids, log_file=log_file),
+                )
+            )
+            chosen = []
         runners += [
             (f"recipient:{r.id}", self.recipient_adapter(r, keyring=shared).run) for r in chosen
         ]
@@ -596,14 +618,18 @@ class Runtime:
             runners.append(("key-events", follower.run))
         runners += list(extra)
         if router and router_process:
-            runners.append(
+            runners += [
                 (
-                    "router",
+                    "router" if routers == 1 else f"router:{instance}",
                     functools.partial(
-                        self.run_router_process, log_file=log_file, ops_port=router_ops_port
+                        self.run_router_process,
+                        instance=str(instance),
+                        log_file=log_file,
+                        ops_port=None if router_ops_port is None else router_ops_port + instance,
                     ),
                 )
-            )
+                for instance in range(routers)
+            ]
         elif router:
             runners.append(("router", self.router().run))
         readies = [asyncio.Event() for _ in runners]
@@ -658,16 +684,51 @@ class Runtime:
     ) -> None:
         """Run `safer route` as a child process until ``stop``; raise if it dies.
 
-        Its own process gives routing a core of its own. The child dies with us
+        Its own process gives routing a core of its own.
+        """
+        argv = ["route", "--group-id", group_id, "--instance", instance]
+        if ops_port is not None:
+            argv += ["--ops-port", str(ops_port)]
+        await self._run_child(stop, ready, argv, ROUTER_READY_LINE, "router", log_file)
+
+    async def run_recipients_process(
+        self,
+        recipient_ids: Sequence[str],
+        stop: asyncio.Event,
+        ready: asyncio.Event,
+        *,
+        log_file: Path | None = None,
+    ) -> None:
+        """Run `safer recipients` (these recipients' adapters) as a child process.
+
+        Off the audit feed's event loop (issue 12): a recipient's inbox copy and
+        receipt wait neither for the feed's log appends nor for its checkpoints.
+        """
+        argv = ["recipients"]
+        for recipient_id in recipient_ids:
+            argv += ["--recipient", recipient_id]
+        await self._run_child(
+            stop, ready, argv, RECIPIENTS_READY_LINE, "recipient adapters", log_file
+        )
+
+    async def _run_child(
+        self,
+        stop: asyncio.Event,
+        ready: asyncio.Event,
+        command: Sequence[str],
+        ready_line: str,
+        what: str,
+        log_file: Path | None,
+    ) -> None:
+        """Run a `safer` service command as a child process until ``stop``; raise if
+        it dies. The child prints ``ready_line`` once it works; it dies with us
         (PDEATHSIG) and is stopped with SIGTERM, which it handles cleanly; a child
         that exits on its own is reported to the supervisor, which restarts it.
         """
         argv = [sys.executable, "-m", "safer"]
         if log_file is not None:
             argv += ["--log-file", str(log_file)]
-        argv += ["route", "--group-id", group_id, "--instance", instance]
-        if ops_port is not None:
-            argv += ["--ops-port", str(ops_port)]
+        argv += list(command)
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=self.child_env(),
@@ -678,10 +739,10 @@ class Runtime:
         assert process.stdout is not None
         try:
             line = await process.stdout.readline()
-            if line.decode(errors="replace").strip() != ROUTER_READY_LINE:
+            if line.decode(errors="replace").strip() != ready_line:
                 raise BrokerError(
-                    f"the router process exited before routing (status {await process.wait()})",
-                    hint="read the router's log lines (service `router`) for the reason",
+                    f"the {what} process exited before it started (status {await process.wait()})",
+                    hint=f"read the log lines of `safer {command[0]}` for the reason",
                 )
             ready.set()
             exited = asyncio.create_task(process.wait())
@@ -693,7 +754,7 @@ class Runtime:
                 await exited
             elif not stop.is_set():
                 raise BrokerError(
-                    f"the router process exited with status {process.returncode}",
+                    f"the {what} process exited with status {process.returncode}",
                     hint="it is restarted; read its log lines for the reason",
                 )
         finally:

@@ -49,6 +49,7 @@ from ._demo import run_demo
 from ._logging import configure_logging
 from ._retention import run_retention
 from ._runtime import (
+    RECIPIENTS_READY_LINE,
     ROUTER_READY_LINE,
     Runtime,
     refuse_second_engine,
@@ -238,6 +239,37 @@ def cmd_route(args: argparse.Namespace) -> int:
     return run_async(route)
 
 
+def cmd_recipients(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
+    directory = runtime.deployment.directory
+    known = {r.id: r for r in directory.recipients}
+    unknown = sorted(set(args.recipient) - set(known))
+    if unknown:
+        err.print(
+            f"unknown recipient(s): {', '.join(unknown)}; use the id of a recipient in "
+            f"{settings.deploy_dir / 'directory.toml'}"
+        )
+        return 2
+    chosen = [known[i] for i in args.recipient] if args.recipient else list(directory.recipients)
+
+    async def serve(stop: asyncio.Event) -> int:
+        await runtime.create_topics()
+        err.print(f"{len(chosen)} recipient adapter(s) reading their disclosure topics")
+
+        def ready() -> None:
+            # `safer up` runs the adapters as a child process and waits for this line.
+            print(RECIPIENTS_READY_LINE, flush=True)
+
+        await runtime.run_services(
+            stop, router=False, feed=False, monitor=False, recipients=chosen, on_ready=ready
+        )
+        err.print("recipient adapters stopped")
+        return 0
+
+    return run_async(serve)
+
+
 def _router_ops(
     args: argparse.Namespace, router: Any, ready: asyncio.Event, stop: asyncio.Event
 ) -> asyncio.Task[None] | None:
@@ -349,6 +381,13 @@ def _web_task(
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    partitions = settings_from(args).inbound_partitions
+    if not 1 <= args.routers <= partitions:
+        err.print(
+            f"--routers must be between 1 and {partitions} (the inbound partitions; a "
+            "router beyond that would get none and idle). On N free cores, try N."
+        )
+        return 2
     if args.cluster:
         if args.port is not None:
             err.print("--port is for the single broker; the cluster keeps its ports")
@@ -406,6 +445,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                     # Its own process: routing gets a core of its own instead of sharing
                     # an event loop with the feed, the monitor and every recipient.
                     router_process=True,
+                    routers=args.routers,
+                    # The recipient adapters too: an inbox copy waits neither for the
+                    # audit feed's appends nor its checkpoints (issue 12).
+                    recipients_process=True,
                     router_ops_port=args.router_ops_port,
                     log_file=args.log_file,
                     # Inbox copies past their agreement's retention: at start, then hourly.
@@ -702,6 +745,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route.set_defaults(func=cmd_route)
 
+    recipients = sub.add_parser(
+        "recipients",
+        help="run the recipient adapters alone (decrypt, verify, store, receipt)",
+        formatter_class=FORMATTER,
+        description="Run only the recipient adapters: each reads its agency's disclosure\n"
+        "(or triage) topics, checks the router's signature, decrypts with the agency's\n"
+        "key, keeps the disclosure in the agency's inbox (or posts it to its webhook)\n"
+        "and sends a signed receipt to hips.receipts. `safer up` runs this as a\n"
+        "process of its own, away from the audit feed. Each adapter resumes where it\n"
+        "stopped and ignores a disclosure it already holds.\n\n"
+        "example:\n  safer recipients\n"
+        "  safer recipients --recipient portsmouth-csc --recipient hampshire-csc",
+    )
+    recipients.add_argument(
+        "--recipient",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only this recipient's adapter (repeatable; default: every recipient in "
+        "the directory)",
+    )
+    recipients.set_defaults(func=cmd_recipients)
+
     up = sub.add_parser(
         "up",
         help="run broker, router, recipient adapters, audit feed and HTTP gateway together",
@@ -720,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(replication factor 3, min.insync.replicas 2, data in <data-dir>/cluster);\n"
         "`safer cluster status` shows their state.\n\n"
         "example:\n  safer up\n  safer up --secure\n  safer up --cluster\n"
+        "  safer up --routers 2    # two router processes share the inbound partitions\n"
         "  # in another terminal:\n"
         "  safer publish --agency police deploy/examples/concern-domestic-abuse.json",
     )
@@ -734,11 +801,21 @@ def build_parser() -> argparse.ArgumentParser:
         "for --no-web (the web app serves them otherwise)",
     )
     up.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N router processes in one consumer group; they share the inbound "
+        "partitions (12), so routing uses N cores (default 1; measured in "
+        "bench/bench_scale_out.py; each needs its own core beside the broker's)",
+    )
+    up.add_argument(
         "--router-ops-port",
         type=int,
         default=None,
         help="the router process's /healthz, /readyz and /metrics on this loopback port "
-        "(default: none; the web app's /metrics covers the rest)",
+        "(with --routers N: this port and the N-1 after it, one per router; "
+        "default: none; the web app's /metrics covers the rest)",
     )
     up.add_argument(
         "--port",

@@ -38,6 +38,7 @@ SUBCOMMANDS = [
     ["topics", "create"],
     ["publish"],
     ["route"],
+    ["recipients"],
     ["up"],
     ["demo"],
     ["audit"],
@@ -193,6 +194,43 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _free_port_pair() -> int:
+    """A free port whose successor is free too (`--router-ops-port` with `--routers 2`)."""
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports on loopback")
+
+
+def _metric(text: str, name: str) -> float:
+    """A Prometheus sample's value (0 if the counter has not been touched)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _router_instances(log: Path) -> set[str]:
+    """The transactional ids of the routers that started (from the log file)."""
+    return {
+        json.loads(line)["transactional_id"]
+        for line in log.read_text().splitlines()
+        if '"router.started"' in line
+    }
+
+
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
     issued = _safer(
@@ -207,15 +245,13 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     )
     assert issued.returncode == 0, issued.stderr
     token = json.loads(issued.stdout)["token"]
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    ops, router_ops = (f"http://127.0.0.1:{p}" for p in ports)
+    ops_port, router_port = _free_port(), _free_port_pair()
+    ops = f"http://127.0.0.1:{ops_port}"
+    # Two router processes in one group (`--routers 2`), each with its ops port.
+    router_ops = [f"http://127.0.0.1:{router_port + i}" for i in range(2)]
     command = [sys.executable, "-m", "safer", "--log-file", str(tmp_path / "up.log"), "up"]
-    command += ["--no-web", "--ops-port", str(ports[0]), "--router-ops-port", str(ports[1])]
-    command += ["--gateway-port", "0"]
+    command += ["--no-web", "--ops-port", str(ops_port), "--routers", "2"]
+    command += ["--router-ops-port", str(router_port), "--gateway-port", "0"]
     up = subprocess.Popen(
         command,
         env=env,
@@ -264,11 +300,16 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
         assert httpx.get(f"{ops}/healthz").json() == {"status": "ok", "service": "safer-up"}
         assert httpx.get(f"{ops}/readyz").status_code == 200
         assert "safer_audit_log_entries" in httpx.get(f"{ops}/metrics").text
-        assert httpx.get(f"{router_ops}/readyz").status_code == 200
-        routed = httpx.get(f"{router_ops}/metrics").text
-        assert 'safer_router_records_total{outcome="inbound"} 1.0' in routed
-        assert 'safer_router_records_total{outcome="DISCLOSED"}' in routed
-        assert concern_id not in routed
+        routed = []
+        for url in router_ops:
+            assert httpx.get(f"{url}/readyz").status_code == 200
+            routed.append(httpx.get(f"{url}/metrics").text)
+            assert concern_id not in routed[-1]
+        # The concern was routed once, by whichever router owns its partition.
+        inbound = [_metric(t, 'safer_router_records_total{outcome="inbound"}') for t in routed]
+        assert sorted(inbound) == [0.0, 1.0], inbound
+        assert 'safer_router_records_total{outcome="DISCLOSED"}' in routed[inbound.index(1.0)]
+        assert len(_router_instances(tmp_path / "up.log")) == 2
         # `safer up` runs the HTTP gateway too (issue 13); port 0 → its port is logged.
         listening = [
             json.loads(line)

@@ -7,11 +7,12 @@ import socket
 from collections import Counter
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
 from safer._ops import CountsCollector, ops_app, serve_ops
-from safer.cli import build_parser
+from safer.cli import build_parser, cmd_up
 
 
 def _app(totals: Counter[str], ready: list[bool]) -> Starlette:
@@ -76,3 +77,15 @@ def test_route_and_up_take_the_ops_ports() -> None:
     args = parser.parse_args(["route", "--ops-port", "9101"])
     assert args.ops_port == 9101 and args.ops_host == "127.0.0.1"
     assert parser.parse_args(["up", "--router-ops-port", "9102"]).router_ops_port == 9102
+
+
+def test_up_runs_one_router_unless_told_and_refuses_a_count_that_would_idle(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SAFER_INBOUND_PARTITIONS", raising=False)
+    parser = build_parser()
+    assert parser.parse_args(["up"]).routers == 1
+    for count in ("0", "13"):  # 12 inbound partitions: a 13th router would get none
+        args = parser.parse_args(["up", "--routers", count])
+        assert cmd_up(args) == 2
+        assert "--routers must be between 1 and 12" in capsys.readouterr().err

@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
 	$(BIN)/python bench/bench_scale_out.py
 	$(BIN)/python bench/bench_produce.py
+	$(BIN)/python bench/bench_plan_pool.py
 	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_week.py

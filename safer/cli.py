@@ -22,6 +22,7 @@ from broker import (
     Settings,
     install_kafka,
     kafka_engine,
+    load_deployment,
     make_producer,
     secure_kafka_engine,
     start_client,
@@ -241,8 +242,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_recipients(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
-    directory = runtime.deployment.directory
+    directory = load_deployment(settings.deploy_dir).directory
     known = {r.id: r for r in directory.recipients}
     unknown = sorted(set(args.recipient) - set(known))
     if unknown:
@@ -252,6 +252,7 @@ def cmd_recipients(args: argparse.Namespace) -> int:
         )
         return 2
     chosen = [known[i] for i in args.recipient] if args.recipient else list(directory.recipients)
+    runtime = Runtime(settings, bootstrap=resolve_bootstrap(settings))
 
     async def serve(stop: asyncio.Event) -> int:
         await runtime.create_topics()

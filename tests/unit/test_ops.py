@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
 from safer._ops import CountsCollector, ops_app, serve_ops
-from safer.cli import build_parser, cmd_up
+from safer.cli import build_parser, cmd_recipients, cmd_up
 
 
 def _app(totals: Counter[str], ready: list[bool]) -> Starlette:
@@ -89,3 +89,13 @@ def test_up_runs_one_router_unless_told_and_refuses_a_count_that_would_idle(
         args = parser.parse_args(["up", "--routers", count])
         assert cmd_up(args) == 2
         assert "--routers must be between 1 and 12" in capsys.readouterr().err
+
+
+def test_recipients_names_an_unknown_recipient_and_where_the_ids_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["recipients", "--recipient", "no-such-agency"])
+    assert cmd_recipients(args) == 2
+    said = capsys.readouterr().err
+    assert "unknown recipient(s): no-such-agency" in said
+    assert "directory.toml" in said

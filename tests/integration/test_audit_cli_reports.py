@@ -538,13 +538,3 @@ def test_a_missing_data_directory_is_explained(tmp_path: Path) -> None:
     asked = _safer(tmp_path / "nowhere", "audit", "trail", "--subject", "9434765919")
     assert asked.returncode == 2 and "no audit store" in asked.stderr
     assert "9434765919" not in asked.stderr
-
-
-@pytest.mark.parametrize(
-    "words", [["trail"], ["report"], ["sar"], ["stats"], ["export"], ["shred"]]
-)
-def test_every_report_command_has_help_with_an_example(words: list[str], tmp_path: Path) -> None:
-    result = _safer(tmp_path / "data", "audit", *words, "--help")
-    assert result.returncode == 0, result.stderr
-    assert "example" in result.stdout.lower()
-    assert len(result.stdout) > 400

@@ -271,6 +271,7 @@ async def main(
         # The router's own account of the paced phase's batches (its log).
         "router_batches": len(batches),
         "router_batch_concerns": _percentiles([b["inbound"] for b in batches]),
+        "router_waited_ms": _percentiles([b["waited_ms"] for b in batches]),
         "router_plan_ms": _percentiles([b["plan_ms"] for b in batches]),
         "router_commit_ms": _percentiles([b["commit_ms"] for b in batches]),
     }

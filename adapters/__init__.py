@@ -45,7 +45,7 @@ from ._gateway import (
     serve_gateway,
 )
 from ._inbox import STATUS_ORDER, Inbox, InboxItem, PendingReceipt, Rejection
-from ._metrics import ADAPTER_METRICS
+from ._metrics import ADAPTER_METRICS, counted_elsewhere
 from ._police import (
     ParsedRecord,
     PoliceAdapter,
@@ -116,6 +116,7 @@ __all__ = [
     "concern_to_bundle",
     "consent_to_fhir",
     "consents_bundle",
+    "counted_elsewhere",
     "csv_columns",
     "disclosure_to_communication",
     "gateway_app",

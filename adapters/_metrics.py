@@ -8,11 +8,17 @@ pseudonym, a URL or anything from a payload.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+import contextlib
 
-__all__ = ["ADAPTER_METRICS", "WEBHOOK_DELIVERIES", "WEBHOOK_RETRIES"]
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.registry import Collector
+
+__all__ = ["ADAPTER_METRICS", "WEBHOOK_DELIVERIES", "WEBHOOK_RETRIES", "counted_elsewhere"]
 
 ADAPTER_METRICS = CollectorRegistry(auto_describe=True)
+
+#: Where the counters come from when the adapters run in another process.
+_ELSEWHERE: list[Collector] = []
 
 #: Each failed attempt that is followed by another one (after its backoff).
 WEBHOOK_RETRIES = Counter(
@@ -28,3 +34,14 @@ WEBHOOK_DELIVERIES = Counter(
     ["recipient", "outcome"],
     registry=ADAPTER_METRICS,
 )
+
+
+def counted_elsewhere(source: Collector) -> None:
+    """The adapters run in another process (``safer up``'s ``safer recipients`` child):
+    ``ADAPTER_METRICS`` gives that process's counters, collected by ``source``,
+    instead of this process's, which would be the same names, empty."""
+    for stale in (*_ELSEWHERE, WEBHOOK_RETRIES, WEBHOOK_DELIVERIES):
+        with contextlib.suppress(KeyError):  # already handed over (a second `safer up`)
+            ADAPTER_METRICS.unregister(stale)
+    _ELSEWHERE[:] = [source]
+    ADAPTER_METRICS.register(source)

@@ -40,7 +40,14 @@ from broker import (
     wait_healthy,
 )
 
-from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_common import (
+    FORMATTER,
+    err,
+    out,
+    recipients_child_metrics,
+    run_async,
+    settings_from,
+)
 from ._retention import run_retention
 from ._runtime import Runtime, refuse_second_engine, resolve_bootstrap, write_broker_file
 
@@ -254,6 +261,7 @@ async def _serve_cluster(
                     router_process=True,  # as `safer up`: routing gets a core of its own
                     routers=routers,
                     recipients_process=True,  # as `safer up`
+                    recipients_ops_port=recipients_child_metrics(),
                     log_file=log_file,
                     extra=[("retention", functools.partial(run_retention, runtime))],
                     on_ready=lambda: err.print(

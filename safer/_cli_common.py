@@ -18,7 +18,7 @@ from broker import Settings
 
 from ._runtime import adopt_running_engine
 
-__all__ = ["FORMATTER", "err", "out", "run_async", "settings_from"]
+__all__ = ["FORMATTER", "err", "out", "recipients_child_metrics", "run_async", "settings_from"]
 
 err = Console(stderr=True)
 out = Console()
@@ -47,3 +47,11 @@ def run_async(coro_factory: Callable[[asyncio.Event], Coroutine[Any, Any, int]])
         return await coro_factory(stop)
 
     return asyncio.run(main())
+
+
+def recipients_child_metrics() -> int:
+    """A loopback port for `safer up`'s `safer recipients` child's ops endpoints, whose
+    counters this process's /metrics then carries (``safer._ops``)."""
+    from ._ops import recipients_child_metrics as wire  # late: loads the web stack
+
+    return wire()

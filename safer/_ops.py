@@ -1,7 +1,7 @@
 """Operations endpoints for a service without the web app (issue 14, point 4).
 
 ``safer route --ops-port N`` (and so the router child of ``safer up
---router-ops-port N``) serves:
+--router-ops-port N``) and ``safer recipients --ops-port N`` serve:
 
 - ``/healthz``: 200 while the process answers;
 - ``/readyz``: 200 once the service is ready (the router: its transactional
@@ -12,27 +12,46 @@
 Labels are closed sets only (audit event names and ``inbound``): never an id,
 a pseudonym or anything from a record. No sign-in: bind to loopback (the
 default) or a network only Prometheus reaches.
+
+``ChildMetrics`` lets a parent's ``/metrics`` carry a child process's own
+counters (the recipient adapters' webhook counters under ``safer up``), so one
+scrape still covers every service ``safer up`` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping
 
+import httpx
+import structlog
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters import counted_elsewhere
 from schemas import ConfigError, ReasonCode
 
-__all__ = ["CountsCollector", "ops_app", "serve_ops"]
+__all__ = [
+    "ChildMetrics",
+    "CountsCollector",
+    "free_loopback_port",
+    "ops_app",
+    "recipients_child_metrics",
+    "serve_ops",
+]
+
+_log = structlog.get_logger("safer.ops")
 
 
 class CountsCollector(Collector):
@@ -48,6 +67,31 @@ class CountsCollector(Collector):
         for key, value in sorted(Counter(self._counts()).items()):
             family.add_metric([key], value)
         yield family
+
+
+class ChildMetrics(Collector):
+    """The metrics a child process serves on loopback, collected again here.
+
+    A child that does not answer within ``timeout`` (starting, restarting) adds
+    nothing to this scrape rather than failing or stalling it; its counters come
+    back with it (from zero, as a restarted process's counters do).
+    """
+
+    def __init__(self, url: str, *, timeout: float = 0.5) -> None:
+        self._url, self._timeout = url, timeout
+
+    def describe(self) -> list[Metric]:
+        # Names unknown until the child answers; a registry must not call it to ask.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            response = httpx.get(self._url, timeout=self._timeout)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            _log.debug("ops.child_metrics_unavailable", error=type(exc).__name__)
+            return
+        yield from text_string_to_metric_families(response.text)
 
 
 def ops_app(service: str, ready: Callable[[], bool], registry: CollectorRegistry) -> Starlette:
@@ -106,3 +150,19 @@ async def serve_ops(app: Starlette, stop: asyncio.Event, *, host: str, port: int
             code=ReasonCode.CONFIG_INVALID,
             hint="the port is probably in use: choose another with --ops-port",
         ) from None
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 now (for a child's ops endpoints)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def recipients_child_metrics() -> int:
+    """A loopback port for the ops endpoints of `safer up`'s `safer recipients` child,
+    whose counters this process's ``ADAPTER_METRICS`` (so its /metrics) then carries."""
+    port = free_loopback_port()
+    counted_elsewhere(ChildMetrics(f"http://127.0.0.1:{port}/metrics"))
+    return port

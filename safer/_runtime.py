@@ -570,6 +570,7 @@ class Runtime:
         router_process: bool = False,
         routers: int = 1,
         recipients_process: bool = False,
+        recipients_ops_port: int | None = None,
         router_ops_port: int | None = None,
         log_file: Path | None = None,
         extra: Sequence[tuple[str, Callable[[asyncio.Event, asyncio.Event], Any]]] = (),
@@ -586,7 +587,8 @@ class Runtime:
         consumer group (instances 0..N-1), which share the inbound partitions
         between them; their ops ports are ``router_ops_port`` + instance.
         ``recipients_process``: run the recipient adapters in one child process
-        (`safer recipients`) instead of on this event loop, beside the audit feed.
+        (`safer recipients`, its ops endpoints on ``recipients_ops_port``) instead
+        of on this event loop, beside the audit feed.
         """
         if routers < 1:
             raise ValueError(f"routers must be at least 1, not {routers}")
@@ -606,7 +608,12 @@ class Runtime:
             runners.append(
                 (
                     "recipients",
-                    functools.partial(self.run_recipients_process, ids, log_file=log_file),
+                    functools.partial(
+                        self.run_recipients_process,
+                        ids,
+                        log_file=log_file,
+                        ops_port=recipients_ops_port,
+                    ),
                 )
             )
             chosen = []
@@ -698,6 +705,7 @@ class Runtime:
         ready: asyncio.Event,
         *,
         log_file: Path | None = None,
+        ops_port: int | None = None,
     ) -> None:
         """Run `safer recipients` (these recipients' adapters) as a child process.
 
@@ -707,6 +715,8 @@ class Runtime:
         argv = ["recipients"]
         for recipient_id in recipient_ids:
             argv += ["--recipient", recipient_id]
+        if ops_port is not None:
+            argv += ["--ops-port", str(ops_port)]
         await self._run_child(
             stop, ready, argv, RECIPIENTS_READY_LINE, "recipient adapters", log_file
         )

@@ -32,7 +32,14 @@ from schemas import SaferError
 from ._cli_audit import register as register_audit
 from ._cli_cluster import register as register_cluster
 from ._cli_cluster import run_cluster
-from ._cli_common import FORMATTER, err, out, run_async, settings_from
+from ._cli_common import (
+    FORMATTER,
+    err,
+    out,
+    recipients_child_metrics,
+    run_async,
+    settings_from,
+)
 from ._cli_gateway import add_gateway_options, run_gateway
 from ._cli_gateway import register as register_gateway
 from ._cli_inbox import register as register_inbox
@@ -257,14 +264,27 @@ def cmd_recipients(args: argparse.Namespace) -> int:
     async def serve(stop: asyncio.Event) -> int:
         await runtime.create_topics()
         err.print(f"{len(chosen)} recipient adapter(s) reading their disclosure topics")
+        ready = asyncio.Event()
 
-        def ready() -> None:
+        def announce() -> None:
+            ready.set()
             # `safer up` runs the adapters as a child process and waits for this line.
             print(RECIPIENTS_READY_LINE, flush=True)
 
-        await runtime.run_services(
-            stop, router=False, feed=False, monitor=False, recipients=chosen, on_ready=ready
-        )
+        ops = None
+        if args.ops_port is not None:
+            from adapters import ADAPTER_METRICS
+
+            ops = _serve_ops_task(args, "recipients", ADAPTER_METRICS, ready, stop)
+        try:
+            await runtime.run_services(
+                stop, router=False, feed=False, monitor=False, recipients=chosen, on_ready=announce
+            )
+        finally:
+            if ops is not None:
+                stop.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await ops
         err.print("recipient adapters stopped")
         return 0
 
@@ -279,7 +299,7 @@ def _router_ops(
         return None
     from prometheus_client import CollectorRegistry
 
-    from ._ops import CountsCollector, ops_app, serve_ops
+    from ._ops import CountsCollector
 
     registry = CollectorRegistry()
     registry.register(
@@ -291,15 +311,28 @@ def _router_ops(
             lambda: router.totals,
         )
     )
-    app = ops_app("router", lambda: ready.is_set() and not stop.is_set(), registry)
+    return _serve_ops_task(args, "router", registry, ready, stop)
+
+
+def _serve_ops_task(
+    args: argparse.Namespace,
+    service: str,
+    registry: Any,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+) -> asyncio.Task[None]:
+    """Serve a child service's ops endpoints on --ops-host:--ops-port until ``stop``."""
+    from ._ops import ops_app, serve_ops
+
+    app = ops_app(service, lambda: ready.is_set() and not stop.is_set(), registry)
 
     async def run() -> None:
         try:
             await serve_ops(app, stop, host=args.ops_host, port=args.ops_port)
-        except SaferError as exc:  # routing goes on without its ops endpoints
+        except SaferError as exc:  # the service goes on without its ops endpoints
             err.print(f"[yellow]ops endpoints not started[/]: {exc.message}; {exc.hint}")
 
-    return asyncio.create_task(run(), name="safer-router-ops")
+    return asyncio.create_task(run(), name=f"safer-{service}-ops")
 
 
 def _up_ops(
@@ -450,6 +483,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     # The recipient adapters too: an inbox copy waits neither for the
                     # audit feed's appends nor its checkpoints (issue 12).
                     recipients_process=True,
+                    # Its webhook counters reach this process's /metrics from there.
+                    recipients_ops_port=recipients_child_metrics(),
                     router_ops_port=args.router_ops_port,
                     log_file=args.log_file,
                     # Inbox copies past their agreement's retention: at start, then hourly.
@@ -766,6 +801,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="run only this recipient's adapter (repeatable; default: every recipient in "
         "the directory)",
+    )
+    recipients.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz and /metrics (the webhook counters) on this port; "
+        "none by default (`safer up` gives its child one on loopback and carries its "
+        "counters in its own /metrics)",
+    )
+    recipients.add_argument(
+        "--ops-host", default="127.0.0.1", help="address for --ops-port (default loopback)"
     )
     recipients.set_defaults(func=cmd_recipients)
 

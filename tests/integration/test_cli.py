@@ -18,6 +18,7 @@ import pytest
 
 from audit import AuditStore
 from broker import running_kafka_pids
+from safer._ops import free_loopback_port
 from safer.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,17 +223,10 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _free_port_pair() -> int:
     """A free port whose successor is free too (`--router-ops-port` with `--routers 2`)."""
     for _ in range(50):
-        port = _free_port()
+        port = free_loopback_port()
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port + 1))
@@ -273,7 +267,7 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     )
     assert issued.returncode == 0, issued.stderr
     token = json.loads(issued.stdout)["token"]
-    ops_port, router_port = _free_port(), _free_port_pair()
+    ops_port, router_port = free_loopback_port(), _free_port_pair()
     ops = f"http://127.0.0.1:{ops_port}"
     # Two router processes in one group (`--routers 2`), each with its ops port.
     router_ops = [f"http://127.0.0.1:{router_port + i}" for i in range(2)]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
 from starlette.applications import Starlette
 
-from safer._ops import CountsCollector, ops_app, serve_ops
+from adapters import ADAPTER_METRICS, counted_elsewhere
+from adapters._metrics import WEBHOOK_DELIVERIES, WEBHOOK_RETRIES
+from safer._ops import ChildMetrics, CountsCollector, free_loopback_port, ops_app, serve_ops
 from safer.cli import build_parser, cmd_recipients, cmd_up
 
 
@@ -99,3 +104,58 @@ def test_recipients_names_an_unknown_recipient_and_where_the_ids_are(
     said = capsys.readouterr().err
     assert "unknown recipient(s): no-such-agency" in said
     assert "directory.toml" in said
+
+
+@pytest.fixture
+def adapter_metrics_restored() -> Iterator[None]:
+    """``counted_elsewhere`` changes the process-wide registry: put it back after."""
+    yield
+    from adapters import _metrics
+
+    for source in _metrics._ELSEWHERE:
+        ADAPTER_METRICS.unregister(source)
+    _metrics._ELSEWHERE.clear()
+    for local in (WEBHOOK_RETRIES, WEBHOOK_DELIVERIES):
+        with contextlib.suppress(ValueError):  # still registered
+            ADAPTER_METRICS.register(local)
+
+
+def test_a_parents_metrics_carry_its_childs_counters_once(
+    adapter_metrics_restored: None,
+) -> None:
+    """`safer up`'s /metrics carries the webhook counters of its `safer recipients`
+    child (a real HTTP server here), with no second, empty copy of those names; a
+    child that does not answer adds nothing and fails nothing."""
+    port = free_loopback_port()
+    child = CollectorRegistry()
+    delivered = PromCounter(
+        "safer_webhook_deliveries", "child's", ["recipient", "outcome"], registry=child
+    )
+    delivered.labels(recipient="portsmouth-csc", outcome="DELIVERED").inc(3)
+    counted_elsewhere(ChildMetrics(f"http://127.0.0.1:{port}/metrics"))
+
+    async def scenario() -> tuple[str, str]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            serve_ops(ops_app("recipients", lambda: True, child), stop, host="127.0.0.1", port=port)
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(100):
+                try:
+                    await client.get("/healthz")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+        # generate_latest blocks on the child's answer: off this event loop, which serves it.
+        up = (await asyncio.to_thread(generate_latest, ADAPTER_METRICS)).decode()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        down = (await asyncio.to_thread(generate_latest, ADAPTER_METRICS)).decode()
+        return up, down
+
+    up, down = asyncio.run(scenario())
+    sample = 'safer_webhook_deliveries_total{outcome="DELIVERED",recipient="portsmouth-csc"} 3.0'
+    assert sample in up
+    assert up.count("# TYPE safer_webhook_deliveries_total counter") == 1
+    assert "safer_webhook_retries" not in up  # this process's empty copy is gone
+    assert "safer_webhook_deliveries" not in down

@@ -222,7 +222,6 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     assert json.loads(verify.stdout)["problems"] == []
 
 
-@pytest.mark.kafka
 def _free_port_pair() -> int:
     """A free port whose successor is free too (`--router-ops-port` with `--routers 2`)."""
     for _ in range(50):
@@ -253,6 +252,7 @@ def _router_instances(log: Path) -> set[str]:
     }
 
 
+@pytest.mark.kafka
 def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     env = _env(tmp_path)
     issued = _safer(

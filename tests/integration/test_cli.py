@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -18,7 +19,6 @@ import pytest
 
 from audit import AuditStore
 from broker import running_kafka_pids
-from safer._ops import free_loopback_port
 from safer.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,17 +222,25 @@ def test_demo_json_is_one_object_and_leaves_no_broker(tmp_path: Path) -> None:
     assert json.loads(verify.stdout)["problems"] == []
 
 
-def _free_port_pair() -> int:
-    """A free port whose successor is free too (`--router-ops-port` with `--routers 2`)."""
-    for _ in range(50):
-        port = free_loopback_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two consecutive free ports on loopback")
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free on loopback, below the kernel's
+    ephemeral range: the services' own outbound connections and port-0 binds cannot
+    take one between this check and `safer up` binding it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(10_000, low - count)
+        probes = [socket.socket() for _ in range(count)]
+        try:
+            for offset, probe in enumerate(probes):
+                probe.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return first
+    raise AssertionError(f"no {count} consecutive free ports on loopback below {low}")
 
 
 def _metric(text: str, name: str) -> float:
@@ -267,7 +275,8 @@ def test_up_publish_and_clean_shutdown(tmp_path: Path) -> None:
     )
     assert issued.returncode == 0, issued.stderr
     token = json.loads(issued.stdout)["token"]
-    ops_port, router_port = free_loopback_port(), _free_port_pair()
+    ops_port = _free_ports(3)  # safer up's, then one per router
+    router_port = ops_port + 1
     ops = f"http://127.0.0.1:{ops_port}"
     # Two router processes in one group (`--routers 2`), each with its ops port.
     router_ops = [f"http://127.0.0.1:{router_port + i}" for i in range(2)]

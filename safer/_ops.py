@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -113,7 +114,10 @@ def ops_app(service: str, ready: Callable[[], bool], registry: CollectorRegistry
         )
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        # Off the event loop: a collector may wait on a child process (ChildMetrics),
+        # and under `safer up` this loop also runs the audit feed.
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     return Starlette(
         routes=[
